@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine: `make demo` (set up, run the main job) and
+# `make test` (set up, lint, run the tests). Everything lives in .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; a plain `pip install torch` would pull a multi-GB CUDA build.
+# The library itself only asks for a range (pyproject.toml).
+TORCH_CPU := torch==2.13.0
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	else $(BIN)/pip install -q $(TORCH_CPU); fi
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/matrixgame trajectory examples/out_and_back.json
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/frustum_overlap.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,87 @@
+"""The `matrixgame` command. Each subcommand parses its arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from matrixgame import __version__
+
+
+def _add_trajectory(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "trajectory",
+        help="integrate an action script into camera poses and show memory retrieval",
+        description=(
+            "Read an action script (JSON segments of W/S/A/D keys and mouse pitch/yaw deltas; "
+            "see examples/out_and_back.json), integrate it into camera-to-world poses with a "
+            "kinematics preset, label the poses back into actions (the physics-based "
+            "annotation used for data without actions) and report its accuracy, and list "
+            "the past frames a streaming world would retrieve as memory every N frames, by "
+            "sampled frustum overlap, with the exact overlap of the best one beside it."
+        ),
+    )
+    p.add_argument("script", help="action script (JSON)")
+    p.add_argument(
+        "--preset",
+        help="kinematics preset (released | doom); default: the script's, else released",
+    )
+    p.add_argument("--fov", type=float, default=90.0, help="horizontal field of view, degrees")
+    p.add_argument("--width", type=int, default=1280, help="image width in pixels")
+    p.add_argument("--height", type=int, default=720, help="image height in pixels")
+    p.add_argument("--near", type=float, default=0.1, help="view volume near plane, metres")
+    p.add_argument("--far", type=float, default=30.0, help="view volume far plane, metres")
+    p.add_argument(
+        "--past", type=int, default=16, help="frames covered by the past window (not memory)"
+    )
+    p.add_argument("--memory", type=int, default=5, help="memory frames to retrieve")
+    p.add_argument("--every", type=int, default=40, help="retrieve every N frames")
+    p.add_argument("--out", help="write poses, actions and retrievals to this JSON file")
+    p.set_defaults(run=_run_trajectory)
+
+
+def _run_trajectory(args: argparse.Namespace) -> None:
+    from matrixgame.data.action_script import load_action_script
+    from matrixgame.geometry.frustum import ViewVolume
+    from matrixgame.geometry.kinematics import get_preset
+    from matrixgame.geometry.path_report import analyse_path, format_report, report_json
+    from matrixgame.io import atomic_write_text
+
+    script = load_action_script(args.script)
+    preset = args.preset or script.preset or "released"
+    config = get_preset(preset)
+    view = ViewVolume.from_fov(args.width, args.height, args.fov, args.near, args.far)
+    report = analyse_path(script, config, view, args.past, args.memory, args.every)
+    print(format_report(report, preset))
+    if args.out:
+        atomic_write_text(args.out, report_json(report, script))
+        print(f"\nwrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matrixgame",
+        description="Matrix-Game 3.0, open and complete: an interactive world model.",
+    )
+    parser.add_argument("--version", action="version", version=f"matrixgame {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_trajectory(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        args.run(args)
+    except ValueError as err:
+        print(f"matrixgame: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
