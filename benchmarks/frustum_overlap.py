@@ -13,8 +13,8 @@ import argparse
 import time
 
 import torch
-from common import median_ms, print_table, write_json
 
+from common import median_ms, print_table, write_json
 from matrixgame.geometry import (
     Frusta,
     ViewVolume,
@@ -46,6 +46,32 @@ def exact_row(query: torch.Tensor, cands: torch.Tensor, n: int, limit: int) -> t
     return row, values
 
 
+def sampled_rows(query, cands, exact, samples_list, device, sync) -> list[dict]:
+    """Time the estimator at each sample count (and the release's grid) on one candidate set."""
+    n = len(cands)
+    frusta = Frusta.from_poses(cands.float().to(device), VIEW)
+    q = query.float().to(device)
+    rows = []
+    for pattern, count in [("volume", s) for s in samples_list] + [("grid", 1000)]:
+        samples = frustum_samples(VIEW, count, pattern).float().to(device)
+
+        def run(samples=samples):
+            return overlap_sampled(q, frusta, VIEW, samples)
+
+        ms = median_ms(run, sync=sync)
+        mae = (run().cpu().double()[: len(exact)] - exact).abs().mean().item()
+        name = f"sampled {count}" + (" (release grid)" if pattern == "grid" else "")
+        if pattern == "volume" and count == 128:
+            name += " (default)"
+        rows.append(
+            {"candidates": n, "method": name, "ms": f"{ms:.2f}", "mae_vs_exact": f"{mae:.4f}"}
+        )
+    poses = cands.float().to(device)
+    build = median_ms(lambda: Frusta.from_poses(poses, VIEW), sync=sync)
+    rows.append({"candidates": n, "method": "build Frusta (once per frame)", "ms": f"{build:.2f}"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -62,23 +88,7 @@ def main() -> None:
         cands = random_cameras(n, g)
         row, exact = exact_row(query, cands, n, args.exact_limit)
         rows.append(row)
-        exact = torch.tensor(exact)
-        frusta = Frusta.from_poses(cands.float().to(device), VIEW)
-        q = query.float().to(device)
-        patterns = [("volume", s) for s in args.samples] + [("grid", 1000)]
-        for pattern, count in patterns:
-            samples = frustum_samples(VIEW, count, pattern).float().to(device)
-            ms = median_ms(lambda s=samples: overlap_sampled(q, frusta, VIEW, s), sync=sync)
-            est = overlap_sampled(q, frusta, VIEW, samples).cpu().double()
-            mae = (est[: len(exact)] - exact).abs().mean().item()
-            name = f"sampled {count}" + (" (release grid)" if pattern == "grid" else "")
-            rows.append(
-                {"candidates": n, "method": name, "ms": f"{ms:.2f}", "mae_vs_exact": f"{mae:.4f}"}
-            )
-        build = median_ms(lambda c=cands.float().to(device): Frusta.from_poses(c, VIEW), sync=sync)
-        rows.append(
-            {"candidates": n, "method": "build Frusta (once per frame)", "ms": f"{build:.2f}"}
-        )
+        rows += sampled_rows(query, cands, torch.tensor(exact), args.samples, device, sync)
     print(f"device: {device}; view 160x120, 90 deg, 0.1..30 m; one query, median of 20 runs")
     print_table(rows, ["candidates", "method", "ms", "mae_vs_exact", "note"])
     path = write_json(f"frustum_overlap_{device.type}", {"device": str(device), "rows": rows})
