@@ -7,20 +7,23 @@ camera from pose t to pose t+1:
 - mouse ``[T, 2]``: (pitch, yaw) deltas in mouse units; positive pitch looks down and
   positive yaw turns right (image directions, as the release), ``degrees_per_unit`` each.
 
-Forward model, per frame (a point mass with optional momentum, Doom style):
+Forward model: a point mass with momentum, stepped ``ticks_per_frame`` times per frame with
+the frame's action held (Doom's game tics under frame skip; one step for the release):
 
-    yaw' = yaw - s * m_yaw,  pitch' = clamp(pitch - s * m_pitch)          (dead zone on m)
-    thrust = R(heading) [forward_speed * (W - S), strafe_speed * (D - A)]   (diagonal_speed)
-    v' = friction * v + thrust,  p' = p + v'
+    yaw_i = yaw + (i / k) * dyaw                     dyaw = -s * m_yaw (dead zone on m)
+    m_i = friction * m_{i-1} + R(heading_i) [forward_speed * (W - S), strafe_speed * (D - A)]
+    p_i = p_{i-1} + m_i                               (i = 1..k; diagonal_speed if set)
 
-``heading`` is the mean of the old and new yaw (the release) or the new yaw (Doom turns
-before it thrusts). The inverse ("physics-based" annotation, for data with poses but no
-actions) reads the mouse from angle deltas and the keys from the thrust
-``v_t - friction * v_{t-1}`` projected onto the heading, with hysteresis thresholds.
+``heading_i`` is yaw_i (Doom turns, then thrusts) or the midpoint of the step's rotation
+(the release averages old and new yaw). The inverse, "physics-based" annotation for data
+with poses but no actions, is exact for this model: per frame the displacement is linear in
+the unknown local thrust a, ``D = F m_0 + M a`` with a 2x2 M from the tic headings, so a is
+solved for, thresholded with hysteresis into keys, and the momentum m_0 carried forward.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,14 +39,16 @@ MOUSE_DIM = 2
 
 @dataclass(frozen=True)
 class KinematicsConfig:
-    """Speeds in world units per frame, angles in degrees."""
+    """Speeds in world units per tic (a frame has ``ticks_per_frame`` tics), angles in degrees
+    per frame."""
 
     forward_speed: float
     strafe_speed: float
     diagonal_speed: float | None  # per-axis speed when moving diagonally; None: no slow-down
     degrees_per_unit: float
     mouse_dead_zone: float
-    friction: float = 0.0  # fraction of last frame's velocity kept
+    friction: float = 0.0  # fraction of the last step's velocity kept
+    ticks_per_frame: int = 1  # simulation steps per frame, the action held
     heading: str = "average"  # "average" | "new"
     pitch_limit: float | None = None  # clamp |pitch| (degrees)
     metres_per_unit: float = 1.0  # world units to metres, for view volumes given in metres
@@ -53,6 +58,10 @@ class KinematicsConfig:
     def __post_init__(self) -> None:
         if self.heading not in ("average", "new"):
             raise ValueError(f"heading must be 'average' or 'new', got {self.heading!r}")
+        if isinstance(self.ticks_per_frame, bool) or not (
+            isinstance(self.ticks_per_frame, int) and self.ticks_per_frame >= 1
+        ):
+            raise ValueError(f"ticks_per_frame must be a positive integer: {self.ticks_per_frame}")
         if not 0 <= self.friction < 1:
             raise ValueError(f"friction must lie in [0, 1), got {self.friction}")
         speeds = [self.forward_speed, self.strafe_speed, self.degrees_per_unit]
@@ -75,18 +84,18 @@ PRESETS: dict[str, KinematicsConfig] = {
         mouse_dead_zone=0.02,
         metres_per_unit=0.01,
     ),
-    # Doom (map units, one frame = 4 game tics): running thrust 50 * 2048 / 65536 = 1.5625
-    # forward and 40 * 2048 / 65536 = 1.25 sideways per tic, friction 0xE800 / 0x10000 per
-    # tic. Per frame, a first-order approximation: thrust times sum_{i<4} f^i, velocity kept
-    # f^4. Doom turns before it thrusts; pitch is clamped. The data engine refits these
-    # constants on its own recordings.
+    # ViZDoom with Freedoom, running, 4 game tics per frame: vanilla Doom's thrust per tic
+    # (50 * 2048 / 65536 forward, 40 * 2048 / 65536 sideways) and friction 0xE800 / 0x10000,
+    # measured to the bit in the game (tests/test_doom_engine.py). Doom turns before it
+    # thrusts; our recordings keep the pitch level (its renderer shears rather than rotates).
     "doom": KinematicsConfig(
-        forward_speed=1.5625 * sum(0.90625**i for i in range(4)),
-        strafe_speed=1.25 * sum(0.90625**i for i in range(4)),
+        forward_speed=1.5625,
+        strafe_speed=1.25,
         diagonal_speed=None,
         degrees_per_unit=15.0,
         mouse_dead_zone=0.02,
-        friction=0.90625**4,
+        friction=0.90625,
+        ticks_per_frame=4,
         heading="new",
         pitch_limit=45.0,
         metres_per_unit=1 / 32,  # the player is 56 units tall
@@ -170,25 +179,50 @@ def _key_axes(keyboard: Tensor) -> tuple[Tensor, Tensor]:
     return forward, right
 
 
-def _directions(heading_deg: Tensor) -> tuple[Tensor, Tensor]:
-    h = torch.deg2rad(heading_deg)
-    zero = torch.zeros_like(h)
-    forward = torch.stack([h.cos(), h.sin(), zero], -1)
-    right = torch.stack([h.sin(), -h.cos(), zero], -1)
-    return forward, right
+def _speeds(forward: float, right: float, config: KinematicsConfig) -> tuple[float, float]:
+    """Local thrust (forward, right) per tic for key axes in {-1, 0, 1}."""
+    fs, rs = config.forward_speed, config.strafe_speed
+    if config.diagonal_speed is not None and forward and right:
+        fs = rs = config.diagonal_speed
+    return forward * fs, right * rs
 
 
-def _thrust(keyboard: Tensor, heading: Tensor, config: KinematicsConfig) -> Tensor:
-    """World-frame thrust ``[T, 3]`` of the W/S/A/D keys along per-frame headings (degrees)."""
-    forward, right = _key_axes(keyboard)
-    fs = torch.full_like(forward, config.forward_speed)
-    rs = torch.full_like(right, config.strafe_speed)
-    if config.diagonal_speed is not None:
-        diagonal = (forward != 0) & (right != 0)
-        fs = torch.where(diagonal, config.diagonal_speed, fs)
-        rs = torch.where(diagonal, config.diagonal_speed, rs)
-    fwd_dir, right_dir = _directions(heading)
-    return (forward * fs)[:, None] * fwd_dir + (right * rs)[:, None] * right_dir
+def _tic_headings(yaw: float, dyaw: float, config: KinematicsConfig) -> list[float]:
+    """Headings (radians) of the frame's tics, from its start yaw and rotation (degrees)."""
+    k = config.ticks_per_frame
+    offset = 0.0 if config.heading == "new" else 0.5
+    return [math.radians(yaw + dyaw * (i - offset) / k) for i in range(1, k + 1)]
+
+
+def _frame_response(headings: list[float], friction: float) -> tuple[list[list[float]], float]:
+    """For one frame: M (2x2, local thrust -> displacement) and F (momentum -> displacement).
+
+    With m_i = f m_{i-1} + R_i a over k tics, the frame displacement is
+    sum_i m_i = F m_0 + M a, F = sum_i f^i, M = sum_j (sum_{i>=j} f^(i-j)) R_j.
+    """
+    k = len(headings)
+    M = [[0.0, 0.0], [0.0, 0.0]]
+    for j, h in enumerate(headings, start=1):
+        c = sum(friction ** (i - j) for i in range(j, k + 1))
+        cos, sin = math.cos(h), math.sin(h)
+        # R = [forward | right] = [[cos, sin], [sin, -cos]]
+        M[0][0] += c * cos
+        M[0][1] += c * sin
+        M[1][0] += c * sin
+        M[1][1] -= c * cos
+    return M, sum(friction**i for i in range(1, k + 1))
+
+
+def _carry(m0: list[float], headings: list[float], a: tuple[float, float], friction: float):
+    """Momentum after the frame: m_k = f^k m_0 + sum_j f^(k-j) R_j a."""
+    k = len(headings)
+    mx, my = friction**k * m0[0], friction**k * m0[1]
+    for j, h in enumerate(headings, start=1):
+        w = friction ** (k - j)
+        cos, sin = math.cos(h), math.sin(h)
+        mx += w * (cos * a[0] + sin * a[1])
+        my += w * (sin * a[0] - cos * a[1])
+    return [mx, my]
 
 
 def integrate_actions(
@@ -201,45 +235,44 @@ def integrate_actions(
     """Poses after each of T actions: a Trajectory of T + 1 poses (the start pose first).
 
     ``keyboard [T, 6]``, ``mouse [T, 2]``; ``start`` is a one-pose Trajectory (origin, yaw 0
-    by default) and ``velocity [3]`` the initial velocity (zero).
+    by default) and ``velocity [2 or 3]`` the last tic's displacement before the first
+    action (zero). Height stays at the start's.
     """
     check_actions(keyboard, mouse)
     start = start or Trajectory.start()
     if len(start) != 1:
         raise ValueError("start must hold exactly one pose")
-    keyboard, mouse = keyboard.double(), mouse.double()
+    forward, right = _key_axes(keyboard)
     m = torch.where(mouse.abs() >= config.mouse_dead_zone, mouse, torch.zeros_like(mouse))
-    step = -config.degrees_per_unit * m  # [T, 2] (pitch, yaw) degree deltas
-    # Yaw stays unwrapped until the end so that headings average correctly across +-180.
-    yaw = start.yaw.double() + torch.cat([step.new_zeros(1), step[:, 1]]).cumsum(0)
-    pitch = [float(start.pitch)]
-    for delta in step[:, 0].tolist():
-        p = pitch[-1] + delta
+    step = (-config.degrees_per_unit * m.double()).tolist()  # (pitch, yaw) degrees per frame
+    x, y, z = start.position[0].tolist()
+    yaw, pitch = float(start.yaw[0]), float(start.pitch[0])
+    mom = [0.0, 0.0] if velocity is None else [float(v) for v in velocity[:2]]
+    f = config.friction
+    out = [(x, y, yaw, pitch)]
+    for (dpitch, dyaw), fwd, rgt in zip(step, forward.tolist(), right.tolist(), strict=True):
+        a = _speeds(fwd, rgt, config)
+        for h in _tic_headings(yaw, dyaw, config):
+            cos, sin = math.cos(h), math.sin(h)
+            mom = [f * mom[0] + cos * a[0] + sin * a[1], f * mom[1] + sin * a[0] - cos * a[1]]
+            x, y = x + mom[0], y + mom[1]
+        yaw += dyaw  # unwrapped, so headings interpolate across +-180
+        pitch += dpitch
         if config.pitch_limit is not None:
-            p = min(max(p, -config.pitch_limit), config.pitch_limit)
-        pitch.append(p)
-    heading = 0.5 * (yaw[:-1] + yaw[1:]) if config.heading == "average" else yaw[1:]
-    thrust = _thrust(keyboard, heading, config)  # [T, 3]
-    # v_t = friction * v_{t-1} + thrust_t, a linear recurrence run on floats for speed.
-    v = [0.0, 0.0, 0.0] if velocity is None else [float(x) for x in velocity]
-    disp = []
-    for tx, ty, tz in thrust.tolist():
-        v = [config.friction * v[0] + tx, config.friction * v[1] + ty, config.friction * v[2] + tz]
-        disp.append(v)
-    disp = torch.tensor(disp, dtype=torch.float64).reshape(-1, 3)
-    position = start.position.double()[0] + torch.cat([disp.new_zeros(1, 3), disp]).cumsum(0)
-    pitch = torch.tensor(pitch, dtype=torch.float64)
-    return Trajectory(position, _wrap(yaw), pitch)
+            pitch = min(max(pitch, -config.pitch_limit), config.pitch_limit)
+        out.append((x, y, yaw, pitch))
+    t = torch.tensor(out, dtype=torch.float64)
+    position = torch.stack([t[:, 0], t[:, 1], torch.full_like(t[:, 0], z)], -1)
+    return Trajectory(position, _wrap(t[:, 2]), t[:, 3])
 
 
-def _hysteresis(value: Tensor, on: float, off: float) -> Tensor:
+def _hysteresis(value: list[float], on: float, off: float) -> list[bool]:
     """Per-frame booleans: True once value > on, stays True while value > off."""
-    pressed = torch.zeros_like(value, dtype=torch.bool)
-    state = False
-    for t, x in enumerate(value.tolist()):
+    state, out = False, []
+    for x in value:
         state = x > (off if state else on)
-        pressed[t] = state
-    return pressed
+        out.append(state)
+    return out
 
 
 def infer_actions(
@@ -249,34 +282,39 @@ def infer_actions(
 ) -> tuple[Tensor, Tensor]:
     """Physics-based labels for the T - 1 steps of a trajectory of T poses.
 
-    Returns keyboard ``[T-1, 6]`` (0/1) and mouse ``[T-1, 2]``. ``velocity [3]`` is the
-    velocity before the first step (zero). Exact on noise-free paths made by
-    :func:`integrate_actions` with the same config; under position noise the thresholds
-    (a key needs ``press_threshold`` of its speed, keeps it above ``release_threshold``)
-    keep labels stable.
+    Returns keyboard ``[T-1, 6]`` (0/1) and mouse ``[T-1, 2]``. ``velocity`` is the last
+    tic's displacement before the first step (zero). Exact on noise-free paths made by
+    :func:`integrate_actions` with the same config; under noise the thresholds (a key needs
+    ``press_threshold`` of its speed, keeps it above ``release_threshold``) keep labels
+    stable. Height changes (stairs) are ignored.
     """
     yaw = trajectory.yaw.double()
-    dyaw = _wrap(yaw[1:] - yaw[:-1])
-    yaw_unwrapped = torch.cat([yaw[:1], yaw[:1] + dyaw.cumsum(0)])
+    dyaw = _wrap(yaw.diff())
     dpitch = trajectory.pitch.double().diff()
     mouse = -torch.stack([dpitch, dyaw], -1) / config.degrees_per_unit
     mouse = torch.where(mouse.abs() >= config.mouse_dead_zone, mouse, torch.zeros_like(mouse))
 
-    if config.heading == "average":
-        heading = 0.5 * (yaw_unwrapped[:-1] + yaw_unwrapped[1:])
-    else:
-        heading = yaw_unwrapped[1:]
-    disp = trajectory.position.double().diff(dim=0)  # [T-1, 3] velocities
-    v0 = torch.zeros(1, 3, dtype=torch.float64) if velocity is None else velocity.double()[None]
-    thrust = disp - config.friction * torch.cat([v0, disp[:-1]])
-    fwd_dir, right_dir = _directions(heading)
-    along = (thrust * fwd_dir).sum(-1)
-    across = (thrust * right_dir).sum(-1)
-    slow = min(config.forward_speed, config.strafe_speed, config.diagonal_speed or float("inf"))
+    disp = trajectory.position.double().diff(dim=0)[:, :2].tolist()
+    mom = [0.0, 0.0] if velocity is None else [float(v) for v in velocity[:2]]
+    along, across = [], []
+    yaw0 = float(yaw[0])
+    for (dx, dy), turn in zip(disp, dyaw.tolist(), strict=True):
+        headings = _tic_headings(yaw0, turn, config)
+        M, F = _frame_response(headings, config.friction)
+        rx, ry = dx - F * mom[0], dy - F * mom[1]
+        det = M[0][0] * M[1][1] - M[0][1] * M[1][0]
+        a = ((M[1][1] * rx - M[0][1] * ry) / det, (M[0][0] * ry - M[1][0] * rx) / det)
+        along.append(a[0])
+        across.append(a[1])
+        mom = _carry(mom, headings, a, config.friction)
+        yaw0 += turn
+    slow = min(config.forward_speed, config.strafe_speed, config.diagonal_speed or math.inf)
     on, off = config.press_threshold * slow, config.release_threshold * slow
     keyboard = torch.zeros(len(disp), KEYBOARD_DIM, dtype=torch.float64)
-    for column, component in enumerate((along, -along, -across, across)):  # W, S, A, D
-        keyboard[:, column] = _hysteresis(component, on, off).double()
+    signs = (1, -1, -1, 1)  # W: +forward, S: -forward, A: -right, D: +right
+    for column, (sign, comp) in enumerate(zip(signs, (along, along, across, across), strict=True)):
+        pressed = _hysteresis([sign * c for c in comp], on, off)
+        keyboard[:, column] = torch.tensor(pressed, dtype=torch.float64)
     return keyboard, mouse
 
 
