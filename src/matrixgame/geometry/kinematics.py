@@ -73,6 +73,29 @@ class KinematicsConfig:
             raise ValueError("need 0 < release_threshold <= press_threshold < 1")
 
 
+def doom_kinematics(frame_skip: int = 2, run: bool = False) -> KinematicsConfig:
+    """Doom's player physics per recorded frame of ``frame_skip`` game tics.
+
+    Vanilla Doom's thrust per tic (forward 25 or, running, 50 * 2048 / 65536; sideways 24 or
+    40 * 2048 / 65536) and friction 0xE800 / 0x10000, measured to the bit in ViZDoom
+    (tests/test_doom_engine.py). Doom turns before it thrusts; our recordings keep the
+    pitch level (its renderer shears the image rather than rotating the camera).
+    """
+    scale = 2048 / 65536
+    return KinematicsConfig(
+        forward_speed=(50 if run else 25) * scale,
+        strafe_speed=(40 if run else 24) * scale,
+        diagonal_speed=None,
+        degrees_per_unit=15.0,
+        mouse_dead_zone=0.02,
+        friction=0xE800 / 0x10000,
+        ticks_per_frame=frame_skip,
+        heading="new",
+        pitch_limit=45.0,
+        metres_per_unit=1 / 32,  # the player is 56 units tall
+    )
+
+
 PRESETS: dict[str, KinematicsConfig] = {
     # The released inference code (utils/utils.py): 12.35 units per frame (UE centimetres),
     # 8.73 per axis on diagonals, 15 degrees per mouse unit, dead zone 0.02, no momentum.
@@ -84,22 +107,8 @@ PRESETS: dict[str, KinematicsConfig] = {
         mouse_dead_zone=0.02,
         metres_per_unit=0.01,
     ),
-    # ViZDoom with Freedoom, running, 4 game tics per frame: vanilla Doom's thrust per tic
-    # (50 * 2048 / 65536 forward, 40 * 2048 / 65536 sideways) and friction 0xE800 / 0x10000,
-    # measured to the bit in the game (tests/test_doom_engine.py). Doom turns before it
-    # thrusts; our recordings keep the pitch level (its renderer shears rather than rotates).
-    "doom": KinematicsConfig(
-        forward_speed=1.5625,
-        strafe_speed=1.25,
-        diagonal_speed=None,
-        degrees_per_unit=15.0,
-        mouse_dead_zone=0.02,
-        friction=0.90625,
-        ticks_per_frame=4,
-        heading="new",
-        pitch_limit=45.0,
-        metres_per_unit=1 / 32,  # the player is 56 units tall
-    ),
+    # ViZDoom with Freedoom as our recorder runs it: walking, 2 game tics per frame.
+    "doom": doom_kinematics(),
 }
 
 
@@ -213,10 +222,25 @@ def _frame_response(headings: list[float], friction: float) -> tuple[list[list[f
     return M, sum(friction**i for i in range(1, k + 1))
 
 
-def _carry(m0: list[float], headings: list[float], a: tuple[float, float], friction: float):
-    """Momentum after the frame: m_k = f^k m_0 + sum_j f^(k-j) R_j a."""
+def _momentum_after(
+    disp: tuple[float, float],
+    headings: list[float],
+    a: tuple[float, float],
+    M: list[list[float]],
+    F: float,
+    friction: float,
+) -> list[float]:
+    """The last tic's displacement at a frame's end, from the frame's observed displacement
+    and its (decided) local thrust a: m_0 = (D - M a) / F, then
+    m_k = f^k m_0 + sum_j f^(k-j) R_j a. Reading m_0 off the observation, rather than
+    carrying the model's own estimate, keeps errors (collisions with walls) from piling up.
+    """
     k = len(headings)
-    mx, my = friction**k * m0[0], friction**k * m0[1]
+    mx = my = 0.0
+    if friction > 0:
+        ox = disp[0] - (M[0][0] * a[0] + M[0][1] * a[1])
+        oy = disp[1] - (M[1][0] * a[0] + M[1][1] * a[1])
+        mx, my = friction**k * ox / F, friction**k * oy / F
     for j, h in enumerate(headings, start=1):
         w = friction ** (k - j)
         cos, sin = math.cos(h), math.sin(h)
@@ -266,15 +290,6 @@ def integrate_actions(
     return Trajectory(position, _wrap(t[:, 2]), t[:, 3])
 
 
-def _hysteresis(value: list[float], on: float, off: float) -> list[bool]:
-    """Per-frame booleans: True once value > on, stays True while value > off."""
-    state, out = False, []
-    for x in value:
-        state = x > (off if state else on)
-        out.append(state)
-    return out
-
-
 def infer_actions(
     trajectory: Trajectory,
     config: KinematicsConfig,
@@ -296,25 +311,27 @@ def infer_actions(
 
     disp = trajectory.position.double().diff(dim=0)[:, :2].tolist()
     mom = [0.0, 0.0] if velocity is None else [float(v) for v in velocity[:2]]
-    along, across = [], []
+    slow = min(config.forward_speed, config.strafe_speed, config.diagonal_speed or math.inf)
+    on, off = config.press_threshold * slow, config.release_threshold * slow
+    keyboard = torch.zeros(len(disp), KEYBOARD_DIM, dtype=torch.float64)
+    pressed = [False] * 4  # W, S, A, D, with hysteresis
     yaw0 = float(yaw[0])
-    for (dx, dy), turn in zip(disp, dyaw.tolist(), strict=True):
+    for t, ((dx, dy), turn) in enumerate(zip(disp, dyaw.tolist(), strict=True)):
         headings = _tic_headings(yaw0, turn, config)
         M, F = _frame_response(headings, config.friction)
         rx, ry = dx - F * mom[0], dy - F * mom[1]
         det = M[0][0] * M[1][1] - M[0][1] * M[1][0]
-        a = ((M[1][1] * rx - M[0][1] * ry) / det, (M[0][0] * ry - M[1][0] * rx) / det)
-        along.append(a[0])
-        across.append(a[1])
-        mom = _carry(mom, headings, a, config.friction)
+        along = (M[1][1] * rx - M[0][1] * ry) / det
+        across = (M[0][0] * ry - M[1][0] * rx) / det
+        for key, value in enumerate((along, -along, -across, across)):
+            pressed[key] = value > (off if pressed[key] else on)
+        keyboard[t, :4] = torch.tensor(pressed, dtype=torch.float64)
+        # decision feedback: carry the momentum of the thrust the decided keys produce
+        forward = float(pressed[0]) - float(pressed[1])
+        right = float(pressed[3]) - float(pressed[2])
+        a = _speeds(forward, right, config)
+        mom = _momentum_after((dx, dy), headings, a, M, F, config.friction)
         yaw0 += turn
-    slow = min(config.forward_speed, config.strafe_speed, config.diagonal_speed or math.inf)
-    on, off = config.press_threshold * slow, config.release_threshold * slow
-    keyboard = torch.zeros(len(disp), KEYBOARD_DIM, dtype=torch.float64)
-    signs = (1, -1, -1, 1)  # W: +forward, S: -forward, A: -right, D: +right
-    for column, (sign, comp) in enumerate(zip(signs, (along, along, across, across), strict=True)):
-        pressed = _hysteresis([sign * c for c in comp], on, off)
-        keyboard[:, column] = torch.tensor(pressed, dtype=torch.float64)
     return keyboard, mouse
 
 

@@ -1,0 +1,1 @@
+"""The data engine's four layers: game process, agent, recording coordination, dataset output."""

@@ -1,0 +1,248 @@
+"""Game process: ViZDoom on the Freedoom maps, headless, with the exact camera of every frame.
+
+The report's UE5 and AAA games are replaced by Doom: ViZDoom's wheel ships Freedoom's 68
+levels (``E1M1``..``E4M9`` in freedoom1, ``MAP01``..``MAP32`` in freedoom2). The wrapper has
+the same ``reset()`` / ``step(action)`` interface as the world model, and each observation
+carries the pose it was rendered from:
+
+- pose: c2w from the game's camera position (map units) and angle (degrees counter-clockwise
+  from +x, our yaw); pitch stays level because Doom's software renderer shears the image
+  for pitch instead of rotating the camera, which no pinhole pose describes;
+- intrinsics: square pixels, fx = fy = (W / 2) / tan(fov / 2) with the game's horizontal
+  field of view (90 degrees at 4:3), principal point at the image centre;
+- actions: W/S/A/D map to Doom's move buttons (walking by default), the mouse yaw to a
+  per-tic turn of ``degrees_per_unit * m / frame_skip`` degrees, so
+  :func:`~matrixgame.geometry.kinematics.doom_kinematics` predicts the motion (walls aside).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from matrixgame.geometry.cameras import intrinsics_from_fov, pose_from_angles
+from matrixgame.geometry.kinematics import KEYBOARD_DIM, MOUSE_DIM, doom_kinematics
+
+FREEDOOM1_MAPS = tuple(f"E{e}M{m}" for e in range(1, 5) for m in range(1, 10))
+FREEDOOM2_MAPS = tuple(f"MAP{i:02d}" for i in range(1, 33))
+ALL_MAPS = FREEDOOM1_MAPS + FREEDOOM2_MAPS
+WARMUP_TICS = 12  # Doom ignores a player's input for the first tics of a level
+ANGLE_UNIT = 360 / 65536  # Doom turns by whole 1/65536ths of a circle per tic (floored)
+
+
+def map_wad(name: str) -> str:
+    """The Freedoom WAD (``freedoom1.wad`` / ``freedoom2.wad``) that holds a map."""
+    if name in FREEDOOM1_MAPS:
+        return "freedoom1.wad"
+    if name in FREEDOOM2_MAPS:
+        return "freedoom2.wad"
+    raise ValueError(f"unknown map {name!r}: use E1M1..E4M9 or MAP01..MAP32")
+
+
+@dataclass(frozen=True)
+class GameConfig:
+    """One game process. Resolutions must be 4:3 ones ViZDoom offers (160x120, 320x240, ...)."""
+
+    map: str = "MAP01"
+    width: int = 160
+    height: int = 120
+    frame_skip: int = 2  # game tics per recorded frame (35 tics/s: 17.5 frames/s)
+    run: bool = False  # walking keeps the motion per frame small
+    depth: bool = True
+    monsters: bool = False  # a static world: only the player moves
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        map_wad(self.map)
+        if self.width * 3 != self.height * 4:
+            raise ValueError(f"only 4:3 resolutions are supported, got {self.width}x{self.height}")
+        if self.frame_skip < 1:
+            raise ValueError(f"frame_skip must be positive, got {self.frame_skip}")
+
+
+@dataclass
+class Observation:
+    """One rendered frame and the camera it was rendered from."""
+
+    frame: np.ndarray  # [H, W, 3] uint8
+    depth: np.ndarray | None  # [H, W] uint8, the game's depth buffer (about 7.4 units/level)
+    c2w: np.ndarray  # [4, 4] float64, map units
+    tic: int
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # map units per tic
+
+
+@dataclass(frozen=True)
+class Line:
+    """A map line (linedef) in map units; ``blocking`` lines cannot be crossed."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    blocking: bool
+    floor_step: float  # height difference of the floors on its two sides (0 if one-sided)
+    gap: float  # opening between the higher floor and the lower ceiling
+
+
+def level_lines(map_name: str) -> list[Line]:
+    """A level's lines with what blocks a walking player, read once from a short-lived game
+    (doors count as open when their sector is)."""
+    import vizdoom as vzd
+
+    game = vzd.DoomGame()
+    game.set_doom_game_path(os.path.join(os.path.dirname(vzd.__file__), map_wad(map_name)))
+    game.set_doom_map(map_name)
+    game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
+    game.set_window_visible(False)
+    game.set_sectors_info_enabled(True)
+    game.add_game_args("-nomonsters")
+    game.init()
+    try:
+        sectors = game.get_state().sectors
+    finally:
+        game.close()
+    # A two-sided line appears in both its sectors: combine their floors and ceilings.
+    sides: dict[tuple, list] = {}
+    for sec in sectors:
+        for ln in sec.lines:
+            a, b = (ln.x1, ln.y1), (ln.x2, ln.y2)
+            key = (*a, *b) if a <= b else (*b, *a)
+            sides.setdefault(key, []).append((sec.floor_height, sec.ceiling_height, ln.is_blocking))
+    out = []
+    for (x1, y1, x2, y2), entries in sides.items():
+        floors = [e[0] for e in entries]
+        ceilings = [e[1] for e in entries]
+        blocking = any(e[2] for e in entries) or len(entries) < 2
+        step = max(floors) - min(floors)
+        gap = min(ceilings) - max(floors)
+        out.append(Line(x1, y1, x2, y2, blocking, step, gap))
+    return out
+
+
+class DoomGame:
+    """ViZDoom behind ``reset()`` / ``step(keyboard, mouse)``; frames carry exact poses."""
+
+    def __init__(self, config: GameConfig) -> None:
+        import vizdoom as vzd  # optional dependency: only the data engine needs it
+
+        self.config = config
+        self.kinematics = doom_kinematics(config.frame_skip, config.run)
+        self._vzd = vzd
+        game = vzd.DoomGame()
+        game.set_doom_game_path(os.path.join(os.path.dirname(vzd.__file__), map_wad(config.map)))
+        game.set_doom_map(config.map)
+        res = getattr(vzd.ScreenResolution, f"RES_{config.width}X{config.height}", None)
+        if res is None:
+            raise ValueError(f"ViZDoom has no {config.width}x{config.height} resolution")
+        game.set_screen_resolution(res)
+        game.set_screen_format(vzd.ScreenFormat.RGB24)
+        game.set_depth_buffer_enabled(config.depth)
+        for setting in ("hud", "crosshair", "weapon", "messages", "screen_flashes"):
+            getattr(game, f"set_render_{setting}")(False)
+        game.set_window_visible(False)
+        game.set_mode(vzd.Mode.PLAYER)
+        game.set_episode_timeout(0)
+        game.add_game_args("+sv_cheats 1" + ("" if config.monsters else " -nomonsters"))
+        variables = ["CAMERA_POSITION_X", "CAMERA_POSITION_Y", "CAMERA_POSITION_Z"]
+        variables += ["CAMERA_ANGLE", "CAMERA_PITCH", "CAMERA_FOV", "VELOCITY_X", "VELOCITY_Y"]
+        for name in variables:
+            game.add_available_game_variable(getattr(vzd.GameVariable, name))
+        buttons = ["MOVE_FORWARD", "MOVE_BACKWARD", "MOVE_LEFT", "MOVE_RIGHT"]
+        buttons += ["TURN_LEFT_RIGHT_DELTA", "SPEED"]
+        for name in buttons:
+            game.add_available_button(getattr(vzd.Button, name))
+        game.set_seed(config.seed)
+        game.init()
+        self._game = game
+        self._fov = None
+
+    # -- episode ------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start the level anew (god mode, input accepted) and return the first frame."""
+        if seed is not None:
+            self._game.set_seed(seed)
+        self._game.new_episode()
+        self._game.send_game_command("god")
+        self._game.make_action([0.0] * 6, WARMUP_TICS)
+        return self.observe()
+
+    def step(self, keyboard, mouse) -> Observation:
+        """Hold one action (``keyboard [6]``, ``mouse [2]``) for ``frame_skip`` tics."""
+        keyboard = np.asarray(keyboard, dtype=np.float64).reshape(-1)
+        mouse = np.asarray(mouse, dtype=np.float64).reshape(-1)
+        if keyboard.shape != (KEYBOARD_DIM,) or mouse.shape != (MOUSE_DIM,):
+            raise ValueError(f"need keyboard [{KEYBOARD_DIM}] and mouse [{MOUSE_DIM}]")
+        if not (np.isfinite(keyboard).all() and np.isfinite(mouse).all()):
+            raise ValueError("actions must be finite")
+        if mouse[0] != 0:
+            raise ValueError("Doom recordings keep the pitch level: mouse pitch must be 0")
+        if self._game.is_episode_finished():
+            raise RuntimeError("the episode has finished (exit reached); call reset()")
+        keyboard, mouse = self.applied_action(keyboard, mouse)
+        turn = self.kinematics.degrees_per_unit * mouse[1] / self.config.frame_skip
+        # a quarter unit over the whole number, so Doom's floor lands on it
+        turn = (round(turn / ANGLE_UNIT) + 0.25) * ANGLE_UNIT
+        w, s, a, d = keyboard[:4]
+        speed = float(self.config.run)
+        self._game.make_action([w, s, a, d, turn, speed], self.config.frame_skip)
+        return self.observe()
+
+    def applied_action(self, keyboard, mouse) -> tuple[np.ndarray, np.ndarray]:
+        """The action the game really performs: keys as 0/1, the mouse yaw through the dead
+        zone and rounded to Doom's angle resolution (1/65536 of a turn per tic)."""
+        kin = self.kinematics
+        keys = (np.asarray(keyboard, dtype=np.float64) > 0.5).astype(np.float64)
+        yaw = float(mouse[1]) if abs(mouse[1]) >= kin.mouse_dead_zone else 0.0
+        per_tic = kin.degrees_per_unit * yaw / self.config.frame_skip
+        per_tic = round(per_tic / ANGLE_UNIT) * ANGLE_UNIT
+        applied = per_tic * self.config.frame_skip / kin.degrees_per_unit
+        if abs(applied) < kin.mouse_dead_zone:
+            applied = 0.0
+        return keys, np.array([0.0, applied])
+
+    @property
+    def finished(self) -> bool:
+        return self._game.is_episode_finished()
+
+    def observe(self) -> Observation:
+        state = self._game.get_state()
+        if state is None:
+            raise RuntimeError("no game state: the episode has finished; call reset()")
+        x, y, z, angle, pitch, fov, vx, vy = state.game_variables
+        if pitch != 0:
+            raise RuntimeError(f"camera pitch {pitch} is not level")
+        self._fov = float(fov)
+        c2w = pose_from_angles(torch.tensor([x, y, z], dtype=torch.float64), float(angle), 0.0)
+        depth = state.depth_buffer.copy() if self.config.depth else None
+        return Observation(
+            state.screen_buffer.copy(), depth, c2w.numpy(), int(state.tic), np.array([vx, vy])
+        )
+
+    @property
+    def intrinsics(self) -> torch.Tensor:
+        """``[4] = (fx, fy, cx, cy)`` in pixels: square pixels, the game's horizontal fov."""
+        fov = self._fov if self._fov is not None else 90.0
+        return intrinsics_from_fov(self.config.width, self.config.height, fov)
+
+    def lines(self) -> list[Line]:
+        """The level's lines (see :func:`level_lines`)."""
+        return level_lines(self.config.map)
+
+    def close(self) -> None:
+        self._game.close()
+
+    def __enter__(self) -> DoomGame:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def yaw_of(c2w: np.ndarray) -> float:
+    """Yaw in degrees of a level camera pose ``[4, 4]``."""
+    return math.degrees(math.atan2(c2w[1, 2], c2w[0, 2]))
