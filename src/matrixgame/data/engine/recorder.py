@@ -1,0 +1,232 @@
+"""Recording coordination: tick-synchronised capture, parallel workers, resumable output.
+
+Each job records one clip in its own game process: observe frame t (rendered from pose t),
+let the agent choose action t from that pose, record the action the game really performs,
+step the game, repeat. A job's name and seed follow from the recording config alone, so a
+rerun with the same config plans the same jobs and skips those whose shard is listed in the
+manifest with a matching checksum. A job whose game process fails or dies is retried; the
+manifest only ever lists shards that were written completely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import multiprocessing
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from matrixgame.data.shards import Clip, Manifest, write_clip
+
+RETRIES = 2
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    out: str
+    maps: tuple[str, ...] = ("E1M1",)
+    frames: int = 10_000  # total over all jobs
+    clip_frames: int = 1024
+    workers: int = 1
+    width: int = 160
+    height: int = 120
+    frame_skip: int = 2
+    run: bool = False
+    depth: bool = True
+    loop_fraction: float = 0.2  # share of clips that are scripted out-and-back loops
+    heldout_maps: tuple[str, ...] = ()  # recorded with split "heldout-map"
+    heldout_every: int = 10  # every n-th clip of a training map is a held-out trajectory
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from matrixgame.data.engine.game import map_wad
+
+        for m in (*self.maps, *self.heldout_maps):
+            map_wad(m)
+        if self.frames < 1 or self.clip_frames < 2 or self.workers < 1:
+            raise ValueError("need frames >= 1, clip_frames >= 2, workers >= 1")
+        if not 0 <= self.loop_fraction <= 1:
+            raise ValueError("loop_fraction must lie in [0, 1]")
+        if self.heldout_every < 0:
+            raise ValueError("heldout_every must be >= 0 (0: none)")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    map: str
+    seed: int
+    frames: int
+    agent: str  # "explore" | "loop"
+    split: str  # "train" | "heldout-traj" | "heldout-map"
+    config: RecordConfig = field(repr=False)
+
+
+def _job_seed(base: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base}:{name}".encode()).digest()[:4], "little")
+
+
+def plan_jobs(cfg: RecordConfig) -> list[Job]:
+    """The deterministic job list: clips spread evenly over the maps."""
+    maps = list(cfg.maps) + [m for m in cfg.heldout_maps if m not in cfg.maps]
+    per_map = max(1, math.ceil(cfg.frames / (cfg.clip_frames * len(maps))))
+    jobs = []
+    for m in maps:
+        for i in range(per_map):
+            name = f"{m}_{i:05d}.safetensors"
+            seed = _job_seed(cfg.seed, name)
+            rng = np.random.default_rng(seed)
+            agent = "loop" if rng.random() < cfg.loop_fraction else "explore"
+            if m in cfg.heldout_maps:
+                split = "heldout-map"
+            elif cfg.heldout_every and i % cfg.heldout_every == cfg.heldout_every - 1:
+                split = "heldout-traj"
+            else:
+                split = "train"
+            jobs.append(Job(name, m, seed, cfg.clip_frames, agent, split, cfg))
+    return jobs
+
+
+_LINES: dict[str, list] = {}  # per worker process: level geometry by map
+
+
+def record_clip(job: Job) -> tuple[str, dict]:
+    """Record one job's clip into its shard (in a worker process). Returns the manifest entry."""
+    from matrixgame.data.engine.agent import Explorer, LoopWalker, NavGrid
+    from matrixgame.data.engine.game import DoomGame, GameConfig, level_lines
+
+    cfg = job.config
+    game_cfg = GameConfig(
+        job.map, cfg.width, cfg.height, cfg.frame_skip, cfg.run, cfg.depth, seed=job.seed
+    )
+    rng = np.random.default_rng(job.seed)
+    with DoomGame(game_cfg) as game:
+        obs = game.reset(job.seed)
+        if job.map not in _LINES:
+            _LINES[job.map] = level_lines(job.map)
+        grid = NavGrid.build(_LINES[job.map], obs.c2w[:2, 3])
+        agent = LoopWalker(grid, rng) if job.agent == "loop" else Explorer(grid, rng)
+        frames, depth, poses, keys, mice, tics = [], [], [], [], [], []
+        for _ in range(job.frames):
+            keyboard, mouse = game.applied_action(*agent.act(obs.c2w))
+            frames.append(obs.frame)
+            depth.append(obs.depth)
+            poses.append(obs.c2w)
+            tics.append(obs.tic)
+            keys.append(keyboard)
+            mice.append(mouse)
+            obs = game.step(keyboard, mouse)
+            if game.finished or (job.agent == "loop" and agent.done):
+                break
+        K = game.intrinsics.numpy()
+        kin = game.kinematics
+    meta = {
+        "map": job.map,
+        "seed": job.seed,
+        "split": job.split,
+        "agent": job.agent,
+        "viewpoint": "first",
+        "width": cfg.width,
+        "height": cfg.height,
+        "frame_skip": cfg.frame_skip,
+        "run": cfg.run,
+        "units": "doom map units",
+        "metres_per_unit": kin.metres_per_unit,
+        "kinematics": asdict(kin),
+    }
+    clip = Clip(
+        np.stack(frames),
+        np.stack(poses),
+        K,
+        np.stack(keys).astype(np.float32),
+        np.stack(mice).astype(np.float32),
+        np.array(tics, dtype=np.int64),
+        np.stack(depth) if cfg.depth else None,
+        meta,
+    )
+    sha = write_clip(Path(cfg.out) / job.name, clip)
+    entry = {k: meta[k] for k in ("map", "seed", "split", "agent", "viewpoint")}
+    entry.update(sha256=sha, frames=len(clip))
+    return job.name, entry
+
+
+def _run(job: Job) -> tuple[str, dict]:
+    try:
+        return record_clip(job)
+    except Exception as err:  # carry the worker's traceback back to the coordinator
+        raise RuntimeError(f"{job.name}: {err}\n{traceback.format_exc()}") from None
+
+
+def record_dataset(cfg: RecordConfig, progress: bool = True) -> Manifest:
+    """Record (or finish recording) the dataset described by ``cfg`` into ``cfg.out``."""
+    from tqdm import tqdm
+
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".*.tmp"):  # leftovers of an interrupted write
+        stale.unlink()
+    manifest = Manifest.load(root)
+    config = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k != "out"
+    }
+    if manifest.config and manifest.config != config:
+        raise ValueError(
+            f"{root} was recorded with another config; use a new folder or the same options"
+        )
+    manifest.config = config
+    jobs = plan_jobs(cfg)
+    todo = [j for j in jobs if not manifest.verified(j.name)]
+    for j in todo:
+        manifest.shards.pop(j.name, None)
+    manifest.save()
+    bar = tqdm(total=sum(j.frames for j in jobs), unit="frame", disable=not progress, desc="record")
+    bar.update(sum(manifest.shards[j.name]["frames"] for j in jobs if j.name in manifest.shards))
+    attempts = dict.fromkeys((j.name for j in todo), 0)
+    ctx = multiprocessing.get_context("spawn")
+    pending = list(todo)
+    failures = []
+    while pending:
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_run, j): j for j in pending}
+            pending = []
+            broken = False
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = futures.pop(fut)
+                    try:
+                        name, entry = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        _retry(job, attempts, pending, failures, "its worker process died")
+                        continue
+                    except Exception as err:
+                        _retry(job, attempts, pending, failures, str(err).splitlines()[0])
+                        continue
+                    manifest.shards[name] = entry
+                    manifest.save()
+                    bar.update(entry["frames"])
+                if broken:  # every future of a broken pool fails; requeue them all
+                    for fut, job in futures.items():
+                        fut.cancel()
+                        _retry(
+                            job, attempts, pending, failures, "its worker pool broke", count=False
+                        )
+                    futures = {}
+    bar.close()
+    if failures:
+        raise RuntimeError("some clips could not be recorded:\n" + "\n".join(failures))
+    return manifest
+
+
+def _retry(job: Job, attempts: dict, pending: list, failures: list, why: str, count: bool = True):
+    attempts[job.name] += int(count)
+    if attempts[job.name] > RETRIES:
+        failures.append(f"{job.name}: {why} ({RETRIES + 1} attempts)")
+    else:
+        pending.append(job)

@@ -1,0 +1,228 @@
+"""The data engine on the real game: physics, frame/pose alignment, replay, resume, dataset."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("vizdoom")
+
+from matrixgame.data.dataset import ClipDataset  # noqa: E402
+from matrixgame.data.engine.agent import NavGrid  # noqa: E402
+from matrixgame.data.engine.game import DoomGame, GameConfig, Line  # noqa: E402
+from matrixgame.data.engine.recorder import RecordConfig, plan_jobs, record_clip, record_dataset  # noqa: E402
+from matrixgame.data.shards import Manifest, read_clip  # noqa: E402
+from matrixgame.geometry import Trajectory, infer_actions, keyboard_accuracy  # noqa: E402
+from matrixgame.geometry.kinematics import doom_kinematics  # noqa: E402
+
+
+@pytest.mark.parametrize("run", [False, True])
+def test_game_physics_matches_the_kinematics(run):
+    cfg = doom_kinematics(1, run)
+    with DoomGame(GameConfig("MAP01", frame_skip=1, run=run, depth=False)) as game:
+        for key, (forward, right) in enumerate([(1, 0), (-1, 0), (0, -1), (0, 1)]):
+            game.reset()
+            keyboard = np.zeros(6)
+            keyboard[key] = 1
+            p0 = game.observe().c2w[:2, 3]
+            p1 = game.step(keyboard, [0, 0]).c2w[:2, 3]
+            p2 = game.step(keyboard, [0, 0]).c2w[:2, 3]
+            want = np.array([forward * cfg.forward_speed, -right * cfg.strafe_speed])  # yaw 0
+            np.testing.assert_allclose(p1 - p0, want, atol=1e-4)
+            np.testing.assert_allclose(p2 - p1 - cfg.friction * (p1 - p0), want, atol=1e-4)
+
+
+def _rotation_warp_error(src, dst, c2w_src, c2w_dst, K) -> float:
+    """Mean absolute error of dst against src warped by the rotation-only homography."""
+    fx, fy, cx, cy = K.tolist()
+    h, w = dst.shape[:2]
+    rot = c2w_src[:3, :3].T @ c2w_dst[:3, :3]
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    rays = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones_like(u)], -1) @ rot.T
+    us, vs = rays[..., 0] / rays[..., 2] * fx + cx, rays[..., 1] / rays[..., 2] * fy + cy
+    ok = (rays[..., 2] > 0) & (us >= 0) & (us < w) & (vs >= 0) & (vs < h)
+    warped = src[vs[ok].astype(int), us[ok].astype(int)].astype(float)
+    return float(np.abs(warped - dst[ok].astype(float)).mean())
+
+
+def test_each_frame_is_rendered_from_its_own_pose():
+    # Turning in place, frame t+1 is frame t seen through the rotation between their poses:
+    # the true pose pairing explains it far better than the pose of a neighbouring frame,
+    # and the intrinsics' focal length is the best fit.
+    with DoomGame(GameConfig("MAP01", width=320, height=240, depth=False)) as game:
+        obs = [game.reset()]
+        for _ in range(5):
+            obs.append(game.step(np.zeros(6), [0.0, 0.5]))  # 7.5 degrees right per frame
+        K = game.intrinsics
+    for t in range(1, 4):
+        a, b = obs[t], obs[t + 1]
+        true = _rotation_warp_error(a.frame, b.frame, a.c2w, b.c2w, K)
+        for wrong in (obs[t - 1].c2w, obs[t + 2].c2w):
+            assert true * 2 < _rotation_warp_error(a.frame, b.frame, a.c2w, wrong, K)
+        for scale in (0.95, 1.05):
+            K2 = K.clone()
+            K2[:2] *= scale
+            assert true < _rotation_warp_error(a.frame, b.frame, a.c2w, b.c2w, K2)
+
+
+def test_replaying_recorded_actions_reproduces_frames_and_poses(tmp_path):
+    cfg = RecordConfig(out=str(tmp_path), maps=("MAP01",), frames=80, clip_frames=80)
+    job = plan_jobs(cfg)[0]
+    name, entry = record_clip(job)
+    clip = read_clip(tmp_path / name)
+    assert entry["frames"] == len(clip) and len(clip) > 10
+    with DoomGame(GameConfig("MAP01", seed=job.seed)) as game:
+        obs = game.reset(job.seed)
+        for t in range(len(clip)):
+            np.testing.assert_array_equal(obs.frame, clip.frames[t])
+            np.testing.assert_array_equal(obs.c2w, clip.c2w[t])
+            obs = game.step(clip.keyboard[t], clip.mouse[t])
+
+
+def test_nav_grid_paths_stay_in_walkable_space():
+    # a 512 x 256 room split by a wall with a 96-unit doorway at its top
+    lines = [
+        Line(0, 0, 512, 0, True, 0, 128),
+        Line(512, 0, 512, 256, True, 0, 128),
+        Line(512, 256, 0, 256, True, 0, 128),
+        Line(0, 256, 0, 0, True, 0, 128),
+        Line(256, 0, 256, 160, True, 0, 128),
+    ]
+    grid = NavGrid.build(lines, (64, 64))
+    assert grid.walkable[grid.cell_of((400, 64))]  # reachable through the doorway
+    dist, parents = grid.distances(grid.cell_of((64, 64)))
+    path = grid.path(parents, grid.cell_of((400, 64)))
+    assert all(grid.walkable[c] for c in path)
+    assert max(grid.centre(c)[1] for c in path) > 160  # it goes round through the doorway
+    assert not grid.clear(np.array([64.0, 64.0]), np.array([400.0, 64.0]))  # wall between
+    assert grid.clear(np.array([64.0, 64.0]), np.array([200.0, 200.0]))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("doom")
+    cfg = RecordConfig(
+        out=str(root),
+        maps=("MAP01", "E1M1"),
+        frames=480,
+        clip_frames=120,
+        loop_fraction=0.0,
+        heldout_every=2,
+    )
+    return root, record_dataset(cfg, progress=False)
+
+
+def test_recording_has_exact_labels_and_a_split(dataset):
+    root, manifest = dataset
+    assert len(manifest.shards) == 4
+    assert {e["split"] for e in manifest.shards.values()} == {"train", "heldout-traj"}
+    accuracy = []
+    for name in manifest.shards:
+        assert manifest.verified(name)
+        clip = read_clip(root / name, keys=[])
+        assert clip.meta["map"] in ("MAP01", "E1M1") and clip.tic.tolist() == sorted(clip.tic)
+        # physics-based annotation from poses alone, against the buttons really pressed
+        traj = Trajectory.from_c2w(torch.from_numpy(clip.c2w))
+        kb, mouse = infer_actions(traj, doom_kinematics(2))
+        truth = torch.from_numpy(clip.keyboard[:-1]).double()
+        accuracy.append(keyboard_accuracy(kb, truth))
+        torch.testing.assert_close(
+            mouse, torch.from_numpy(clip.mouse[:-1]).double(), atol=1e-6, rtol=0
+        )
+    assert np.mean(accuracy) >= 0.93
+
+
+def test_rerun_skips_finished_clips_and_redoes_damaged_ones(dataset):
+    root, manifest = dataset
+    names = sorted(manifest.shards)
+    damaged, intact = root / names[0], root / names[1]
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    before = intact.stat().st_mtime_ns
+    cfg = RecordConfig(
+        out=str(root),
+        maps=("MAP01", "E1M1"),
+        frames=480,
+        clip_frames=120,
+        loop_fraction=0.0,
+        heldout_every=2,
+    )
+    again = record_dataset(cfg, progress=False)
+    assert all(again.verified(n) for n in names)
+    assert intact.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="another config"):
+        record_dataset(RecordConfig(out=str(root), maps=("MAP01",)), progress=False)
+
+
+def test_dataset_windows_memory_and_damaged_shards(dataset, tmp_path):
+    root, manifest = dataset
+    ds = ClipDataset(root, frames=17, split=None, memory=3)
+    item = ds[len(ds) - 1]
+    assert item["frames"].shape == (17, 120, 160, 3) and item["frames"].dtype == torch.uint8
+    assert item["c2w"].shape == (17, 4, 4) and item["keyboard"].shape == (17, 6)
+    assert item["memory_frames"].shape == (3, 120, 160, 3)
+    valid = item["memory_index"][item["memory_valid"]]
+    assert (valid < item["start"]).all() and ((valid - 1) % 4 == 0).all()
+    assert (item["memory_overlap"][:-1] >= item["memory_overlap"][1:]).all()
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        ClipDataset(root, frames=16)
+    # a damaged copy: one shard truncated, one altered (only the checksum notices)
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    names = sorted(manifest.shards)
+    (copy / names[0]).write_bytes((copy / names[0]).read_bytes()[:5000])
+    data = bytearray((copy / names[1]).read_bytes())
+    data[-10] ^= 0xFF
+    (copy / names[1]).write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checked = ClipDataset(copy, split=None, verify=True)
+    assert checked.skipped == 2 and "skipped 2" in str(caught[0].message)
+    assert len(checked.clips) == len(manifest.shards) - 2
+
+
+@pytest.mark.slow
+def test_a_killed_recording_resumes(tmp_path):
+    out = tmp_path / "ds"
+    cmd = [
+        sys.executable,
+        "-m",
+        "matrixgame.cli",
+        "record",
+        "--out",
+        str(out),
+        "--maps",
+        "MAP01",
+        "--frames",
+        "600",
+        "--clip-frames",
+        "150",
+        "--loop-fraction",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+    def finished_shards() -> int:
+        return len(Manifest.load(out).shards) if (out / "manifest.json").exists() else 0
+
+    deadline = time.time() + 120
+    while finished_shards() < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = Manifest.load(out)
+    assert 1 <= len(first.shards) < 4
+    kept = {n: (out / n).stat().st_mtime_ns for n in first.shards}
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    final = Manifest.load(out)
+    assert len(final.shards) == 4 and all(final.verified(n) for n in final.shards)
+    assert all((out / n).stat().st_mtime_ns == t for n, t in kept.items())
