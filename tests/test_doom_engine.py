@@ -226,3 +226,12 @@ def test_a_killed_recording_resumes(tmp_path):
     final = Manifest.load(out)
     assert len(final.shards) == 4 and all(final.verified(n) for n in final.shards)
     assert all((out / n).stat().st_mtime_ns == t for n, t in kept.items())
+
+
+def test_level_pose_is_the_convention():
+    from matrixgame.data.engine.game import level_pose
+    from matrixgame.geometry import pose_from_angles
+
+    for yaw in (0.0, 37.5, -120.0, 179.9):
+        want = pose_from_angles(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64), yaw)
+        np.testing.assert_allclose(level_pose(1.0, -2.0, 3.0, yaw), want.numpy(), atol=1e-12)

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
-from matrixgame.io import atomic_write_bytes, atomic_write_text
+from matrixgame.io import atomic_path, atomic_write_text
 
 CLIP_FORMAT = "matrixgame-clip/1"
 MANIFEST_FORMAT = "matrixgame-dataset/1"
@@ -92,11 +92,12 @@ class Clip:
 
 
 def write_clip(path: str | Path, clip: Clip) -> str:
-    """Write a clip atomically; returns the file's sha256."""
+    """Write a clip atomically (temporary file, fsync, rename); returns the file's sha256."""
     meta = {"format": CLIP_FORMAT, "meta": json.dumps(clip.meta, sort_keys=True)}
-    data = save(clip.tensors(), metadata=meta)
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(clip.tensors(), tmp, metadata=meta)
+        return file_sha256(tmp)
 
 
 def read_clip(path: str | Path, keys: list[str] | None = None) -> Clip:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from matrixgame.geometry.cameras import intrinsics_from_fov, pose_from_angles
+from matrixgame.geometry.cameras import intrinsics_from_fov
 from matrixgame.geometry.kinematics import KEYBOARD_DIM, MOUSE_DIM, doom_kinematics
 
 FREEDOOM1_MAPS = tuple(f"E{e}M{m}" for e in range(1, 5) for m in range(1, 10))
@@ -217,10 +217,13 @@ class DoomGame:
         if pitch != 0:
             raise RuntimeError(f"camera pitch {pitch} is not level")
         self._fov = float(fov)
-        c2w = pose_from_angles(torch.tensor([x, y, z], dtype=torch.float64), float(angle), 0.0)
-        depth = state.depth_buffer.copy() if self.config.depth else None
+        depth = state.depth_buffer if self.config.depth else None
         return Observation(
-            state.screen_buffer.copy(), depth, c2w.numpy(), int(state.tic), np.array([vx, vy])
+            state.screen_buffer,
+            depth,
+            level_pose(x, y, z, angle),
+            int(state.tic),
+            np.array([vx, vy]),
         )
 
     @property
@@ -241,6 +244,14 @@ class DoomGame:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def level_pose(x: float, y: float, z: float, yaw_deg: float) -> np.ndarray:
+    """c2w ``[4, 4]`` of a level camera: ``pose_from_angles`` with pitch = roll = 0, in numpy
+    (called once per recorded frame)."""
+    c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
+    # columns: right, down, forward (OpenCV camera axes), position
+    return np.array([[s, 0.0, c, x], [-c, 0.0, s, y], [0.0, -1.0, 0.0, z], [0.0, 0.0, 0.0, 1.0]])
 
 
 def yaw_of(c2w: np.ndarray) -> float:

@@ -111,15 +111,24 @@ def record_clip(job: Job) -> tuple[str, dict]:
             _LINES[job.map] = level_lines(job.map)
         grid = NavGrid.build(_LINES[job.map], obs.c2w[:2, 3])
         agent = LoopWalker(grid, rng) if job.agent == "loop" else Explorer(grid, rng)
-        frames, depth, poses, keys, mice, tics = [], [], [], [], [], []
-        for _ in range(job.frames):
+        n, h, w = job.frames, cfg.height, cfg.width
+        frames = np.empty((n, h, w, 3), dtype=np.uint8)
+        depth = np.empty((n, h, w), dtype=np.uint8) if cfg.depth else None
+        poses, keys, mice = np.empty((n, 4, 4)), np.empty((n, 6)), np.empty((n, 2))
+        tics = np.empty(n, dtype=np.int64)
+        t = 0
+        while t < n:
             keyboard, mouse = game.applied_action(*agent.act(obs.c2w))
-            frames.append(obs.frame)
-            depth.append(obs.depth)
-            poses.append(obs.c2w)
-            tics.append(obs.tic)
-            keys.append(keyboard)
-            mice.append(mouse)
+            frames[t], poses[t], tics[t], keys[t], mice[t] = (
+                obs.frame,
+                obs.c2w,
+                obs.tic,
+                keyboard,
+                mouse,
+            )
+            if depth is not None:
+                depth[t] = obs.depth
+            t += 1
             obs = game.step(keyboard, mouse)
             if game.finished or (job.agent == "loop" and agent.done):
                 break
@@ -140,13 +149,13 @@ def record_clip(job: Job) -> tuple[str, dict]:
         "kinematics": asdict(kin),
     }
     clip = Clip(
-        np.stack(frames),
-        np.stack(poses),
+        frames[:t],
+        poses[:t],
         K,
-        np.stack(keys).astype(np.float32),
-        np.stack(mice).astype(np.float32),
-        np.array(tics, dtype=np.int64),
-        np.stack(depth) if cfg.depth else None,
+        keys[:t].astype(np.float32),
+        mice[:t].astype(np.float32),
+        tics[:t],
+        None if depth is None else depth[:t],
         meta,
     )
     sha = write_clip(Path(cfg.out) / job.name, clip)
