@@ -35,6 +35,7 @@ def annotate(path: Path) -> dict:
     return {
         "map": clip.meta["map"],
         "frames": len(keyboard),
+        "clip ended": clip.meta["ended"],
         "keyboard acc": f"{keyboard_accuracy(keyboard, truth_kb):.4f}",
         "acc, level frames": f"{keyboard_accuracy(keyboard[level], truth_kb[level]):.4f}",
         "level share": f"{float(level.double().mean()):.2f}",
@@ -61,8 +62,11 @@ def main() -> None:
             )
             name, _ = record_clip(plan_jobs(cfg)[0])
             rows.append(annotate(Path(tmp) / name))
-    cols = ["map", "frames", "keyboard acc", "acc, level frames", "level share"]
+    cols = ["map", "frames", "clip ended", "keyboard acc", "acc, level frames", "level share"]
     cols += ["W acc", "S acc", "A acc", "D acc", "mouse max err"]
+    total = sum(r["frames"] for r in rows)
+    overall = sum(r["frames"] * float(r["keyboard acc"]) for r in rows) / total
+    rows.append({"map": "all", "frames": total, "keyboard acc": f"{overall:.4f}"})
     print_table(rows, cols)
     print(f"wrote {write_json('annotation', {'rows': rows})}")
 

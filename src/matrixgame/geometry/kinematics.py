@@ -54,6 +54,7 @@ class KinematicsConfig:
     metres_per_unit: float = 1.0  # world units to metres, for view volumes given in metres
     press_threshold: float = 0.5  # key pressed when thrust component > this * its speed
     release_threshold: float = 0.3  # ... and held while above this (hysteresis)
+    hold_threshold: float = 0.35  # thrust this far from every key pattern: keep the keys
 
     def __post_init__(self) -> None:
         if self.heading not in ("average", "new"):
@@ -196,6 +197,11 @@ def _speeds(forward: float, right: float, config: KinematicsConfig) -> tuple[flo
     return forward * fs, right * rs
 
 
+def _nearest_unit(x: float) -> float:
+    """The nearest of -1, 0, 1."""
+    return float(max(-1, min(1, round(x))))
+
+
 def _tic_headings(yaw: float, dyaw: float, config: KinematicsConfig) -> list[float]:
     """Headings (radians) of the frame's tics, from its start yaw and rotation (degrees)."""
     k = config.ticks_per_frame
@@ -323,6 +329,20 @@ def infer_actions(
         det = M[0][0] * M[1][1] - M[0][1] * M[1][0]
         along = (M[1][1] * rx - M[0][1] * ry) / det
         across = (M[0][0] * ry - M[1][0] * rx) / det
+        # Motion no key pattern explains (a wall stopped it, or the player is in the air,
+        # where Doom has neither friction nor thrust): keep the keys, coast.
+        quantised = _speeds(
+            _nearest_unit(along / config.forward_speed),
+            _nearest_unit(across / config.strafe_speed),
+            config,
+        )
+        unexplained = math.hypot(along - quantised[0], across - quantised[1])
+        if t > 0 and unexplained > config.hold_threshold * slow:
+            keyboard[t, :4] = keyboard[t - 1, :4]
+            k = config.ticks_per_frame
+            mom = [dx / k, dy / k]
+            yaw0 += turn
+            continue
         for key, value in enumerate((along, -along, -across, across)):
             pressed[key] = value > (off if pressed[key] else on)
         keyboard[t, :4] = torch.tensor(pressed, dtype=torch.float64)

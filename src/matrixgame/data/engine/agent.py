@@ -35,13 +35,19 @@ class NavGrid:
     walkable: np.ndarray
     origin: tuple[float, float]
     cell: float
+    margin: np.ndarray | None = None  # [ny, nx] cells to the nearest wall cell
 
     @classmethod
     def build(
-        cls, lines: list[Line], start: tuple[float, float], cell: float = 16.0, clearance: int = 1
+        cls,
+        lines: list[Line],
+        start: tuple[float, float],
+        obstacles: list[tuple[float, float, float]] = (),
+        cell: float = 16.0,
+        clearance: int = 1,
     ) -> NavGrid:
-        """Rasterise impassable lines, keep cells ``clearance`` cells away from them, and
-        flood-fill from ``start``."""
+        """Rasterise impassable lines and solid things ``(x, y, radius)``, keep cells
+        ``clearance`` cells away from them, and flood-fill from ``start``."""
         walls = [
             ln for ln in lines if ln.blocking or ln.floor_step > MAX_STEP or ln.gap < PLAYER_HEIGHT
         ]
@@ -57,6 +63,10 @@ class NavGrid:
             j = ((ln.x1 + t * (ln.x2 - ln.x1) - x0) / cell).astype(int)
             i = ((ln.y1 + t * (ln.y2 - ln.y1) - y0) / cell).astype(int)
             blocked[i, j] = True
+        for ox, oy, radius in obstacles:
+            r = int(math.ceil(radius / cell))
+            ci, cj = int((oy - y0) / cell), int((ox - x0) / cell)
+            blocked[max(0, ci - r) : ci + r + 1, max(0, cj - r) : cj + r + 1] = True
         near_wall = blocked.copy()
         for _ in range(clearance):  # grow walls by one cell (8-neighbourhood) per round
             grown = near_wall.copy()
@@ -66,7 +76,8 @@ class NavGrid:
             grown[:, :-1] |= near_wall[:, 1:]
             near_wall = grown
         free = ~near_wall
-        grid = cls(np.zeros_like(free), (x0, y0), cell)
+        margin, _ = _bfs(np.ones_like(blocked), list(map(tuple, np.argwhere(blocked))))
+        grid = cls(np.zeros_like(free), (x0, y0), cell, margin)
         si, sj = grid.cell_of(start)
         if not free[si, sj]:  # the start hugs a wall: search from the nearest free cell
             cand = np.argwhere(free)
@@ -93,8 +104,9 @@ class NavGrid:
         k = np.argmin(((cand - [i, j]) ** 2).sum(1))
         return int(cand[k, 0]), int(cand[k, 1])
 
-    def clear(self, a: np.ndarray, b: np.ndarray) -> bool:
-        """Whether the straight segment a -> b (map units) stays on walkable cells."""
+    def clear(self, a: np.ndarray, b: np.ndarray, margin: int = 0) -> bool:
+        """Whether the straight segment a -> b (map units) stays on walkable cells at least
+        ``margin`` cells from any wall."""
         n = int(np.linalg.norm(b - a) / (self.cell / 2)) + 2
         pts = a[None] + np.linspace(0.0, 1.0, n)[:, None] * (b - a)[None]
         j = ((pts[:, 0] - self.origin[0]) / self.cell).astype(int)
@@ -102,7 +114,10 @@ class NavGrid:
         ny, nx = self.walkable.shape
         if (i < 0).any() or (j < 0).any() or (i >= ny).any() or (j >= nx).any():
             return False
-        return bool(self.walkable[i, j].all())
+        ok = self.walkable[i, j]
+        if margin:
+            ok = ok & (self.margin[i, j] >= margin)
+        return bool(ok.all())
 
     def distances(self, source) -> tuple[np.ndarray, np.ndarray]:
         """Breadth-first path lengths (cells, -1 unreachable) and parents from ``source``."""
@@ -125,11 +140,15 @@ def _flood(free: np.ndarray, start: tuple[int, int]) -> np.ndarray:
 
 
 def _bfs(free: np.ndarray, start) -> tuple[np.ndarray, np.ndarray]:
+    """Breadth-first distances (cells, -1 unreachable) and parents over ``free`` cells from
+    one start cell ``(i, j)`` or a list of them."""
     ny, nx = free.shape
     dist = np.full((ny, nx), -1, dtype=np.int64)
     parent = np.full((ny, nx, 2), -1, dtype=np.int64)
-    dist[start] = 0
-    queue = deque([tuple(start)])
+    starts = start if isinstance(start, list) else [tuple(start)]
+    for s in starts:
+        dist[s] = 0
+    queue = deque(starts)
     while queue:
         i, j = queue.popleft()
         for di, dj in _NEIGHBOURS:
@@ -176,6 +195,7 @@ class Explorer:
         self.strafe = (0, 0)  # (frames left, direction)
         self.look = 0.0  # degrees of look-around left to turn
         self.banned: set[tuple[int, int]] = set()
+        self.history: deque = deque(maxlen=150)  # positions, to notice being trapped
 
     # -- global planner -----------------------------------------------------------------------
 
@@ -204,6 +224,7 @@ class Explorer:
         xy = c2w[:2, 3]
         yaw = math.degrees(math.atan2(c2w[1, 2], c2w[0, 2]))
         self._mark_seen(xy)
+        self.history.append(xy.copy())
         keyboard = np.zeros(6)
         if self.recover > 0:  # back off while turning away
             self.recover -= 1
@@ -254,7 +275,7 @@ class Explorer:
         aim = self.grid.centre(self.path[0])
         for k in range(ahead, 0, -1):
             cand = self.grid.centre(self.path[k])
-            if self.grid.clear(xy, cand):
+            if self.grid.clear(xy, cand, margin=3):  # keep a cell more from walls
                 aim = cand
                 break
         error = _wrap(math.degrees(math.atan2(aim[1] - xy[1], aim[0] - xy[0])) - yaw)
@@ -269,6 +290,15 @@ class Explorer:
         if abs(self.turn) < 0.5:
             self.turn = 0.0
         return np.array([0.0, -self.turn / self.cfg.degrees_per_unit])
+
+    @property
+    def trapped(self) -> bool:
+        """Confined to a small area for the last 150 frames: somewhere the planner cannot
+        lead out of (a pit it fell into). The recorder ends the clip there."""
+        if len(self.history) < self.history.maxlen:
+            return False
+        pts = np.array(self.history)
+        return float(np.linalg.norm(pts.max(0) - pts.min(0))) < 128.0
 
     def _stuck(self) -> bool:
         """Pushing forward for a while without getting anywhere."""

@@ -88,9 +88,62 @@ class Line:
     gap: float  # opening between the higher floor and the lower ceiling
 
 
-def level_lines(map_name: str) -> list[Line]:
-    """A level's lines with what blocks a walking player, read once from a short-lived game
-    (doors count as open when their sector is)."""
+# Solid decorations (Doom's thing radius, map units): the player cannot walk through them.
+SOLID_THINGS = {
+    "ExplosiveBarrel": 10,
+    "BurningBarrel": 16,
+    "Column": 16,
+    "TechPillar": 16,
+    "TechLamp": 16,
+    "TechLamp2": 16,
+    "Stalagtite": 16,
+    "BigTree": 32,
+    "TorchTree": 16,
+    "RedTorch": 16,
+    "BlueTorch": 16,
+    "GreenTorch": 16,
+    "ShortRedTorch": 16,
+    "ShortBlueTorch": 16,
+    "ShortGreenTorch": 16,
+    "LiveStick": 16,
+    "HeadOnAStick": 16,
+    "HeadsOnAStick": 16,
+    "HeadCandles": 16,
+    "DeadStick": 16,
+    "TallGreenColumn": 16,
+    "ShortGreenColumn": 16,
+    "TallRedColumn": 16,
+    "ShortRedColumn": 16,
+    "SkullColumn": 16,
+    "HeartColumn": 16,
+    "EvilEye": 16,
+    "FloatingSkull": 16,
+    "Candelabra": 16,
+    "HangNoGuts": 16,
+    "HangBNoBrain": 16,
+    "HangTLookingDown": 16,
+    "HangTSkull": 16,
+    "HangTLookingUp": 16,
+    "HangTNoBrain": 16,
+    "Meat2": 16,
+    "Meat3": 16,
+    "Meat4": 16,
+    "Meat5": 16,
+    "BloodyTwitch": 16,
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """A level's static geometry: its lines and solid decorations ``(x, y, radius)``."""
+
+    lines: list[Line]
+    obstacles: list[tuple[float, float, float]]
+
+
+def read_level(map_name: str) -> Level:
+    """Read a level's geometry once from a short-lived game: lines with what blocks a walking
+    player (doors count as open when their sector is) and solid decorations."""
     import vizdoom as vzd
 
     game = vzd.DoomGame()
@@ -99,10 +152,12 @@ def level_lines(map_name: str) -> list[Line]:
     game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
     game.set_window_visible(False)
     game.set_sectors_info_enabled(True)
+    game.set_objects_info_enabled(True)
     game.add_game_args("-nomonsters")
     game.init()
     try:
-        sectors = game.get_state().sectors
+        state = game.get_state()
+        sectors, objects = state.sectors, state.objects
     finally:
         game.close()
     # A two-sided line appears in both its sectors: combine their floors and ceilings.
@@ -112,15 +167,20 @@ def level_lines(map_name: str) -> list[Line]:
             a, b = (ln.x1, ln.y1), (ln.x2, ln.y2)
             key = (*a, *b) if a <= b else (*b, *a)
             sides.setdefault(key, []).append((sec.floor_height, sec.ceiling_height, ln.is_blocking))
-    out = []
+    lines = []
     for (x1, y1, x2, y2), entries in sides.items():
         floors = [e[0] for e in entries]
         ceilings = [e[1] for e in entries]
         blocking = any(e[2] for e in entries) or len(entries) < 2
         step = max(floors) - min(floors)
         gap = min(ceilings) - max(floors)
-        out.append(Line(x1, y1, x2, y2, blocking, step, gap))
-    return out
+        lines.append(Line(x1, y1, x2, y2, blocking, step, gap))
+    obstacles = [
+        (o.position_x, o.position_y, float(SOLID_THINGS[o.name]))
+        for o in objects
+        if o.name in SOLID_THINGS
+    ]
+    return Level(lines, obstacles)
 
 
 class DoomGame:
@@ -232,9 +292,9 @@ class DoomGame:
         fov = self._fov if self._fov is not None else 90.0
         return intrinsics_from_fov(self.config.width, self.config.height, fov)
 
-    def lines(self) -> list[Line]:
-        """The level's lines (see :func:`level_lines`)."""
-        return level_lines(self.config.map)
+    def level(self) -> Level:
+        """The level's static geometry (see :func:`read_level`)."""
+        return read_level(self.config.map)
 
     def close(self) -> None:
         self._game.close()

@@ -92,13 +92,13 @@ def plan_jobs(cfg: RecordConfig) -> list[Job]:
     return jobs
 
 
-_LINES: dict[str, list] = {}  # per worker process: level geometry by map
+_LEVELS: dict = {}  # per worker process: level geometry by map
 
 
 def record_clip(job: Job) -> tuple[str, dict]:
     """Record one job's clip into its shard (in a worker process). Returns the manifest entry."""
     from matrixgame.data.engine.agent import Explorer, LoopWalker, NavGrid
-    from matrixgame.data.engine.game import DoomGame, GameConfig, level_lines
+    from matrixgame.data.engine.game import DoomGame, GameConfig, read_level
 
     cfg = job.config
     game_cfg = GameConfig(
@@ -107,16 +107,25 @@ def record_clip(job: Job) -> tuple[str, dict]:
     rng = np.random.default_rng(job.seed)
     with DoomGame(game_cfg) as game:
         obs = game.reset(job.seed)
-        if job.map not in _LINES:
-            _LINES[job.map] = level_lines(job.map)
-        grid = NavGrid.build(_LINES[job.map], obs.c2w[:2, 3])
+        if job.map not in _LEVELS:
+            _LEVELS[job.map] = read_level(job.map)
+        level = _LEVELS[job.map]
+        grid = NavGrid.build(level.lines, obs.c2w[:2, 3], level.obstacles)
         agent = LoopWalker(grid, rng) if job.agent == "loop" else Explorer(grid, rng)
         n, h, w = job.frames, cfg.height, cfg.width
         frames = np.empty((n, h, w, 3), dtype=np.uint8)
         depth = np.empty((n, h, w), dtype=np.uint8) if cfg.depth else None
         poses, keys, mice = np.empty((n, 4, 4)), np.empty((n, 6)), np.empty((n, 2))
         tics = np.empty(n, dtype=np.int64)
-        t = 0
+        # Doom can move the player by more than physics allows (teleporters): end the clip
+        # there, so every clip is one continuous camera path.
+        jump = (
+            4
+            * game.config.frame_skip
+            * game.kinematics.forward_speed
+            / (1 - game.kinematics.friction)
+        )
+        t, ended = 0, "length"
         while t < n:
             keyboard, mouse = game.applied_action(*agent.act(obs.c2w))
             frames[t], poses[t], tics[t], keys[t], mice[t] = (
@@ -130,7 +139,15 @@ def record_clip(job: Job) -> tuple[str, dict]:
                 depth[t] = obs.depth
             t += 1
             obs = game.step(keyboard, mouse)
-            if game.finished or (job.agent == "loop" and agent.done):
+            if game.finished:
+                ended = "exit"
+            elif np.linalg.norm(obs.c2w[:3, 3] - poses[t - 1][:3, 3]) > jump:
+                ended = "teleport"
+            elif agent.trapped:
+                ended = "trapped"
+            elif job.agent == "loop" and agent.done:
+                ended = "loop done"
+            if ended != "length":
                 break
         K = game.intrinsics.numpy()
         kin = game.kinematics
@@ -147,6 +164,7 @@ def record_clip(job: Job) -> tuple[str, dict]:
         "units": "doom map units",
         "metres_per_unit": kin.metres_per_unit,
         "kinematics": asdict(kin),
+        "ended": ended,
     }
     clip = Clip(
         frames[:t],
