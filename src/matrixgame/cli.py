@@ -136,6 +136,57 @@ def _run_record(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(manifest.shards)} clips, {manifest.frames()} frames ({summary})")
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="convert real-world video with camera poses into a dataset clip",
+        description=(
+            "Convert RealEstate10K (camera file + extracted frames) or nerfstudio/DL3DV "
+            "(transforms.json + images) data into a matrixgame clip in a dataset folder: "
+            "frames centre-cropped and resized, poses turned to a z-up world and scaled so "
+            "the median step is the kinematics preset's, and W/S/A/D and mouse actions "
+            "annotated from the poses (physics-based inverse kinematics)."
+        ),
+    )
+    p.add_argument("format", choices=["realestate10k", "nerfstudio"], help="input format")
+    p.add_argument("source", help="RealEstate10K camera .txt file, or transforms.json")
+    p.add_argument("--frames", help="RealEstate10K: folder of extracted frames")
+    p.add_argument("--out", required=True, help="dataset folder (created or extended)")
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--preset", default="released", help="kinematics preset for the actions")
+    p.add_argument("--split", default="train", help="split recorded in the manifest")
+    p.set_defaults(run_command=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from matrixgame.data.realworld import read_nerfstudio, read_realestate10k, to_clip
+    from matrixgame.data.shards import Manifest, write_clip
+
+    if args.format == "realestate10k":
+        if not args.frames:
+            raise ValueError("realestate10k needs --frames FOLDER of the extracted frames")
+        posed = read_realestate10k(args.source, args.frames)
+    else:
+        posed = read_nerfstudio(args.source)
+    clip = to_clip(posed, args.width, args.height, args.preset)
+    clip.meta["split"] = args.split
+    manifest = Manifest.load(args.out)
+    name = f"{args.format}_{Path(args.source).stem}_{len(manifest.shards):05d}.safetensors"
+    sha = write_clip(Path(args.out) / name, clip)
+    manifest.shards[name] = {
+        "source": posed.source,
+        "split": args.split,
+        "viewpoint": "first",
+        "sha256": sha,
+        "frames": len(clip),
+    }
+    manifest.save()
+    print(f"{args.out}/{name}: {len(clip)} frames, pose scale {clip.meta['pose_scale']:.4g}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matrixgame",
@@ -145,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_trajectory(sub)
     _add_record(sub)
+    _add_import(sub)
     return parser
 
 
