@@ -235,3 +235,51 @@ def test_level_pose_is_the_convention():
     for yaw in (0.0, 37.5, -120.0, 179.9):
         want = pose_from_angles(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64), yaw)
         np.testing.assert_allclose(level_pose(1.0, -2.0, 3.0, yaw), want.numpy(), atol=1e-12)
+
+
+def test_intrinsics_put_wall_bottoms_where_the_game_draws_them():
+    # Facing a solid wall at distance D from an eye h above the floor, the wall meets the
+    # floor on row cy + fy h / D: Doom's pixels are 1.2 times taller than wide.
+    from matrixgame.data.engine.game import ChaseCamera, read_level
+
+    walls = ChaseCamera(read_level("MAP01").lines)
+    with DoomGame(GameConfig("MAP01", width=320, height=240)) as game:
+        obs = game.reset()
+        fx, fy, _, cy = game.intrinsics.tolist()
+        assert fy == pytest.approx(1.2 * fx)
+        rows, dists, eyes = [], [], []
+        for _ in range(5):
+            obs = game.step(np.zeros(6), [0.0, 1.0])  # 15 degrees right per frame
+            x, y, eye = obs.c2w[:3, 3]
+            yaw = np.degrees(np.arctan2(obs.c2w[1, 2], obs.c2w[0, 2]))
+            dists.append(walls.cast(x, y, eye, yaw, reach=1000.0))  # the wall straight ahead
+            column = obs.depth[:, 160].astype(int)
+            row = 120
+            while row + 1 < 240 and column[row + 1] == column[120]:
+                row += 1
+            rows.append(row + 1)
+            eyes.append(eye)
+    rows, dists, eyes = np.array(rows), np.array(dists), np.array(eyes)
+    # (a lower step in front of a wall can hide its bottom: most views, not all, must match)
+    assert (np.abs(rows - (cy + fy * eyes / dists)) <= 1.5).sum() >= 3
+    assert (np.abs(rows - (cy + fx * eyes / dists)) <= 1.5).sum() <= 1  # square pixels: wrong
+
+
+def test_third_person_camera_sits_where_the_game_renders_from():
+    cfg = GameConfig("MAP01", width=320, height=240, viewpoint="third", depth=False, labels=True)
+    with DoomGame(cfg) as game:
+        obs = game.reset()
+        _, fy, cx, cy = game.intrinsics.tolist()
+        seen = 0
+        for step in range(24):
+            obs = game.step([1.0, 0, 0, 0, 0, 0] if step % 3 else np.zeros(6), [0.0, 0.6])
+            boxes = [b for b in obs.labels if b[0] == "DoomPlayer"]
+            dist = np.linalg.norm(obs.c2w[:2, 3] - obs.eye[:2, 3])
+            bottom = cy + fy * 48.0 / dist  # the player's feet, 48 units below the camera
+            if not boxes or bottom >= 239:
+                continue
+            _, bx, by, bw, bh = boxes[0]
+            assert abs(bx + bw / 2 - cx) <= 6  # straight ahead (walking sprites sway)
+            assert abs(by + bh - bottom) <= 6  # at the distance and height we compute
+            seen += 1
+        assert seen >= 5

@@ -8,8 +8,8 @@ carries the pose it was rendered from:
 - pose: c2w from the game's camera position (map units) and angle (degrees counter-clockwise
   from +x, our yaw); pitch stays level because Doom's software renderer shears the image
   for pitch instead of rotating the camera, which no pinhole pose describes;
-- intrinsics: square pixels, fx = fy = (W / 2) / tan(fov / 2) with the game's horizontal
-  field of view (90 degrees at 4:3), principal point at the image centre;
+- intrinsics: fx = (W / 2) / tan(fov / 2) with the game's horizontal field of view (90
+  degrees at 4:3), fy = 1.2 fx (Doom's tall pixels), principal point at the image centre;
 - actions: W/S/A/D map to Doom's move buttons (walking by default), the mouse yaw to a
   per-tic turn of ``degrees_per_unit * m / frame_skip`` degrees, so
   :func:`~matrixgame.geometry.kinematics.doom_kinematics` predicts the motion (walls aside).
@@ -31,6 +31,7 @@ FREEDOOM1_MAPS = tuple(f"E{e}M{m}" for e in range(1, 5) for m in range(1, 10))
 FREEDOOM2_MAPS = tuple(f"MAP{i:02d}" for i in range(1, 33))
 ALL_MAPS = FREEDOOM1_MAPS + FREEDOOM2_MAPS
 WARMUP_TICS = 12  # Doom ignores a player's input for the first tics of a level
+DOOM_PIXEL_ASPECT = 1.2  # 320x200 shown at 4:3: the world is drawn 1.2x taller than wide
 ANGLE_UNIT = 360 / 65536  # Doom turns by whole 1/65536ths of a circle per tic (floored)
 
 
@@ -55,6 +56,8 @@ class GameConfig:
     depth: bool = True
     monsters: bool = False  # a static world: only the player moves
     seed: int = 0
+    viewpoint: str = "first"  # "first" | "third" (ZDoom's chase camera behind the player)
+    labels: bool = False  # report objects' screen boxes (Observation.labels)
 
     def __post_init__(self) -> None:
         map_wad(self.map)
@@ -62,6 +65,8 @@ class GameConfig:
             raise ValueError(f"only 4:3 resolutions are supported, got {self.width}x{self.height}")
         if self.frame_skip < 1:
             raise ValueError(f"frame_skip must be positive, got {self.frame_skip}")
+        if self.viewpoint not in ("first", "third"):
+            raise ValueError(f"viewpoint must be 'first' or 'third', got {self.viewpoint!r}")
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Observation:
     c2w: np.ndarray  # [4, 4] float64, map units
     tic: int
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # map units per tic
+    eye: np.ndarray | None = None  # [4, 4] the player's own eye (differs in third person)
+    labels: list[tuple[str, int, int, int, int]] = field(default_factory=list)  # name, x, y, w, h
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ class Line:
     blocking: bool
     floor_step: float  # height difference of the floors on its two sides (0 if one-sided)
     gap: float  # opening between the higher floor and the lower ceiling
+    two_sided: bool = True
+    floor_top: float = 0.0  # the higher of its two floors
+    ceiling_bottom: float = 0.0  # the lower of its two ceilings
 
 
 # Solid decorations (Doom's thing radius, map units): the player cannot walk through them.
@@ -174,7 +184,9 @@ def read_level(map_name: str) -> Level:
         blocking = any(e[2] for e in entries) or len(entries) < 2
         step = max(floors) - min(floors)
         gap = min(ceilings) - max(floors)
-        lines.append(Line(x1, y1, x2, y2, blocking, step, gap))
+        lines.append(
+            Line(x1, y1, x2, y2, blocking, step, gap, len(entries) > 1, max(floors), min(ceilings))
+        )
     obstacles = [
         (o.position_x, o.position_y, float(SOLID_THINGS[o.name]))
         for o in objects
@@ -201,6 +213,7 @@ class DoomGame:
         game.set_screen_resolution(res)
         game.set_screen_format(vzd.ScreenFormat.RGB24)
         game.set_depth_buffer_enabled(config.depth)
+        game.set_labels_buffer_enabled(config.labels)
         for setting in ("hud", "crosshair", "weapon", "messages", "screen_flashes"):
             getattr(game, f"set_render_{setting}")(False)
         game.set_window_visible(False)
@@ -209,6 +222,7 @@ class DoomGame:
         game.add_game_args("+sv_cheats 1" + ("" if config.monsters else " -nomonsters"))
         variables = ["CAMERA_POSITION_X", "CAMERA_POSITION_Y", "CAMERA_POSITION_Z"]
         variables += ["CAMERA_ANGLE", "CAMERA_PITCH", "CAMERA_FOV", "VELOCITY_X", "VELOCITY_Y"]
+        variables += ["POSITION_Z"]
         for name in variables:
             game.add_available_game_variable(getattr(vzd.GameVariable, name))
         buttons = ["MOVE_FORWARD", "MOVE_BACKWARD", "MOVE_LEFT", "MOVE_RIGHT"]
@@ -219,6 +233,9 @@ class DoomGame:
         game.init()
         self._game = game
         self._fov = None
+        self._chase = (
+            ChaseCamera(read_level(config.map).lines) if config.viewpoint == "third" else None
+        )
 
     # -- episode ------------------------------------------------------------------------------
 
@@ -228,6 +245,8 @@ class DoomGame:
             self._game.set_seed(seed)
         self._game.new_episode()
         self._game.send_game_command("god")
+        if self._chase is not None:
+            self._game.send_game_command("chase")
         self._game.make_action([0.0] * 6, WARMUP_TICS)
         return self.observe()
 
@@ -273,24 +292,29 @@ class DoomGame:
         state = self._game.get_state()
         if state is None:
             raise RuntimeError("no game state: the episode has finished; call reset()")
-        x, y, z, angle, pitch, fov, vx, vy = state.game_variables
+        x, y, z, angle, pitch, fov, vx, vy, feet = state.game_variables
         if pitch != 0:
             raise RuntimeError(f"camera pitch {pitch} is not level")
         self._fov = float(fov)
+        eye = level_pose(x, y, z, angle)
+        c2w = eye
+        if self._chase is not None:  # the game reports the player's eye, not the chase camera
+            c2w = level_pose(*self._chase.position(x, y, feet, angle), angle)
         depth = state.depth_buffer if self.config.depth else None
+        labels = [(lb.object_name, lb.x, lb.y, lb.width, lb.height) for lb in state.labels or []]
         return Observation(
-            state.screen_buffer,
-            depth,
-            level_pose(x, y, z, angle),
-            int(state.tic),
-            np.array([vx, vy]),
+            state.screen_buffer, depth, c2w, int(state.tic), np.array([vx, vy]), eye, labels
         )
 
     @property
     def intrinsics(self) -> torch.Tensor:
-        """``[4] = (fx, fy, cx, cy)`` in pixels: square pixels, the game's horizontal fov."""
+        """``[4] = (fx, fy, cx, cy)`` in pixels. fx from the game's horizontal field of view;
+        fy = 1.2 fx, because Doom draws its world for 320x200 pixels shown at 4:3, stretched
+        1.2 times vertically (checked against wall bottoms at known distances in the tests)."""
         fov = self._fov if self._fov is not None else 90.0
-        return intrinsics_from_fov(self.config.width, self.config.height, fov)
+        K = intrinsics_from_fov(self.config.width, self.config.height, fov)
+        K[1] = DOOM_PIXEL_ASPECT * K[0]
+        return K
 
     def level(self) -> Level:
         """The level's static geometry (see :func:`read_level`)."""
@@ -304,6 +328,46 @@ class DoomGame:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ChaseCamera:
+    """Where ZDoom's chase camera (``P_AimCamera``) puts the view: ``chase_dist`` = 90 units
+    behind the player at ``height + chase_height`` = 56 - 8 units above its feet, pulled in
+    to 5 units short of the first wall the ray meets (to the wall itself when that is within
+    10 units). The view keeps the player's angle."""
+
+    DIST, HEIGHT = 90.0, 48.0
+
+    def __init__(self, lines: list[Line]) -> None:
+        self.seg = np.array([[ln.x1, ln.y1, ln.x2, ln.y2] for ln in lines])
+        self.two_sided = np.array([ln.two_sided for ln in lines])
+        self.floor_top = np.array([ln.floor_top for ln in lines])
+        self.ceiling_bottom = np.array([ln.ceiling_bottom for ln in lines])
+
+    def cast(self, x: float, y: float, z: float, angle: float, reach: float) -> float:
+        """Distance along the horizontal ray from (x, y) at height z and ``angle`` degrees to
+        the first wall it meets (one-sided lines, or openings that do not span z);
+        ``inf`` when none is within ``reach``."""
+        d = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
+        # ray p + t d against segments a + u (b - a): solve for t in (0, reach], u in [0, 1]
+        a, b = self.seg[:, :2], self.seg[:, 2:]
+        e = b - a
+        denom = -d[0] * e[:, 1] + d[1] * e[:, 0]
+        rel = a - np.array([x, y])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (-rel[:, 0] * e[:, 1] + rel[:, 1] * e[:, 0]) / denom
+            u = (d[0] * rel[:, 1] - d[1] * rel[:, 0]) / denom
+        solid = ~self.two_sided | (z <= self.floor_top) | (z >= self.ceiling_bottom)
+        hit = solid & (np.abs(denom) > 1e-12) & (t > 0) & (t <= reach) & (u >= 0) & (u <= 1)
+        return float(t[hit].min()) if hit.any() else math.inf
+
+    def position(self, x: float, y: float, feet: float, angle: float) -> tuple[float, float, float]:
+        """The chase camera's position for a player at (x, y, feet) facing ``angle``."""
+        z = feet + self.HEIGHT
+        hit = self.cast(x, y, z, angle + 180.0, self.DIST)
+        dist = self.DIST if math.isinf(hit) else (hit - 5.0 if hit > 10.0 else hit)
+        back = math.radians(angle + 180.0)
+        return x + dist * math.cos(back), y + dist * math.sin(back), z
 
 
 def level_pose(x: float, y: float, z: float, yaw_deg: float) -> np.ndarray:

@@ -39,6 +39,7 @@ class RecordConfig:
     run: bool = False
     depth: bool = True
     loop_fraction: float = 0.2  # share of clips that are scripted out-and-back loops
+    third_person: float = 0.0  # share of clips seen through the chase camera
     heldout_maps: tuple[str, ...] = ()  # recorded with split "heldout-map"
     heldout_every: int = 10  # every n-th clip of a training map is a held-out trajectory
     seed: int = 0
@@ -50,8 +51,8 @@ class RecordConfig:
             map_wad(m)
         if self.frames < 1 or self.clip_frames < 2 or self.workers < 1:
             raise ValueError("need frames >= 1, clip_frames >= 2, workers >= 1")
-        if not 0 <= self.loop_fraction <= 1:
-            raise ValueError("loop_fraction must lie in [0, 1]")
+        if not (0 <= self.loop_fraction <= 1 and 0 <= self.third_person <= 1):
+            raise ValueError("loop_fraction and third_person must lie in [0, 1]")
         if self.heldout_every < 0:
             raise ValueError("heldout_every must be >= 0 (0: none)")
 
@@ -64,6 +65,7 @@ class Job:
     frames: int
     agent: str  # "explore" | "loop"
     split: str  # "train" | "heldout-traj" | "heldout-map"
+    viewpoint: str  # "first" | "third"
     config: RecordConfig = field(repr=False)
 
 
@@ -82,13 +84,14 @@ def plan_jobs(cfg: RecordConfig) -> list[Job]:
             seed = _job_seed(cfg.seed, name)
             rng = np.random.default_rng(seed)
             agent = "loop" if rng.random() < cfg.loop_fraction else "explore"
+            viewpoint = "third" if rng.random() < cfg.third_person else "first"
             if m in cfg.heldout_maps:
                 split = "heldout-map"
             elif cfg.heldout_every and i % cfg.heldout_every == cfg.heldout_every - 1:
                 split = "heldout-traj"
             else:
                 split = "train"
-            jobs.append(Job(name, m, seed, cfg.clip_frames, agent, split, cfg))
+            jobs.append(Job(name, m, seed, cfg.clip_frames, agent, split, viewpoint, cfg))
     return jobs
 
 
@@ -102,7 +105,14 @@ def record_clip(job: Job) -> tuple[str, dict]:
 
     cfg = job.config
     game_cfg = GameConfig(
-        job.map, cfg.width, cfg.height, cfg.frame_skip, cfg.run, cfg.depth, seed=job.seed
+        job.map,
+        cfg.width,
+        cfg.height,
+        cfg.frame_skip,
+        cfg.run,
+        cfg.depth,
+        seed=job.seed,
+        viewpoint=job.viewpoint,
     )
     rng = np.random.default_rng(job.seed)
     with DoomGame(game_cfg) as game:
@@ -110,7 +120,7 @@ def record_clip(job: Job) -> tuple[str, dict]:
         if job.map not in _LEVELS:
             _LEVELS[job.map] = read_level(job.map)
         level = _LEVELS[job.map]
-        grid = NavGrid.build(level.lines, obs.c2w[:2, 3], level.obstacles)
+        grid = NavGrid.build(level.lines, obs.eye[:2, 3], level.obstacles)
         agent = LoopWalker(grid, rng) if job.agent == "loop" else Explorer(grid, rng)
         n, h, w = job.frames, cfg.height, cfg.width
         frames = np.empty((n, h, w, 3), dtype=np.uint8)
@@ -127,21 +137,17 @@ def record_clip(job: Job) -> tuple[str, dict]:
         )
         t, ended = 0, "length"
         while t < n:
-            keyboard, mouse = game.applied_action(*agent.act(obs.c2w))
-            frames[t], poses[t], tics[t], keys[t], mice[t] = (
-                obs.frame,
-                obs.c2w,
-                obs.tic,
-                keyboard,
-                mouse,
-            )
+            eye = obs.eye
+            keyboard, mouse = game.applied_action(*agent.act(eye))
+            frames[t], poses[t], tics[t] = obs.frame, obs.c2w, obs.tic
+            keys[t], mice[t] = keyboard, mouse
             if depth is not None:
                 depth[t] = obs.depth
             t += 1
             obs = game.step(keyboard, mouse)
             if game.finished:
                 ended = "exit"
-            elif np.linalg.norm(obs.c2w[:3, 3] - poses[t - 1][:3, 3]) > jump:
+            elif np.linalg.norm(obs.eye[:3, 3] - eye[:3, 3]) > jump:
                 ended = "teleport"
             elif agent.trapped:
                 ended = "trapped"
@@ -156,7 +162,7 @@ def record_clip(job: Job) -> tuple[str, dict]:
         "seed": job.seed,
         "split": job.split,
         "agent": job.agent,
-        "viewpoint": "first",
+        "viewpoint": job.viewpoint,
         "width": cfg.width,
         "height": cfg.height,
         "frame_skip": cfg.frame_skip,
