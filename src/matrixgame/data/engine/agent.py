@@ -248,12 +248,20 @@ class Explorer:
             if not self.path:
                 return keyboard, self._mouse(self.cfg.max_turn)
         keyboard, mouse = self._steer(xy, yaw)
-        if keyboard[0] and self.strafe[0] > 0:
+        if keyboard[0] and self.strafe[0] > 0 and self._side_clear(xy, yaw, self.strafe[1]):
             keyboard[2 if self.strafe[1] < 0 else 3] = 1.0
             self.strafe = (self.strafe[0] - 1, self.strafe[1])
         elif self.rng.random() < self.cfg.strafe_prob:
             self.strafe = (int(self.rng.integers(3, 10)), int(self.rng.choice([-1, 1])))
+        else:
+            self.strafe = (0, 0)
         return keyboard, mouse
+
+    def _side_clear(self, xy: np.ndarray, yaw: float, side: int) -> bool:
+        """Room to strafe: no wall within 64 units to that side (1: right, -1: left)."""
+        h = math.radians(yaw)
+        right = np.array([math.sin(h), -math.cos(h)])
+        return self.grid.clear(xy, xy + side * 64.0 * right, margin=3)
 
     def _advance(self, xy: np.ndarray) -> bool:
         """Drop waypoints reached (within ``reach``) or passed (the next one is nearer);

@@ -155,6 +155,8 @@ def record_clip(job: Job) -> tuple[str, dict]:
                 ended = "loop done"
             if ended != "length":
                 break
+        if ended == "trapped":  # drop the struggle: the frames spent confined
+            t = max(2, t - agent.history.maxlen)
         K = game.intrinsics.numpy()
         kin = game.kinematics
     meta = {
