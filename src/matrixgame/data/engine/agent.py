@@ -131,9 +131,6 @@ class NavGrid:
         return out[::-1]
 
 
-_NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
-
-
 def _flood(free: np.ndarray, start: tuple[int, int]) -> np.ndarray:
     dist, _ = _bfs(free, start)
     return dist >= 0
@@ -141,23 +138,34 @@ def _flood(free: np.ndarray, start: tuple[int, int]) -> np.ndarray:
 
 def _bfs(free: np.ndarray, start) -> tuple[np.ndarray, np.ndarray]:
     """Breadth-first distances (cells, -1 unreachable) and parents over ``free`` cells from
-    one start cell ``(i, j)`` or a list of them."""
+    one start cell ``(i, j)`` or a list of them (4-neighbourhood)."""
     ny, nx = free.shape
-    dist = np.full((ny, nx), -1, dtype=np.int64)
-    parent = np.full((ny, nx, 2), -1, dtype=np.int64)
+    ok = free.ravel().tolist()  # plain lists: far faster than numpy scalars in this loop
+    dist = [-1] * (ny * nx)
+    parent = [-1] * (ny * nx)
     starts = start if isinstance(start, list) else [tuple(start)]
-    for s in starts:
-        dist[s] = 0
-    queue = deque(starts)
+    queue = deque()
+    for i, j in starts:
+        dist[int(i) * nx + int(j)] = 0
+        queue.append(int(i) * nx + int(j))
     while queue:
-        i, j = queue.popleft()
-        for di, dj in _NEIGHBOURS:
-            a, b = i + di, j + dj
-            if 0 <= a < ny and 0 <= b < nx and free[a, b] and dist[a, b] < 0:
-                dist[a, b] = dist[i, j] + 1
-                parent[a, b] = (i, j)
-                queue.append((a, b))
-    return dist, parent
+        k = queue.popleft()
+        d = dist[k] + 1
+        col = k % nx
+        for n, valid in (
+            (k + nx, k + nx < ny * nx),
+            (k - nx, k >= nx),
+            (k + 1, col + 1 < nx),
+            (k - 1, col > 0),
+        ):
+            if valid and ok[n] and dist[n] < 0:
+                dist[n] = d
+                parent[n] = k
+                queue.append(n)
+    dist_a = np.array(dist, dtype=np.int64).reshape(ny, nx)
+    par = np.array(parent, dtype=np.int64)
+    parents = np.stack([np.where(par >= 0, par // nx, -1), np.where(par >= 0, par % nx, -1)], -1)
+    return dist_a, parents.reshape(ny, nx, 2)
 
 
 def _wrap(deg: float) -> float:
