@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,69 @@ def test_third_person_camera_sits_where_the_game_renders_from():
             assert abs(by + bh - bottom) <= 6  # at the distance and height we compute
             seen += 1
         assert seen >= 5
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        return [int(c) for c in open(path).read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_retried(tmp_path):
+    out = tmp_path / "ds"
+    cmd = [
+        sys.executable,
+        "-m",
+        "matrixgame.cli",
+        "record",
+        "--out",
+        str(out),
+        "--maps",
+        "MAP01",
+        "--frames",
+        "1200",
+        "--clip-frames",
+        "300",
+        "--loop-fraction",
+        "0",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = False
+    deadline = time.time() + 60
+    while not killed and proc.poll() is None and time.time() < deadline:
+        for child in _children(proc.pid):
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                time.sleep(1.0)  # let it get into a recording
+                os.kill(child, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert killed and proc.returncode == 0, err.decode()[-2000:]
+    final = Manifest.load(out)
+    assert len(final.shards) == 4 and all(final.verified(n) for n in final.shards)
+
+
+def test_inspect_reports_clips_and_damage(dataset, tmp_path, capsys):
+    import shutil
+
+    from matrixgame.cli import main
+
+    root, manifest = dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    name = sorted(manifest.shards)[0]
+    (copy / name).write_bytes(b"garbage")
+    assert main(["inspect", str(copy), "--sheet", str(tmp_path / "sheet.png")]) == 0
+    out = capsys.readouterr().out
+    assert "4 clips" in out and "1 damaged" in out and "DAMAGED" in out
+    assert (tmp_path / "sheet.png").stat().st_size > 1000

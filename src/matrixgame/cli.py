@@ -80,6 +80,11 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
         help="maps to record (E1M1..E4M9, MAP01..MAP32, or 'all')",
     )
     p.add_argument("--frames", type=int, default=10_000, help="total frames to record")
+    p.add_argument(
+        "--hours",
+        type=float,
+        help="total game time to record instead of --frames (35 tics/s / frame skip)",
+    )
     p.add_argument("--clip-frames", type=int, default=1024, help="frames per clip (shard)")
     p.add_argument("--workers", type=int, default=1, help="parallel game processes")
     p.add_argument("--width", type=int, default=160, help="frame width (4:3 with --height)")
@@ -187,6 +192,38 @@ def _run_import(args: argparse.Namespace) -> None:
     print(f"{args.out}/{name}: {len(clip)} frames, pose scale {clip.meta['pose_scale']:.4g}")
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="check a dataset folder and summarise its clips",
+        description=(
+            "Verify every clip of a dataset folder against the manifest's checksums, then "
+            "print one line per clip: map or source, split, agent, viewpoint, frames, why it "
+            "ended, and how well physics-based annotation recovers its actions from its "
+            "poses alone. With --sheet, also write a PNG contact sheet of frames."
+        ),
+    )
+    p.add_argument("dataset", help="dataset folder (with manifest.json)")
+    p.add_argument("--sheet", help="write a contact sheet PNG here")
+    p.set_defaults(run_command=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> None:
+    from matrixgame.data.inspect_dataset import contact_sheet, summarise
+
+    rows = summarise(args.dataset)
+    cols = ["clip", "source", "split", "agent", "view", "frames", "ended", "annotation"]
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    bad = [r["clip"] for r in rows if r["ended"] == "DAMAGED"]
+    print(f"{len(rows)} clips, {sum(r['frames'] for r in rows)} frames, {len(bad)} damaged")
+    if args.sheet:
+        contact_sheet(args.dataset, args.sheet)
+        print(f"wrote {args.sheet}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matrixgame",
@@ -197,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trajectory(sub)
     _add_record(sub)
     _add_import(sub)
+    _add_inspect(sub)
     return parser
 
 

@@ -10,13 +10,16 @@ manifest only ever lists shards that were written completely.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing
+import os
+import signal
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
 from dataclasses import asdict, dataclass, field
+from multiprocessing import connection
 from pathlib import Path
 
 import numpy as np
@@ -190,13 +193,6 @@ def record_clip(job: Job) -> tuple[str, dict]:
     return job.name, entry
 
 
-def _run(job: Job) -> tuple[str, dict]:
-    try:
-        return record_clip(job)
-    except Exception as err:  # carry the worker's traceback back to the coordinator
-        raise RuntimeError(f"{job.name}: {err}\n{traceback.format_exc()}") from None
-
-
 def record_dataset(cfg: RecordConfig, progress: bool = True) -> Manifest:
     """Record (or finish recording) the dataset described by ``cfg`` into ``cfg.out``."""
     from tqdm import tqdm
@@ -222,46 +218,104 @@ def record_dataset(cfg: RecordConfig, progress: bool = True) -> Manifest:
     bar = tqdm(total=sum(j.frames for j in jobs), unit="frame", disable=not progress, desc="record")
     bar.update(sum(manifest.shards[j.name]["frames"] for j in jobs if j.name in manifest.shards))
     attempts = dict.fromkeys((j.name for j in todo), 0)
-    ctx = multiprocessing.get_context("spawn")
-    pending = list(todo)
-    failures = []
-    while pending:
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run, j): j for j in pending}
-            pending = []
-            broken = False
-            while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = futures.pop(fut)
-                    try:
-                        name, entry = fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        _retry(job, attempts, pending, failures, "its worker process died")
-                        continue
-                    except Exception as err:
-                        _retry(job, attempts, pending, failures, str(err).splitlines()[0])
-                        continue
+    failures: list[str] = []
+    queue = deque(todo)
+    workers: list[_Worker] = []
+    try:
+        while queue or any(w.job for w in workers):
+            workers = [w for w in workers if w.process.is_alive() or w.job]
+            while len(workers) < min(cfg.workers, len(queue) + sum(bool(w.job) for w in workers)):
+                workers.append(_Worker())
+            for w in workers:
+                if w.job is None and queue:
+                    w.give(queue.popleft())
+            busy = [w for w in workers if w.job]
+            connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy], 1.0)
+            for w in busy:
+                outcome = w.collect()
+                if outcome is None:
+                    continue
+                job, result = outcome
+                if isinstance(result, tuple):
+                    name, entry = result
                     manifest.shards[name] = entry
                     manifest.save()
                     bar.update(entry["frames"])
-                if broken:  # every future of a broken pool fails; requeue them all
-                    for fut, job in futures.items():
-                        fut.cancel()
-                        _retry(
-                            job, attempts, pending, failures, "its worker pool broke", count=False
-                        )
-                    futures = {}
+                elif _retry(job, attempts, failures, result):
+                    queue.append(job)
+    finally:
+        for w in workers:
+            w.stop()
     bar.close()
     if failures:
         raise RuntimeError("some clips could not be recorded:\n" + "\n".join(failures))
     return manifest
 
 
-def _retry(job: Job, attempts: dict, pending: list, failures: list, why: str, count: bool = True):
-    attempts[job.name] += int(count)
+def _retry(job: Job, attempts: dict, failures: list, why: str) -> bool:
+    """Count a failed attempt; True when the job should run again."""
+    attempts[job.name] += 1
     if attempts[job.name] > RETRIES:
         failures.append(f"{job.name}: {why} ({RETRIES + 1} attempts)")
-    else:
-        pending.append(job)
+        return False
+    return True
+
+
+def _worker_loop(conn) -> None:
+    """A worker process: record the jobs it is sent until it is sent None. It leads its own
+    process group, so that the game engine processes it starts go with it if it dies."""
+    os.setpgrp()
+    try:
+        while (job := conn.recv()) is not None:
+            try:
+                result = record_clip(job)
+            except Exception as err:  # the reason goes back; the coordinator decides on retries
+                result = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+            conn.send(result)
+    except (EOFError, BrokenPipeError):  # the coordinator is gone: stop
+        pass
+
+
+class _Worker:
+    """One game-recording process and the job it is on. A worker that dies (a crashed or
+    killed game process) is noticed by its sentinel; its job is retried elsewhere."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: Job | None = None
+
+    def give(self, job: Job) -> None:
+        self.job = job
+        self.conn.send(job)
+
+    def collect(self) -> tuple[Job, tuple | str] | None:
+        """(job, result or failure reason) once the job has ended, else None."""
+        job = self.job
+        try:
+            if self.conn.poll():
+                self.job = None
+                return job, self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        else:
+            if self.process.is_alive():
+                return None
+        self.job = None
+        self._kill_group()
+        return job, "its worker process died"
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # a dead worker's pipe is closed
+            self.conn.send(None)
+        self.process.join(timeout=5)
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        """End the worker and anything it started (ViZDoom runs the game in a child)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.join(timeout=5)
