@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The most complete job so far: record a small Doom dataset (exact poses and actions),
+# check it and draw a contact sheet, then walk an action script through the geometry core.
 demo: setup
+	$(BIN)/matrixgame record --out runs/demo-data --maps E1M1 --frames 4096 --clip-frames 1024 --workers 2
+	$(BIN)/matrixgame inspect runs/demo-data --sheet runs/demo-data/sheet.png
 	$(BIN)/matrixgame trajectory examples/out_and_back.json
 
 test: setup lint
@@ -35,6 +39,8 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/frustum_overlap.py
+	$(BIN)/python benchmarks/record.py
+	$(BIN)/python benchmarks/annotation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
