@@ -105,10 +105,9 @@ def test_nav_grid_paths_stay_in_walkable_space():
     assert grid.clear(np.array([64.0, 64.0]), np.array([200.0, 200.0]))
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("doom")
-    cfg = RecordConfig(
+def _small_dataset(root) -> RecordConfig:
+    """Two maps, two clips each (one a held-out trajectory), 120 frames a clip."""
+    return RecordConfig(
         out=str(root),
         maps=("MAP01", "E1M1"),
         frames=480,
@@ -116,7 +115,12 @@ def dataset(tmp_path_factory):
         loop_fraction=0.0,
         heldout_every=2,
     )
-    return root, record_dataset(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("doom")
+    return root, record_dataset(_small_dataset(root), progress=False)
 
 
 def test_recording_has_exact_labels_and_a_split(dataset):
@@ -145,15 +149,7 @@ def test_rerun_skips_finished_clips_and_redoes_damaged_ones(dataset):
     damaged, intact = root / names[0], root / names[1]
     damaged.write_bytes(damaged.read_bytes()[:1000])
     before = intact.stat().st_mtime_ns
-    cfg = RecordConfig(
-        out=str(root),
-        maps=("MAP01", "E1M1"),
-        frames=480,
-        clip_frames=120,
-        loop_fraction=0.0,
-        heldout_every=2,
-    )
-    again = record_dataset(cfg, progress=False)
+    again = record_dataset(_small_dataset(root), progress=False)
     assert all(again.verified(n) for n in names)
     assert intact.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="another config"):
@@ -189,10 +185,8 @@ def test_dataset_windows_memory_and_damaged_shards(dataset, tmp_path):
     assert len(checked.clips) == len(manifest.shards) - 2
 
 
-@pytest.mark.slow
-def test_a_killed_recording_resumes(tmp_path):
-    out = tmp_path / "ds"
-    cmd = [
+def _record_command(out, frames: int, clip_frames: int, workers: int = 1) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "matrixgame.cli",
@@ -202,12 +196,20 @@ def test_a_killed_recording_resumes(tmp_path):
         "--maps",
         "MAP01",
         "--frames",
-        "600",
+        str(frames),
         "--clip-frames",
-        "150",
+        str(clip_frames),
         "--loop-fraction",
         "0",
+        "--workers",
+        str(workers),
     ]
+
+
+@pytest.mark.slow
+def test_a_killed_recording_resumes(tmp_path):
+    out = tmp_path / "ds"
+    cmd = _record_command(out, frames=600, clip_frames=150)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -297,24 +299,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried(tmp_path):
     out = tmp_path / "ds"
-    cmd = [
-        sys.executable,
-        "-m",
-        "matrixgame.cli",
-        "record",
-        "--out",
-        str(out),
-        "--maps",
-        "MAP01",
-        "--frames",
-        "1200",
-        "--clip-frames",
-        "300",
-        "--loop-fraction",
-        "0",
-        "--workers",
-        "1",
-    ]
+    cmd = _record_command(out, frames=1200, clip_frames=300, workers=1)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed = False
     deadline = time.time() + 60
