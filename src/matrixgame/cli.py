@@ -51,10 +51,19 @@ def _run_trajectory(args: argparse.Namespace) -> None:
     preset = args.preset or script.preset or "released"
     config = get_preset(preset)
     view = ViewVolume.from_fov(args.width, args.height, args.fov, args.near, args.far)
-    report = analyse_path(script, config, view, args.past, args.memory, args.every)
+    report = analyse_path(
+        script.keyboard,
+        script.mouse,
+        config,
+        view,
+        args.past,
+        args.memory,
+        args.every,
+        script.start,
+    )
     print(format_report(report, preset))
     if args.out:
-        atomic_write_text(args.out, report_json(report, script))
+        atomic_write_text(args.out, report_json(report, script.keyboard, script.mouse))
         print(f"\nwrote {args.out}")
 
 

@@ -24,7 +24,7 @@ solved for, thresholded with hysteresis into keys, and the momentum m_0 carried 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -360,8 +360,3 @@ def keyboard_accuracy(predicted: Tensor, target: Tensor) -> float:
     pf, pr = _key_axes(predicted)
     tf, tr = _key_axes(target)
     return float(((pf == tf) & (pr == tr)).double().mean())
-
-
-def with_overrides(config: KinematicsConfig, **changes) -> KinematicsConfig:
-    """A copy of ``config`` with some fields changed (validated)."""
-    return replace(config, **changes)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from matrixgame.data.action_script import ActionScript
 from matrixgame.geometry.frustum import Frusta, ViewVolume, overlap_exact, topk_overlap
 from matrixgame.geometry.kinematics import (
     KinematicsConfig,
@@ -39,22 +38,24 @@ class PathReport:
 
 
 def analyse_path(
-    script: ActionScript,
+    keyboard: torch.Tensor,
+    mouse: torch.Tensor,
     config: KinematicsConfig,
     view: ViewVolume,
     past_frames: int = 16,
     memory: int = 5,
     every: int = 40,
+    start: Trajectory | None = None,
 ) -> PathReport:
-    """Integrate the script, label it back from poses, and retrieve memory every ``every``
-    frames among frames older than ``past_frames`` (those the past window already covers)."""
+    """Integrate actions ``keyboard [T, 6]``, ``mouse [T, 2]`` from ``start``, label the poses
+    back into actions, and retrieve memory every ``every`` frames among frames older than
+    ``past_frames`` (those the past window already covers)."""
     if past_frames < 0 or memory < 1 or every < 1:
         raise ValueError("need past_frames >= 0, memory >= 1, every >= 1")
-    traj = integrate_actions(script.keyboard, script.mouse, config, script.start)
-    keyboard, mouse = infer_actions(traj, config)
-    dead = config.mouse_dead_zone
-    scripted = torch.where(script.mouse.abs() >= dead, script.mouse, torch.zeros_like(script.mouse))
-    err = (mouse - scripted).abs()
+    traj = integrate_actions(keyboard, mouse, config, start)
+    inferred_kb, inferred_mouse = infer_actions(traj, config)
+    scripted = torch.where(mouse.abs() >= config.mouse_dead_zone, mouse, torch.zeros_like(mouse))
+    err = (inferred_mouse - scripted).abs()
     if config.pitch_limit is not None:  # a clamped pitch cannot be recovered from poses
         err = err[:, 1:]
     mouse_error = float(err.max()) if err.numel() else 0.0
@@ -69,9 +70,8 @@ def analyse_path(
         idx, score = topk_overlap(c2w[frame], frusta[:older], view, k)
         exact = overlap_exact(c2w[frame], c2w[int(idx[0])], view)
         retrievals.append(Retrieval(frame, idx.tolist(), score.tolist(), exact))
-    return PathReport(
-        traj, c2w, keyboard_accuracy(keyboard, script.keyboard), mouse_error, retrievals
-    )
+    accuracy = keyboard_accuracy(inferred_kb, keyboard)
+    return PathReport(traj, c2w, accuracy, mouse_error, retrievals)
 
 
 def format_report(report: PathReport, config_name: str) -> str:
@@ -98,14 +98,14 @@ def format_report(report: PathReport, config_name: str) -> str:
     return "\n".join(lines)
 
 
-def report_json(report: PathReport, script: ActionScript) -> str:
+def report_json(report: PathReport, keyboard: torch.Tensor, mouse: torch.Tensor) -> str:
     """Poses and actions as JSON: c2w [T+1, 4, 4] (metres), keyboard [T, 6], mouse [T, 2]."""
     return json.dumps(
         {
             "convention": "c2w, OpenCV camera (x right, y down, z forward), world z up, metres",
             "c2w": report.c2w.tolist(),
-            "keyboard": script.keyboard.tolist(),
-            "mouse": script.mouse.tolist(),
+            "keyboard": keyboard.tolist(),
+            "mouse": mouse.tolist(),
             "retrievals": [r.__dict__ for r in report.retrievals],
         }
     )

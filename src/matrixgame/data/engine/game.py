@@ -77,7 +77,6 @@ class Observation:
     depth: np.ndarray | None  # [H, W] uint8, the game's depth buffer (about 7.4 units/level)
     c2w: np.ndarray  # [4, 4] float64, map units
     tic: int
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # map units per tic
     eye: np.ndarray | None = None  # [4, 4] the player's own eye (differs in third person)
     labels: list[tuple[str, int, int, int, int]] = field(default_factory=list)  # name, x, y, w, h
 
@@ -221,8 +220,7 @@ class DoomGame:
         game.set_episode_timeout(0)
         game.add_game_args("+sv_cheats 1" + ("" if config.monsters else " -nomonsters"))
         variables = ["CAMERA_POSITION_X", "CAMERA_POSITION_Y", "CAMERA_POSITION_Z"]
-        variables += ["CAMERA_ANGLE", "CAMERA_PITCH", "CAMERA_FOV", "VELOCITY_X", "VELOCITY_Y"]
-        variables += ["POSITION_Z"]
+        variables += ["CAMERA_ANGLE", "CAMERA_PITCH", "CAMERA_FOV", "POSITION_Z"]
         for name in variables:
             game.add_available_game_variable(getattr(vzd.GameVariable, name))
         buttons = ["MOVE_FORWARD", "MOVE_BACKWARD", "MOVE_LEFT", "MOVE_RIGHT"]
@@ -292,7 +290,7 @@ class DoomGame:
         state = self._game.get_state()
         if state is None:
             raise RuntimeError("no game state: the episode has finished; call reset()")
-        x, y, z, angle, pitch, fov, vx, vy, feet = state.game_variables
+        x, y, z, angle, pitch, fov, feet = state.game_variables
         if pitch != 0:
             raise RuntimeError(f"camera pitch {pitch} is not level")
         self._fov = float(fov)
@@ -302,9 +300,7 @@ class DoomGame:
             c2w = level_pose(*self._chase.position(x, y, feet, angle), angle)
         depth = state.depth_buffer if self.config.depth else None
         labels = [(lb.object_name, lb.x, lb.y, lb.width, lb.height) for lb in state.labels or []]
-        return Observation(
-            state.screen_buffer, depth, c2w, int(state.tic), np.array([vx, vy]), eye, labels
-        )
+        return Observation(state.screen_buffer, depth, c2w, int(state.tic), eye, labels)
 
     @property
     def intrinsics(self) -> torch.Tensor:
@@ -376,8 +372,3 @@ def level_pose(x: float, y: float, z: float, yaw_deg: float) -> np.ndarray:
     c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
     # columns: right, down, forward (OpenCV camera axes), position
     return np.array([[s, 0.0, c, x], [-c, 0.0, s, y], [0.0, -1.0, 0.0, z], [0.0, 0.0, 0.0, 1.0]])
-
-
-def yaw_of(c2w: np.ndarray) -> float:
-    """Yaw in degrees of a level camera pose ``[4, 4]``."""
-    return math.degrees(math.atan2(c2w[1, 2], c2w[0, 2]))
