@@ -1,0 +1,73 @@
+"""The Wan2.2 VAE: equality with the public reference, streaming, presets."""
+
+import pytest
+import torch
+
+from helpers import golden
+from matrixgame.models.vae import VAE_PRESETS, FeatureCache, VAEConfig, WanVAE
+
+
+@pytest.fixture(scope="module")
+def reference():
+    g = golden("wan22_vae_tiny.safetensors")
+    model = WanVAE(VAEConfig(dim=8, dec_dim=8)).eval()
+    # the reference's state dict loads unchanged: same names, same shapes, nothing left over
+    model.load_state_dict({k: v for k, v in g.items() if not k.startswith("golden.")})
+    return model, g
+
+
+@torch.no_grad()
+def test_matches_the_reference(reference):
+    model, g = reference
+    latent = model.encode(g["golden.input"])
+    torch.testing.assert_close(latent, g["golden.latent"], atol=1e-5, rtol=0)
+    decoded = model.decode(g["golden.latent"])
+    torch.testing.assert_close(decoded, g["golden.decoded"], atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_streaming_equals_whole_clip(reference):
+    model, g = reference
+    frames, latent = g["golden.input"], g["golden.latent"]
+    cache = FeatureCache()
+    pieces = [model.encode(frames[:, :, :5], cache), model.encode(frames[:, :, 5:], cache)]
+    torch.testing.assert_close(torch.cat(pieces, 2), model.encode(frames), atol=1e-5, rtol=0)
+    cache = FeatureCache()
+    pieces = [model.decode(latent[:, :, i : i + 1], cache) for i in range(latent.shape[2])]
+    whole = model.decode(latent)
+    assert [p.shape[2] for p in pieces] == [1, 4, 4]
+    torch.testing.assert_close(torch.cat(pieces, 2), whole, atol=1e-5, rtol=0)
+    # the release's streaming decoder (two calls sharing a cache, clamped)
+    torch.testing.assert_close(whole.clamp(-1, 1), g["golden.decoded_stream"], atol=1e-4, rtol=0)
+
+
+def test_tiny_preset_shapes_and_gradients():
+    torch.manual_seed(0)
+    model = WanVAE(VAE_PRESETS["tiny"])
+    frames = torch.rand(2, 3, 5, 32, 48) * 2 - 1
+    latent = model.encode(frames)
+    assert latent.shape == (2, 16, 2, 2, 3)
+    out = model.decode(latent)
+    assert out.shape == frames.shape
+    (out - frames).pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_release_sizes():
+    counts = {}
+    for name in ("wan2.2", "wan2.2-light-50", "wan2.2-light-75"):
+        with torch.device("meta"):
+            model = WanVAE(VAE_PRESETS[name])
+        counts[name] = (
+            sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in model.decoder.parameters()),
+        )
+    assert counts["wan2.2"][0] == 704_688_668  # the released Wan2.2 VAE: ~705M
+    assert counts["wan2.2-light-50"][1] == 139_128_972  # MG-LightVAE decoders: 139M, 35M
+    assert counts["wan2.2-light-75"][1] == 34_965_580
+
+
+def test_bad_frame_counts_say_so():
+    model = WanVAE(VAE_PRESETS["tiny"])
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        model.encode(torch.zeros(1, 3, 4, 32, 32))
