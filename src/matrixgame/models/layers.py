@@ -1,0 +1,133 @@
+"""Building blocks shared by the DiT and its action modules: norms, timestep embeddings,
+rotary position embeddings (3D, per-head perturbed), attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight over the last axis, computed in float32 (Wan)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.float()
+        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(
+            x.dtype
+        ) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32, no affine parameters unless asked (Wan)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False) -> None:
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+def sinusoidal_embedding(dim: int, position: Tensor) -> Tensor:
+    """``[N, dim]`` (cos, sin) embedding of positions ``[N]``, frequencies 10000^(-i/half)."""
+    half = dim // 2
+    position = position.double()
+    angles = torch.outer(position, torch.pow(10000, -torch.arange(half).to(position).div(half)))
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Complex rotary channels per head for (time, height, width): the 44/42/42 real split
+    of a 128-dim head is (22, 21, 21) complex."""
+    c = head_dim // 2
+    return c - 2 * (c // 3), c // 3, c // 3
+
+
+def rope_frequencies(
+    head_dim: int, positions: int, num_heads: int, theta: float = 10000.0, sigma: float = 0.0
+) -> Tensor:
+    """Unit complex rotations ``[H, P, head_dim / 2]`` for positions 0..P-1, per head.
+
+    Head-wise perturbed RoPE (Matrix-Game 3.0): head h uses theta_h = theta (1 + sigma eps_h)
+    with eps evenly spaced over [-1, 1], so heads do not all repeat with the same periods.
+    With sigma = 0 every head shares theta.
+    """
+    eps = torch.linspace(-1, 1, num_heads, dtype=torch.float64)
+    theta_h = theta * (1 + sigma * eps)  # [H]
+    pos = torch.arange(positions, dtype=torch.float64)
+    parts = []
+    for c in rope_split(head_dim):
+        omega = 1.0 / torch.pow(theta_h[:, None], torch.arange(c, dtype=torch.float64)[None] / c)
+        angles = pos[None, :, None] * omega[:, None, :]  # [H, P, c]
+        parts.append(torch.polar(torch.ones_like(angles), angles))
+    return torch.cat(parts, dim=2)
+
+
+def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int) -> Tensor:
+    """Rotate ``x [B, L, H, D]`` (L = F h w tokens, frame-major) by 3D RoPE.
+
+    ``freqs [H, P, D/2]`` from :func:`rope_frequencies`; ``t_index [F]`` the temporal
+    position of each frame (memory frames keep the positions they were generated at).
+    Returns float32.
+    """
+    b, seq, heads, dim = x.shape
+    frames = len(t_index)
+    if seq != frames * height * width:
+        raise ValueError(f"{seq} tokens do not make {frames} frames of {height}x{width}")
+    ct, ch, cw = rope_split(dim)
+    ft, fh, fw = freqs.split([ct, ch, cw], dim=2)
+    grid = torch.cat(
+        [
+            ft[:, t_index.long()]
+            .permute(1, 0, 2)[:, None, None]
+            .expand(frames, height, width, heads, ct),
+            fh[:, :height].permute(1, 0, 2)[None, :, None].expand(frames, height, width, heads, ch),
+            fw[:, :width].permute(1, 0, 2)[None, None, :].expand(frames, height, width, heads, cw),
+        ],
+        dim=-1,
+    ).reshape(seq, heads, dim // 2)
+    xc = torch.view_as_complex(x.float().reshape(b, seq, heads, dim // 2, 2))
+    return torch.view_as_real(xc * grid.to(xc.dtype)).flatten(3)
+
+
+def rope_1d_real(dims: list[int], positions: int, theta: float) -> tuple[Tensor, Tensor]:
+    """(cos, sin) ``[P, sum(dims)]`` in the interleaved real layout of HunyuanVideo-style
+    n-D RoPE, for positions along the first axis only (the other axes sit at position 0)."""
+    cos, sin = [], []
+    for axis, d in enumerate(dims):
+        pos = torch.arange(positions, dtype=torch.float32) if axis == 0 else torch.zeros(positions)
+        omega = 1.0 / theta ** (torch.arange(0, d, 2)[: d // 2].float() / d)
+        angles = torch.outer(pos, omega)
+        cos.append(angles.cos().repeat_interleave(2, dim=1))
+        sin.append(angles.sin().repeat_interleave(2, dim=1))
+    return torch.cat(cos, 1), torch.cat(sin, 1)
+
+
+def apply_rope_real(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs of ``x [B, T, H, D]`` by (cos, sin) ``[T, D]``."""
+    y = x.float()
+    pairs = y.reshape(*y.shape[:-1], -1, 2)
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(3)
+    return (y * cos[None, :, None] + rotated * sin[None, :, None]).type_as(x)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention on ``[B, L, H, D]`` tensors (PyTorch SDPA; FlashAttention's kernels
+    are used by SDPA on CUDA where they apply). Returns ``[B, Lq, H, D]`` in v's dtype."""
+    q, k = q.to(v.dtype), k.to(v.dtype)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def timestep_embedding(freq_dim: int, t: Tensor) -> Tensor:
+    """``[..., freq_dim]`` sinusoidal embedding of (per-token) timesteps ``[...]``."""
+    return sinusoidal_embedding(freq_dim, t.flatten()).unflatten(0, t.shape).float()
