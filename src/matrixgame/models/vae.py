@@ -425,6 +425,8 @@ class WanVAE(nn.Module):
         """Normalised latent means ``[B, z, 1 + (T-1)/4, H/16, W/16]`` of frames
         ``[B, 3, T, H, W]`` in [-1, 1]. Give ``cache`` (and consecutive pieces of a clip, the
         first of 1 + 4a frames, later ones of 4b) to encode a clip in pieces."""
+        if self.encoder is None:
+            raise ValueError("this VAE has no encoder (a light decoder): encode with Wan2.2's")
         t = frames.shape[2]
         cache = cache or FeatureCache()
         if cache.first and (t - 1) % 4 or not cache.first and t % 4:
