@@ -146,7 +146,8 @@ class Block(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[None] + e).unbind(2)
         # 1. self-attention over memory + past + current tokens
         h = (self.norm1(x).float() * (1 + scale1) + shift1).to(x.dtype)
-        x = x + self.self_attn(h, ctx["freqs"], ctx["t_index"], ctx["height"], ctx["width"]) * gate1
+        y = self.self_attn(h, ctx["freqs"], ctx["t_index"], ctx["height"], ctx["width"])
+        x = x + (y * gate1).to(x.dtype)  # gates are float32; the stream keeps the model dtype
         # 2. camera injection
         if ctx["camera"] is not None:
             cam = ctx["camera"]
@@ -172,7 +173,7 @@ class Block(nn.Module):
             )
         # 5. feed-forward
         h = (self.norm2(x).float() * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype)
-        return x + self.ffn(h) * gate2
+        return x + (self.ffn(h) * gate2).to(x.dtype)
 
 
 class Head(nn.Module):
@@ -184,7 +185,7 @@ class Head(nn.Module):
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
         shift, scale = (self.modulation[None] + e[:, :, None]).unbind(2)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+        return self.head((self.norm(x) * (1 + scale) + shift).to(self.head.weight.dtype))
 
 
 class MatrixGameDiT(nn.Module):
@@ -316,8 +317,9 @@ class MatrixGameDiT(nn.Module):
                 else self._per_token(memory_t, b, m, h * w, m * h * w)
             )
             t = torch.cat([mt.to(t), t], dim=1)
-        e = self.time_embedding(timestep_embedding(cfg.freq_dim, t)).float()  # [B, L, C]
-        e0 = self.time_projection(e).unflatten(2, (6, cfg.dim)).float()
+        wdtype = self.time_embedding[0].weight.dtype
+        e = self.time_embedding(timestep_embedding(cfg.freq_dim, t).to(wdtype)).float()  # [B, L, C]
+        e0 = self.time_projection(e.to(wdtype)).unflatten(2, (6, cfg.dim)).float()
         if context is None:
             context = torch.zeros(
                 b, cfg.text_len, cfg.text_dim, device=x.device, dtype=tokens.dtype
