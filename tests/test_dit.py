@@ -117,3 +117,17 @@ def test_inputs_are_checked():
         model(x, torch.zeros(1, 7))
     with pytest.raises(ValueError, match="plucker covers"):
         model(x, torch.tensor([0.0]), plucker=torch.zeros(1, 1536, 2, 4, 4))
+
+
+@torch.no_grad()
+def test_bfloat16_agrees_with_float32():
+    # the bf16 fast path against the fp32 reference path; RoPE stays complex under .to()
+    torch.manual_seed(0)
+    model = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
+    for p in model.parameters():
+        p.add_(0.02 * torch.randn_like(p))
+    x, t = torch.randn(1, 16, 3, 6, 8), torch.tensor([[0.0, 700.0, 700.0]])
+    full = model(x, t)
+    half = model.to(torch.bfloat16)(x.bfloat16(), t)
+    assert model.freqs.is_complex()
+    assert (half.float() - full).abs().max() <= 0.03 * full.abs().max()

@@ -214,8 +214,8 @@ class MatrixGameDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         sigma = cfg.sigma_theta if cfg.use_memory else 0.0
-        freqs = rope_frequencies(cfg.head_dim, cfg.rope_positions, cfg.num_heads, sigma=sigma)
-        self.register_buffer("freqs", freqs, persistent=False)
+        # complex rotations: a plain attribute, so that .to(dtype) never casts them to real
+        self.freqs = rope_frequencies(cfg.head_dim, cfg.rope_positions, cfg.num_heads, sigma=sigma)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -328,7 +328,7 @@ class MatrixGameDiT(nn.Module):
             pad = context.new_zeros(b, cfg.text_len - context.shape[1], context.shape[2])
             context = torch.cat([context, pad], 1)
         ctx = {
-            "freqs": self.freqs.to(x.device),
+            "freqs": self._freqs_on(x.device),
             "t_index": t_index,
             "frames": m + f,
             "height": h,
@@ -348,6 +348,11 @@ class MatrixGameDiT(nn.Module):
             tokens = block(tokens, e0, ctx)
         out = self.head(tokens, e)[:, m * h * w :]  # current (and past) tokens only
         return self._unpatchify(out, f, h, w)
+
+    def _freqs_on(self, device: torch.device) -> Tensor:
+        if self.freqs.device != device:
+            self.freqs = self.freqs.to(device)
+        return self.freqs
 
     @staticmethod
     def _per_token(t: Tensor, b: int, frames: int, hw: int, tokens: int) -> Tensor:

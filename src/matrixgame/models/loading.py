@@ -152,7 +152,7 @@ def load_dit(folder: str | Path, dtype: torch.dtype = torch.float32, device="cpu
 
 
 def _rebuild_buffers(model: MatrixGameDiT) -> None:
-    """Non-persistent buffers are not in a checkpoint: recompute them off the meta device."""
+    """RoPE rotations are not in a checkpoint: recompute them off the meta device."""
     from matrixgame.models.layers import rope_frequencies
 
     cfg = model.config
