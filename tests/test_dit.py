@@ -131,3 +131,25 @@ def test_bfloat16_agrees_with_float32():
     half = model.to(torch.bfloat16)(x.bfloat16(), t)
     assert model.freqs.is_complex()
     assert (half.float() - full).abs().max() <= 0.03 * full.abs().max()
+
+
+def test_attention_backend_is_checked():
+    from matrixgame.models.layers import set_attention_backend
+
+    with pytest.raises(ValueError, match="'sdpa' or 'flash'"):
+        set_attention_backend("xformers")
+
+
+@pytest.mark.gpu
+def test_flash_attention_matches_sdpa_on_cuda():
+    pytest.importorskip("flash_attn")
+    from matrixgame.models.layers import attention, set_attention_backend
+
+    q, k, v = (torch.randn(2, 64, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    reference = attention(q, k, v)
+    set_attention_backend("flash")
+    try:
+        fast = attention(q, k, v)
+    finally:
+        set_attention_backend("sdpa")
+    torch.testing.assert_close(fast.float(), reference.float(), atol=2e-2, rtol=0)

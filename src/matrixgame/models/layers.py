@@ -120,10 +120,31 @@ def apply_rope_real(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (y * cos[None, :, None] + rotated * sin[None, :, None]).type_as(x)
 
 
+_BACKEND = {"name": "sdpa"}
+
+
+def set_attention_backend(name: str) -> None:
+    """``"sdpa"`` (PyTorch's scaled_dot_product_attention, the default; it picks flash or
+    memory-efficient kernels on CUDA itself) or ``"flash"`` (the flash-attn package, used
+    for CUDA half-precision inputs when installed; anything else falls back to SDPA)."""
+    if name not in ("sdpa", "flash"):
+        raise ValueError(f"attention backend must be 'sdpa' or 'flash', got {name!r}")
+    if name == "flash":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as err:
+            raise ValueError("the 'flash' backend needs the flash-attn package") from err
+    _BACKEND["name"] = name
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Softmax attention on ``[B, L, H, D]`` tensors (PyTorch SDPA; FlashAttention's kernels
-    are used by SDPA on CUDA where they apply). Returns ``[B, Lq, H, D]`` in v's dtype."""
+    """Softmax attention on ``[B, L, H, D]`` tensors, scale 1/sqrt(D). Returns
+    ``[B, Lq, H, D]`` in v's dtype."""
     q, k = q.to(v.dtype), k.to(v.dtype)
+    if _BACKEND["name"] == "flash" and v.is_cuda and v.dtype in (torch.float16, torch.bfloat16):
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func(q, k, v)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
