@@ -6,6 +6,7 @@
     <root>/Wan2.2_VAE.pth             the Wan2.2 VAE
     <root>/MG-LightVAE.pth            50% pruned decoder (encoder: Wan2.2_VAE.pth)
     <root>/MG-LightVAE_v2.pth         75% pruned decoder
+    <root>/models_t5_umt5-xxl-enc-bf16.pth, <root>/google/umt5-xxl/   text encoder, tokenizer
 
 Safetensors are read as such; ``.pth`` files only with ``torch.load(weights_only=True)``.
 Every load checks names and shapes and raises a ValueError that lists what is missing,
@@ -25,6 +26,7 @@ from torch import nn
 
 from matrixgame.models.actions import ActionConfig
 from matrixgame.models.dit import DiTConfig, MatrixGameDiT
+from matrixgame.models.text import T5_PRESETS, T5Config, T5Encoder, TextEncoder
 from matrixgame.models.vae import VAEConfig, WanVAE
 
 Tensor = torch.Tensor
@@ -249,11 +251,25 @@ def load_vae(path: str | Path, pruning_rate: float = 0.0, dtype=torch.float32) -
     return model.eval()
 
 
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_DIR = "google/umt5-xxl"
+
+
+def load_t5(path: str | Path, config: T5Config | None = None, dtype=torch.float32) -> T5Encoder:
+    """The umT5 encoder from its released ``.pth`` (names without prefix)."""
+    state = {k: v.to(dtype) for k, v in read_pth(path).items()}
+    with torch.device("meta"):
+        model = T5Encoder(config or T5_PRESETS["umt5-xxl"])
+    load_checked(model, state, str(path))
+    return model.eval()
+
+
 @dataclass
 class Pretrained:
     dit: MatrixGameDiT
     vae: WanVAE  # decodes (full or light)
     encoder: WanVAE  # encodes (always the full Wan2.2 VAE)
+    text: TextEncoder | None = None  # prompts -> contexts, when asked for
 
 
 def from_pretrained(
@@ -262,9 +278,10 @@ def from_pretrained(
     vae: str = "wan2.2",
     dtype: torch.dtype = torch.float32,
     device="cpu",
+    text: bool = False,
 ) -> Pretrained:
-    """The official Matrix-Game-3.0 directory: DiT ``<root>/<model>/`` and a VAE
-    (``wan2.2``, ``light-50`` or ``light-75``)."""
+    """The official Matrix-Game-3.0 directory: DiT ``<root>/<model>/``, a VAE (``wan2.2``,
+    ``light-50`` or ``light-75``) and, with ``text``, the umT5 encoder and its tokenizer."""
     root = Path(root)
     if vae not in VAE_FILES:
         raise ValueError(f"vae must be one of {sorted(VAE_FILES)}, got {vae!r}")
@@ -275,4 +292,8 @@ def from_pretrained(
         if vae == "wan2.2"
         else load_vae(root / VAE_FILES[vae], VAE_PRUNING[vae], dtype).to(device)
     )
-    return Pretrained(dit, decoder, full)
+    prompts = None
+    if text:
+        t5 = load_t5(root / T5_FILE, dtype=dtype).to(device)
+        prompts = TextEncoder(t5, str(root / TOKENIZER_DIR))
+    return Pretrained(dit, decoder, full, prompts)
