@@ -34,24 +34,22 @@ def reference():
     return model, g
 
 
+def run_golden(model, g):
+    """The golden model call: a non-first clip with memory, camera and actions."""
+    return model(
+        g["golden.x"], g["golden.t"], g["golden.context"][None],
+        keyboard=g["golden.keyboard_cond"], mouse=g["golden.mouse_cond"],
+        plucker=g["golden.plucker_emb"], memory=g["golden.x_memory"],
+        memory_t=g["golden.timestep_memory"], keyboard_memory=g["golden.keyboard_cond_memory"],
+        mouse_memory=g["golden.mouse_cond_memory"], memory_index=g["golden.memory_latent_idx"],
+        first_index=int(g["golden.predict_latent_idx"][0]),
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def test_matches_the_reference_with_memory_camera_and_actions(reference):
     model, g = reference
-    out = model(
-        g["golden.x"],
-        g["golden.t"],
-        g["golden.context"][None],
-        keyboard=g["golden.keyboard_cond"],
-        mouse=g["golden.mouse_cond"],
-        plucker=g["golden.plucker_emb"],
-        memory=g["golden.x_memory"],
-        memory_t=g["golden.timestep_memory"],
-        keyboard_memory=g["golden.keyboard_cond_memory"],
-        mouse_memory=g["golden.mouse_cond_memory"],
-        memory_index=g["golden.memory_latent_idx"],
-        first_index=int(g["golden.predict_latent_idx"][0]),
-    )
-    torch.testing.assert_close(out, g["golden.out"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(run_golden(model, g), g["golden.out"], atol=1e-5, rtol=0)
 
 
 @torch.no_grad()

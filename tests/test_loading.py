@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from helpers import golden
 from matrixgame.models.loading import from_pretrained, load_dit, normalise_vae_keys
-from test_dit import GOLDEN_CONFIG
+from test_dit import GOLDEN_CONFIG, run_golden
 
 RELEASE_STYLE_CONFIG = {  # WanModel's config.json keys, at the golden model's tiny size
     "_class_name": "WanModel", "_diffusers_version": "0.33.1", "model_type": "ti2v",
@@ -76,19 +76,7 @@ def test_from_pretrained_reproduces_the_reference(release_dir):
     pre = from_pretrained(root, vae="wan2.2")
     assert pre.dit.config == GOLDEN_CONFIG
     with torch.no_grad():
-        out = pre.dit(
-            g["golden.x"],
-            g["golden.t"],
-            g["golden.context"][None],
-            keyboard=g["golden.keyboard_cond"],
-            mouse=g["golden.mouse_cond"],
-            plucker=g["golden.plucker_emb"],
-            memory=g["golden.x_memory"],
-            keyboard_memory=g["golden.keyboard_cond_memory"],
-            mouse_memory=g["golden.mouse_cond_memory"],
-            memory_index=g["golden.memory_latent_idx"],
-            first_index=5,
-        )
+        out = run_golden(pre.dit, g)
         torch.testing.assert_close(out, g["golden.out"], atol=1e-5, rtol=0)
         latent = pre.encoder.encode(v["golden.input"])
         torch.testing.assert_close(latent, v["golden.latent"], atol=1e-5, rtol=0)
