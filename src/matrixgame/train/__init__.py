@@ -1,0 +1,1 @@
+"""Training: the error buffer now; the trainer, memory sampling and checkpoints next."""
