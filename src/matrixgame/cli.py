@@ -233,6 +233,75 @@ def _run_inspect(args: argparse.Namespace) -> None:
         print(f"wrote {args.sheet}")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on a recorded dataset",
+        description=(
+            "Train on a dataset folder recorded with `matrixgame record`. `train vae`: the "
+            "small VAE presets, reconstruction loss (L1 + L2) on windows of frames resized "
+            "to --height x --width. Checkpoints (weights, EMA and optimizer state) go to "
+            "OUT/checkpoints/ atomically; rerunning the same command resumes exactly where "
+            "it stopped. Under torchrun every process trains on its share of each batch "
+            "order (DDP)."
+        ),
+    )
+    what = p.add_subparsers(title="model", metavar="MODEL")
+    vae = what.add_parser("vae", help="the tiny VAE (reconstruction)", description=p.description)
+    vae.add_argument("--data", required=True, help="dataset folder")
+    vae.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    vae.add_argument("--preset", default="tiny", help="VAE preset (tiny)")
+    vae.add_argument("--steps", type=int, default=2000)
+    vae.add_argument("--batch-size", type=int, default=4)
+    vae.add_argument("--frames", type=int, default=5, help="frames per sample (1 + 4k)")
+    vae.add_argument("--height", type=int, default=96, help="training height (multiple of 16)")
+    vae.add_argument("--width", type=int, default=128, help="training width (multiple of 16)")
+    vae.add_argument("--lr", type=float, default=3e-4)
+    vae.add_argument("--checkpoint-every", type=int, default=200)
+    vae.add_argument("--seed", type=int, default=0)
+    vae.set_defaults(run_command=_run_train_vae)
+
+
+def _run_train_vae(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from matrixgame.data.dataset import ClipDataset
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+    from matrixgame.train.trainer import TrainConfig, Trainer
+    from matrixgame.train.vae_task import VAETask
+
+    if args.preset not in VAE_PRESETS or args.preset.startswith("wan2.2"):
+        raise ValueError(f"train vae trains the small presets (tiny); got {args.preset!r}")
+    if args.height % 16 or args.width % 16:
+        raise ValueError("--height and --width must be multiples of 16 (the VAE's stride)")
+    torch.manual_seed(args.seed)
+    model = WanVAE(VAE_PRESETS[args.preset])
+    data = ClipDataset(args.data, frames=args.frames, split="train", stride=2)
+    cfg = TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    meta = {"model": "vae", "preset": args.preset, "height": args.height, "width": args.width}
+    trainer = Trainer(model, VAETask(args.height, args.width), data, cfg, meta)
+    log_path = Path(args.out) / "log.jsonl"
+
+    def log(step: int, logs: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(logs) + "\n")
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    logs = trainer.fit(log)
+    loss, quality = logs.get("loss", float("nan")), logs.get("psnr", 0.0)
+    print(f"step {trainer.step}: loss {loss:.4f}, psnr {quality:.2f} dB")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matrixgame",
@@ -244,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_record(sub)
     _add_import(sub)
     _add_inspect(sub)
+    _add_train(sub)
     return parser
 
 

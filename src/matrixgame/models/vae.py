@@ -419,6 +419,11 @@ class WanVAE(nn.Module):
         )
         self.register_buffer("latent_std", torch.tensor(std).view(1, z, 1, 1, 1), persistent=False)
 
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Autoencode ``[B, 3, T, H, W]``: (reconstruction, normalised latents)."""
+        latents = self.encode(frames)
+        return self.decode(latents), latents
+
     # -- encoding -----------------------------------------------------------------------------
 
     def encode(self, frames: Tensor, cache: FeatureCache | None = None) -> Tensor:

@@ -1,0 +1,234 @@
+"""One training loop for every model here: deterministic data order, EMA, gradient
+clipping, a guard against non-finite losses, bf16 autocast on CUDA, DDP under ``torchrun``,
+and atomic checkpoints from which ``resume`` continues bit for bit.
+
+A task supplies the loss: ``task.loss(model, batch, step) -> (loss, logs)``; the trainer
+knows nothing about diffusion or VAEs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from matrixgame.io import atomic_write_text
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    warmup: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+    workers: int = 0  # DataLoader workers
+    bf16: bool = True  # autocast on CUDA (CPU runs stay fp32: they are the reference path)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be positive")
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): from ``torchrun`` when present, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    def __init__(
+        self, model: nn.Module, task, dataset, config: TrainConfig, meta: dict | None = None
+    ):
+        self.cfg, self.task, self.dataset = config, task, dataset
+        self.meta = meta or {}
+        self.rank, self.world = world()
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+        self.model = model.to(self.device)
+        self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
+        )
+        self.wrapped = model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.step = 0
+        self.skipped = 0  # steps dropped for a non-finite loss
+        self.out = Path(config.out)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def _order(self, epoch: int) -> list[int]:
+        """This rank's sample indices for an epoch: one seeded permutation, split by rank."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        return perm[self.rank :: self.world]
+
+    def batches(self):
+        """Batches from the current step on: resuming yields exactly what an unbroken run
+        would have seen next."""
+        per_epoch = len(self._order(0)) // self.cfg.batch_size
+        if per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {len(self.dataset)} samples, fewer than one batch of "
+                f"{self.cfg.batch_size} per process"
+            )
+        step = self.step
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            order = self._order(epoch)
+            start = offset * self.cfg.batch_size
+            idx = order[start : start + self.cfg.batch_size]
+            yield _collate([self.dataset[i] for i in idx])
+            step += 1
+
+    # -- loop -----------------------------------------------------------------------------------
+
+    def fit(self, log: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.resume()
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not progress or self.rank != 0, desc="train"
+        )
+        logs: dict = {}
+        data = self.batches()
+        start = time.perf_counter()
+        while self.step < cfg.steps:
+            batch = _to(next(data), self.device)
+            self._seed_step()
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup))
+            with torch.autocast(
+                "cuda", torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
+            ):
+                loss, logs = self.task.loss(self.wrapped, batch, self.step)
+            if not torch.isfinite(loss):  # skip the update; the data order moves on
+                self.skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                loss.backward()
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._update_ema()
+                logs["grad_norm"] = float(norm)
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                logs.update(
+                    step=self.step,
+                    skipped=self.skipped,
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    seconds=time.perf_counter() - start,
+                )
+                bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
+                if log and self.rank == 0:
+                    log(self.step, logs)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+        bar.close()
+        return logs
+
+    def _seed_step(self) -> None:
+        """Per-step randomness (torch's: noise, dropout) from the seed and step alone, so a
+        resumed run draws what the unbroken one would have."""
+        seed = self.cfg.seed * 1_000_003 + self.step * 7919 + self.rank
+        torch.manual_seed(seed)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = self.cfg.ema_decay
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.ema[k].copy_(v)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save(self) -> Path | None:
+        """``<out>/checkpoints/<step>/``: weights and EMA (safetensors), optimizer state,
+        config. Written to a temporary folder and renamed, then ``latest`` points at it."""
+        if self.rank != 0:
+            return None
+        root = self.out / "checkpoints"
+        final = root / f"{self.step:08d}"
+        tmp = root / f".{self.step:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {
+            f"model.{k}": v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()
+        }
+        weights.update({f"ema.{k}": v.contiguous().cpu() for k, v in self.ema.items()})
+        save_file(weights, tmp / "weights.safetensors")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "step": self.step, "skipped": self.skipped},
+            tmp / "state.pt",
+        )
+        (tmp / "config.json").write_text(
+            json.dumps({"train": asdict(self.cfg), **self.meta}, indent=1)
+        )
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_text(root / "latest", final.name)
+        for old in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[
+            : -self.cfg.keep_checkpoints
+        ]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume(self) -> bool:
+        """Continue from ``<out>/checkpoints/latest`` if there is one."""
+        latest = self.out / "checkpoints" / "latest"
+        if not latest.exists():
+            return False
+        folder = latest.parent / latest.read_text().strip()
+        weights = load_file(folder / "weights.safetensors")
+        self.model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+        self.ema = {k[4:]: v.to(self.device) for k, v in weights.items() if k.startswith("ema.")}
+        state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.skipped = int(state["step"]), int(state["skipped"])
+        return True
+
+
+def _collate(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if isinstance(values[0], Tensor) else values
+    return out
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}

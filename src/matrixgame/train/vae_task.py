@@ -1,0 +1,45 @@
+"""Training the small VAE presets on recorded frames: reconstruction losses that need no
+downloaded network (L1 + L2). The released preset uses the released Wan2.2 VAE instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def frames_to_model(frames: Tensor, height: int, width: int) -> Tensor:
+    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, h, w]`` in [-1, 1], area-resized."""
+    b, t, h, w, _ = frames.shape
+    x = frames.permute(0, 1, 4, 2, 3).reshape(b * t, 3, h, w).float() / 127.5 - 1.0
+    if (h, w) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="area")
+    return x.reshape(b, t, 3, height, width).transpose(1, 2)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR in dB of frames in [-1, 1]."""
+    mse = (a.float().clamp(-1, 1) - b.float()).pow(2).mean()
+    return float(10 * torch.log10(4.0 / mse.clamp(min=1e-10)))
+
+
+@dataclass(frozen=True)
+class VAETask:
+    height: int = 96
+    width: int = 128
+    l1: float = 1.0
+    l2: float = 1.0
+
+    def loss(self, model, batch: dict, step: int) -> tuple[Tensor, dict]:
+        x = frames_to_model(batch["frames"], self.height, self.width)
+        recon, latents = model(x)
+        err = recon.float() - x
+        loss = self.l1 * err.abs().mean() + self.l2 * err.pow(2).mean()
+        return loss, {
+            "loss": float(loss.detach()),
+            "psnr": psnr(recon.detach(), x),
+            "latent_std": float(latents.detach().float().std()),
+        }

@@ -1,0 +1,123 @@
+"""The training loop: exact resume after SIGKILL, DDP replicas, the non-finite guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import make_dataset
+from matrixgame.data.dataset import ClipDataset
+from matrixgame.models.vae import VAE_PRESETS, WanVAE
+from matrixgame.train.trainer import TrainConfig, Trainer
+from matrixgame.train.vae_task import VAETask
+
+
+def train_command(data, out, steps=8):
+    return [sys.executable, "-m", "matrixgame.cli", "train", "vae", "--data", str(data),
+            "--out", str(out), "--steps", str(steps), "--batch-size", "2", "--frames", "5",
+            "--height", "48", "--width", "64", "--checkpoint-every", "2"]  # fmt: skip
+
+
+def final_weights(out):
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    return load_file(out / "checkpoints" / latest / "weights.safetensors")
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(data, straight), check=True, capture_output=True, env=env)
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(train_command(data, broken), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    latest = broken / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if latest.exists() and int(latest.read_text()) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert int(latest.read_text()) < 8  # it was stopped part-way
+    subprocess.run(train_command(data, broken), check=True, capture_output=True, env=env)
+    a, b = final_weights(straight), final_weights(broken)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class NaNAfter:
+    """A VAE task whose loss turns NaN at one step."""
+
+    def __init__(self, step):
+        self.step, self.task = step, VAETask(48, 64)
+
+    def loss(self, model, batch, step):
+        loss, logs = self.task.loss(model, batch, step)
+        return (loss * float("nan"), logs) if step == self.step else (loss, logs)
+
+
+def test_non_finite_losses_skip_the_update(tmp_path):
+    torch.manual_seed(0)
+    data = ClipDataset(make_dataset(tmp_path / "data"), frames=5, stride=4)
+    model = WanVAE(VAE_PRESETS["tiny"])
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=3, batch_size=2, checkpoint_every=1,
+                      keep_checkpoints=2)  # fmt: skip
+    trainer = Trainer(model, NaNAfter(1), data, cfg)
+    snapshots = []
+    original = trainer.save
+
+    def save():
+        snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return original()
+
+    trainer.save = save
+    trainer.fit(progress=False)
+    assert trainer.skipped == 1
+    assert all(
+        torch.equal(snapshots[0][k], snapshots[1][k]) for k in snapshots[0]
+    )  # step 2: no update
+    assert not all(torch.equal(snapshots[1][k], snapshots[2][k]) for k in snapshots[0])
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["00000002", "00000003", "latest"]
+    assert (
+        json.loads((tmp_path / "run/checkpoints/00000003/config.json").read_text())["train"][
+            "steps"
+        ]
+        == 3
+    )
+
+
+def _ddp_worker(rank, world, init, data, out, result):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)  # identical initial weights on every rank
+    model = WanVAE(VAE_PRESETS["tiny"])
+    cfg = TrainConfig(out=out, steps=3, batch_size=1, checkpoint_every=10)
+    trainer = Trainer(model, VAETask(48, 64), ClipDataset(data, frames=5, stride=4), cfg)
+    trainer.fit(progress=False)
+    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    torch.save(flat, f"{result}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_replicas_stay_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    data = make_dataset(tmp_path / "data")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    result = str(tmp_path / "params")
+    mp.spawn(_ddp_worker, args=(2, init, str(data), str(tmp_path / "run"), result), nprocs=2)
+    a, b = torch.load(f"{result}.0"), torch.load(f"{result}.1")
+    torch.manual_seed(0)
+    start = torch.cat([p.flatten() for p in WanVAE(VAE_PRESETS["tiny"]).parameters()])
+    assert torch.equal(a, b) and not torch.equal(a, start)
