@@ -261,6 +261,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--seed", type=int, default=0)
     vae.set_defaults(run_command=_run_train_vae)
 
+    lat = what.add_parser(
+        "latents",
+        help="encode a dataset once with a trained VAE (the DiT's input)",
+        description="Encode every clip of a dataset with a trained VAE run's EMA weights into a "
+        "latent cache folder (resumable: cached clips are kept).",
+    )
+    lat.add_argument("--data", required=True, help="dataset folder")
+    lat.add_argument("--vae", required=True, help="a `train vae` run folder")
+    lat.add_argument("--out", required=True, help="latent cache folder")
+    lat.set_defaults(run_command=_run_train_latents)
+
+    dit = what.add_parser(
+        "dit",
+        help="the world model: error-aware, memory-augmented flow matching",
+        description="Flow matching on the current latents of windows of memory + past + "
+        "current latents, with actions, camera rays, the error buffer injected into past "
+        "and memory, image-only mode and condition dropout (see matrixgame.train.dit_task).",
+    )
+    dit.add_argument("--latents", required=True, help="latent cache folder")
+    dit.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    dit.add_argument("--preset", default="tiny", help="DiT preset (tiny)")
+    dit.add_argument("--steps", type=int, default=5000)
+    dit.add_argument("--batch-size", type=int, default=4)
+    dit.add_argument("--lr", type=float, default=2e-4)
+    dit.add_argument("--past", type=int, default=2, help="past latents per window")
+    dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
+    dit.add_argument("--memory", type=int, default=2, help="memory latents")
+    dit.add_argument("--checkpoint-every", type=int, default=200)
+    dit.add_argument("--seed", type=int, default=0)
+    dit.set_defaults(run_command=_run_train_dit)
+
 
 def _run_train_vae(args: argparse.Namespace) -> None:
     import json
@@ -300,6 +331,67 @@ def _run_train_vae(args: argparse.Namespace) -> None:
     logs = trainer.fit(log)
     loss, quality = logs.get("loss", float("nan")), logs.get("psnr", 0.0)
     print(f"step {trainer.step}: loss {loss:.4f}, psnr {quality:.2f} dB")
+
+
+def _latest_weights(run: str, prefix: str = "ema.") -> tuple[dict, dict]:
+    """(state dict, config) of a training run's latest checkpoint."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(run) / "checkpoints"
+    if not (root / "latest").exists():
+        raise ValueError(f"{run}: no checkpoint (train it first)")
+    folder = root / (root / "latest").read_text().strip()
+    weights = load_file(folder / "weights.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
+
+
+def _run_train_latents(args: argparse.Namespace) -> None:
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+    from matrixgame.train.latents import cache_latents
+
+    state, config = _latest_weights(args.vae)
+    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
+    vae.load_state_dict(state)
+    cache = cache_latents(args.data, vae, args.out, config["height"], config["width"], args.vae)
+    print(f"{args.out}: {len(cache.shards)} clips of latents")
+
+
+def _run_train_dit(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+    from matrixgame.train.dit_task import DiTTask
+    from matrixgame.train.latents import LatentClips
+    from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
+    from matrixgame.train.trainer import TrainConfig, Trainer
+
+    if args.preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {args.preset!r}; choose from {sorted(DIT_PRESETS)}")
+    torch.manual_seed(args.seed)
+    data = WindowDataset(
+        LatentClips(args.latents), WindowConfig(args.past, args.current, args.memory)
+    )
+    model = MatrixGameDiT(DIT_PRESETS[args.preset])
+    cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed)  # fmt: skip
+    window = {"past": args.past, "current": args.current, "memory": args.memory}
+    meta = {"model": "dit", "preset": args.preset, "latents": args.latents, "window": window}
+    trainer = Trainer(model, DiTTask(), data, cfg, meta)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+
+    def log(step: int, logs: dict) -> None:
+        with open(Path(args.out) / "log.jsonl", "a") as f:
+            f.write(json.dumps(logs) + "\n")
+
+    logs = trainer.fit(log)
+    print(f"step {trainer.step}: loss {logs.get('loss', float('nan')):.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,79 @@
+"""The error-aware, memory-augmented flow-matching objective (Matrix-Game 3.0 base model).
+
+Per step (one mode for the whole batch, drawn from the step's seeded randomness):
+- with probability ``image_only``: the release's image-to-video mode, the last past latent
+  as the only context, no memory;
+- otherwise memory + past + current, the memory dropped with probability ``drop_memory``;
+- actions replaced by the null actions (keyboard -1, mouse +1) with probability
+  ``drop_actions`` (classifier-free guidance);
+- past and memory latents corrupted by the error buffer (x~ = x + gamma_h delta,
+  m~ = m + gamma_m delta), which is fed by the model's own residuals on the current latents.
+The loss is flow matching on the current latents only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from matrixgame.diffusion.flow_matching import (
+    NUM_TIMESTEPS,
+    add_noise,
+    flow_matching_loss,
+    predicted_clean,
+    sample_sigma,
+)
+from matrixgame.train.error_buffer import ErrorBuffer
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class DiTTask:
+    shift: float = 3.0
+    image_only: float = 0.2
+    drop_memory: float = 0.2
+    drop_actions: float = 0.1
+    buffer: ErrorBuffer = field(default_factory=ErrorBuffer)
+
+    def loss(self, model, batch: dict, step: int) -> tuple[Tensor, dict]:
+        past, current, memory = batch["past"], batch["current"], batch["memory"]
+        b, p, c = current.shape[0], past.shape[2], current.shape[2]
+        m = memory.shape[2]
+        keyboard, mouse, plucker = batch["keyboard"], batch["mouse"], batch["plucker"]
+        mode = "image" if torch.rand(()) < self.image_only else "memory"
+        if mode == "image":  # one context latent, no memory
+            past, memory = past[:, :, -1:], None
+            keyboard, mouse = keyboard[:, -4 * (1 + c) :], mouse[:, -4 * (1 + c) :]
+            plucker = plucker[:, :, m + p - 1 :]
+        elif torch.rand(()) < self.drop_memory:
+            memory, plucker = None, plucker[:, :, m:]
+        if torch.rand(()) < self.drop_actions:
+            keyboard, mouse = -torch.ones_like(keyboard), torch.ones_like(mouse)
+        past, memory = self.buffer.corrupt(past, memory)
+        sigma = sample_sigma(b, self.shift, device=current.device)
+        noise = torch.randn_like(current)
+        noisy = add_noise(current, sigma, noise)
+        k = past.shape[2]
+        t = torch.cat(
+            [
+                torch.zeros(b, k, device=current.device),
+                (NUM_TIMESTEPS * sigma)[:, None].expand(b, c),
+            ],
+            1,
+        )
+        first = batch["first_index"][0].item() + (p - k)
+        extra = {}
+        if memory is not None:
+            extra = dict(memory=memory, memory_index=batch["memory_index"][0],
+                         keyboard_memory=-torch.ones(b, m, 6, device=current.device),
+                         mouse_memory=torch.ones(b, m, 2, device=current.device))  # fmt: skip
+        velocity = model(torch.cat([past, noisy], 2), t, None, keyboard=keyboard, mouse=mouse,
+                         plucker=plucker, first_index=int(first), **extra)  # fmt: skip
+        target_noise = torch.cat([torch.zeros_like(past), noise], 2)
+        target_clean = torch.cat([past, current], 2)
+        loss, logs = flow_matching_loss(velocity, target_clean, target_noise, slice(k, None))
+        self.buffer.add(predicted_clean(noisy, sigma, velocity[:, :, k:].detach()), current, sigma)
+        logs.update(mode=mode, buffer=len(self.buffer), sigma=float(sigma.mean()))
+        return loss, logs

@@ -1,0 +1,81 @@
+"""Training windows for the memory-augmented DiT: memory + past + current latents of one
+clip, with the actions and camera rays the model takes.
+
+For a window starting at latent s: past = latents s..s+P-1, current = the next C, and memory
+= the M latents among 1..s-1 whose view volumes overlap the last current latent's most
+(sampled frustum overlap), in time order. Windows start at s >= M + 1, so every sample has a
+full memory and actions for 4 (P + C) frames (the release's later-clip layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from matrixgame.geometry.cameras import relative_poses
+from matrixgame.geometry.frustum import ViewVolume, topk_overlap
+from matrixgame.geometry.plucker import fold_plucker, plucker_rays
+from matrixgame.train.latents import LatentClips
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    past: int = 2
+    current: int = 4
+    memory: int = 2
+    stride: int = 2
+    near_m: float = 0.1
+    far_m: float = 30.0
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    def __init__(self, clips: LatentClips, config: WindowConfig = WindowConfig()) -> None:
+        self.clips, self.cfg = clips, config
+        span = config.past + config.current
+        self.index = [
+            (c, s)
+            for c, clip in enumerate(clips.clips)
+            for s in range(config.memory + 1, clip["latents"].shape[1] - span + 1, config.stride)
+        ]
+        if not self.index:
+            raise ValueError(f"no clip is long enough for {config.memory + 1 + span} latents")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        cfg = self.cfg
+        c, s = self.index[i]
+        clip, meta = self.clips.clips[c], self.clips.meta[c]
+        lat, c2w, K = clip["latents"], clip["c2w"].double(), clip["K"]
+        window = range(s, s + cfg.past + cfg.current)
+        height, width = self.clips.height, self.clips.width
+        scale = meta.get("metres_per_unit", 1.0)
+        view = ViewVolume(tuple(K.tolist()), width, height, cfg.near_m / scale, cfg.far_m / scale)
+        idx, _ = topk_overlap(c2w[window[-1]], c2w[1:s], view, cfg.memory)
+        memory = (idx + 1).sort().values
+        frames = slice(4 * s - 3, 4 * (window[-1]) + 1)
+        h, w = lat.shape[2:]
+        rays = [
+            # memory: relative to the window's first latent; window: to the previous latent
+            relative_poses(torch.cat([c2w[s : s + 1], c2w[memory]]), normalize_translation=True)[
+                1:
+            ],
+            relative_poses(c2w[list(window)], framewise=True),
+        ]
+        plucker = torch.cat(
+            [fold_plucker(plucker_rays(r, K.double(), height, width), h, w) for r in rays], 1
+        )
+        return {
+            "memory": lat[:, memory],
+            "past": lat[:, s : s + cfg.past],
+            "current": lat[:, s + cfg.past : window[-1] + 1],
+            "memory_index": memory,
+            "first_index": torch.tensor(s),
+            "keyboard": clip["keyboard"][frames].float(),
+            "mouse": clip["mouse"][frames].float(),
+            "plucker": plucker.float(),
+        }
