@@ -151,3 +151,21 @@ def test_flash_attention_matches_sdpa_on_cuda():
     finally:
         set_attention_backend("sdpa")
     torch.testing.assert_close(fast.float(), reference.float(), atol=2e-2, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = MatrixGameDiT(DIT_PRESETS["tiny"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    x, t = torch.randn(1, 16, 2, 4, 4), torch.tensor([[0.0, 600.0]])
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = flag
+        model(x, t).square().mean().backward()
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    torch.testing.assert_close(grads[0], grads[1])

@@ -289,6 +289,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
     dit.add_argument("--memory", type=int, default=2, help="memory latents")
     dit.add_argument("--checkpoint-every", type=int, default=200)
+    dit.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="recompute block activations in the backward pass (less memory, more time)",
+    )
     dit.add_argument("--seed", type=int, default=0)
     dit.set_defaults(run_command=_run_train_dit)
 
@@ -301,13 +306,14 @@ def _run_train_vae(args: argparse.Namespace) -> None:
 
     from matrixgame.data.dataset import ClipDataset
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
-    from matrixgame.train.trainer import TrainConfig, Trainer
+    from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
     from matrixgame.train.vae_task import VAETask
 
     if args.preset not in VAE_PRESETS or args.preset.startswith("wan2.2"):
         raise ValueError(f"train vae trains the small presets (tiny); got {args.preset!r}")
     if args.height % 16 or args.width % 16:
         raise ValueError("--height and --width must be multiples of 16 (the VAE's stride)")
+    init_distributed()
     torch.manual_seed(args.seed)
     model = WanVAE(VAE_PRESETS[args.preset])
     data = ClipDataset(args.data, frames=args.frames, split="train", stride=2)
@@ -370,15 +376,17 @@ def _run_train_dit(args: argparse.Namespace) -> None:
     from matrixgame.train.dit_task import DiTTask
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
-    from matrixgame.train.trainer import TrainConfig, Trainer
+    from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
 
     if args.preset not in DIT_PRESETS:
         raise ValueError(f"unknown DiT preset {args.preset!r}; choose from {sorted(DIT_PRESETS)}")
+    init_distributed()
     torch.manual_seed(args.seed)
     data = WindowDataset(
         LatentClips(args.latents), WindowConfig(args.past, args.current, args.memory)
     )
     model = MatrixGameDiT(DIT_PRESETS[args.preset])
+    model.gradient_checkpointing = args.grad_checkpointing
     cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       checkpoint_every=args.checkpoint_every, seed=args.seed)  # fmt: skip
     window = {"past": args.past, "current": args.current, "memory": args.memory}

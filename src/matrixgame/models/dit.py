@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from matrixgame.models.actions import ActionConfig, ActionModule
@@ -216,6 +217,7 @@ class MatrixGameDiT(nn.Module):
         sigma = cfg.sigma_theta if cfg.use_memory else 0.0
         # complex rotations: a plain attribute, so that .to(dtype) never casts them to real
         self.freqs = rope_frequencies(cfg.head_dim, cfg.rope_positions, cfg.num_heads, sigma=sigma)
+        self.gradient_checkpointing = False  # recompute blocks in backward (training only)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -345,7 +347,12 @@ class MatrixGameDiT(nn.Module):
         if ctx["camera"] is not None and ctx["camera"].shape[1] != seq:
             raise ValueError(f"plucker covers {ctx['camera'].shape[1]} tokens, the input {seq}")
         for block in self.blocks:
-            tokens = block(tokens, e0, ctx)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(
+                    block, tokens, e0, ctx, use_reentrant=False
+                )
+            else:
+                tokens = block(tokens, e0, ctx)
         out = self.head(tokens, e)[:, m * h * w :]  # current (and past) tokens only
         return self._unpatchify(out, f, h, w)
 

@@ -48,6 +48,14 @@ class TrainConfig:
             raise ValueError("steps, batch_size and checkpoint_every must be positive")
 
 
+def init_distributed() -> None:
+    """Join the process group when launched by ``torchrun`` (NCCL on GPUs, else gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def world() -> tuple[int, int]:
     """(rank, world size): from ``torchrun`` when present, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
