@@ -10,7 +10,7 @@ from matrixgame.models.dit import DiTConfig, MatrixGameDiT
 from matrixgame.models.vae import VAE_PRESETS, WanVAE
 from matrixgame.train.dit_task import DiTTask
 from matrixgame.train.latents import LatentClips, cache_latents
-from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
+from matrixgame.train.memory_sampling import WindowConfig, WindowDataset, window_kwargs
 from matrixgame.train.trainer import TrainConfig, Trainer, _collate
 
 SMALL = DiTConfig(
@@ -76,20 +76,9 @@ def validation_loss(model, batch) -> float:
             ],
             1,
         )
-        n = cur.shape[0]
         with torch.no_grad():
-            v = model(
-                torch.cat([past, add_noise(cur, sigma, noise)], 2),
-                t,
-                keyboard=batch["keyboard"],
-                mouse=batch["mouse"],
-                plucker=batch["plucker"],
-                memory=batch["memory"],
-                memory_index=batch["memory_index"][0],
-                first_index=int(batch["first_index"][0]),
-                keyboard_memory=-torch.ones(n, 2, 6),
-                mouse_memory=torch.ones(n, 2, 2),
-            )
+            x = torch.cat([past, add_noise(cur, sigma, noise)], 2)
+            v = model(x, t, **window_kwargs(batch))
         total += float(flow_matching_loss(v[:, :, past.shape[2] :], cur, noise)[0])
     return total / 3
 
@@ -106,3 +95,21 @@ def test_a_short_run_lowers_the_validation_loss(latents, tmp_path):
     Trainer(model, DiTTask(), ds, cfg).fit(progress=False)
     after = validation_loss(model, held_out)
     assert after < 0.8 * before, (before, after)
+
+
+def test_sample_strips(latents, tmp_path):
+    from matrixgame.train.run_log import RunLog
+    from matrixgame.train.samples import generate_current, strip
+
+    ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2))
+    batch = _collate([ds[0]])
+    torch.manual_seed(0)
+    generated = generate_current(MatrixGameDiT(SMALL).eval(), batch, steps=2)
+    assert generated.shape == batch["current"].shape and torch.isfinite(generated).all()
+    vae = WanVAE(VAE_PRESETS["tiny"]).eval()
+    image = strip(vae, batch["current"], generated, frames=4)
+    assert image.shape == (2 * 64, 4 * 64, 3) and image.dtype.name == "uint8"
+    run = RunLog(tmp_path / "run", tensorboard=False)
+    run(5, {"loss": 1.5, "mode": "memory"})
+    assert run.image("rollout", 5, image).exists()
+    assert '"loss": 1.5' in (tmp_path / "run" / "log.jsonl").read_text()

@@ -299,15 +299,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train_vae(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
 
     import torch
 
     from matrixgame.data.dataset import ClipDataset
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
+    from matrixgame.train.run_log import RunLog
     from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
-    from matrixgame.train.vae_task import VAETask
+    from matrixgame.train.vae_task import VAETask, reconstruction_strip
 
     if args.preset not in VAE_PRESETS or args.preset.startswith("wan2.2"):
         raise ValueError(f"train vae trains the small presets (tiny); got {args.preset!r}")
@@ -327,13 +326,18 @@ def _run_train_vae(args: argparse.Namespace) -> None:
     )
     meta = {"model": "vae", "preset": args.preset, "height": args.height, "width": args.width}
     trainer = Trainer(model, VAETask(args.height, args.width), data, cfg, meta)
-    log_path = Path(args.out) / "log.jsonl"
+    run = RunLog(args.out)
+    probe = data[0]["frames"][None]  # a fixed clip to reconstruct in the sample strips
 
     def log(step: int, logs: dict) -> None:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(logs) + "\n")
+        run(step, logs)
+        if step % args.checkpoint_every == 0 or step == args.steps:
+            run.image(
+                "reconstruction",
+                step,
+                reconstruction_strip(trainer.model, probe, args.height, args.width),
+            )
 
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     logs = trainer.fit(log)
     loss, quality = logs.get("loss", float("nan")), logs.get("psnr", 0.0)
     print(f"step {trainer.step}: loss {loss:.4f}, psnr {quality:.2f} dB")
@@ -355,6 +359,21 @@ def _latest_weights(run: str, prefix: str = "ema.") -> tuple[dict, dict]:
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
 
 
+def _vae_of(latents: str):
+    """The VAE a latent cache was made with (for decoding samples), or None."""
+    from matrixgame.data.shards import Manifest
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+
+    run = Manifest.load(latents).config.get("vae")
+    try:
+        state, config = _latest_weights(run)
+    except (TypeError, ValueError):
+        return None
+    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
+    vae.load_state_dict(state)
+    return vae
+
+
 def _run_train_latents(args: argparse.Namespace) -> None:
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
     from matrixgame.train.latents import cache_latents
@@ -367,8 +386,6 @@ def _run_train_latents(args: argparse.Namespace) -> None:
 
 
 def _run_train_dit(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
 
     import torch
 
@@ -376,7 +393,9 @@ def _run_train_dit(args: argparse.Namespace) -> None:
     from matrixgame.train.dit_task import DiTTask
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
-    from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
+    from matrixgame.train.run_log import RunLog
+    from matrixgame.train.samples import generate_current, strip
+    from matrixgame.train.trainer import TrainConfig, Trainer, _collate, init_distributed
 
     if args.preset not in DIT_PRESETS:
         raise ValueError(f"unknown DiT preset {args.preset!r}; choose from {sorted(DIT_PRESETS)}")
@@ -392,11 +411,17 @@ def _run_train_dit(args: argparse.Namespace) -> None:
     window = {"past": args.past, "current": args.current, "memory": args.memory}
     meta = {"model": "dit", "preset": args.preset, "latents": args.latents, "window": window}
     trainer = Trainer(model, DiTTask(), data, cfg, meta)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    run = RunLog(args.out)
+    vae = _vae_of(args.latents)
+    probe = _collate([data[len(data) - 1]])  # a fixed window to generate in the sample strips
 
     def log(step: int, logs: dict) -> None:
-        with open(Path(args.out) / "log.jsonl", "a") as f:
-            f.write(json.dumps(logs) + "\n")
+        run(step, logs)
+        if vae is not None and (step % args.checkpoint_every == 0 or step == args.steps):
+            ema = MatrixGameDiT(model.config).eval()
+            ema.load_state_dict({k: v.to(torch.float32) for k, v in trainer.ema.items()})
+            generated = generate_current(ema, probe)
+            run.image("rollout", step, strip(vae, probe["current"], generated))
 
     logs = trainer.fit(log)
     print(f"step {trainer.step}: loss {logs.get('loss', float('nan')):.4f}")

@@ -79,3 +79,17 @@ class WindowDataset(torch.utils.data.Dataset):
             "mouse": clip["mouse"][frames].float(),
             "plucker": plucker.float(),
         }
+
+
+def window_kwargs(batch: dict) -> dict:
+    """The DiT's conditioning for a collated batch of full windows (memory, its null
+    actions and indices, the window's actions and camera rays)."""
+    b, m = batch["memory"].shape[0], batch["memory"].shape[2]
+    device = batch["memory"].device
+    return {
+        "keyboard": batch["keyboard"], "mouse": batch["mouse"], "plucker": batch["plucker"],
+        "memory": batch["memory"], "memory_index": batch["memory_index"][0],
+        "first_index": int(batch["first_index"][0]),
+        "keyboard_memory": -torch.ones(b, m, 6, device=device),
+        "mouse_memory": torch.ones(b, m, 2, device=device),
+    }  # fmt: skip

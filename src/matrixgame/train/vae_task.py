@@ -43,3 +43,16 @@ class VAETask:
             "psnr": psnr(recon.detach(), x),
             "latent_std": float(latents.detach().float().std()),
         }
+
+
+@torch.no_grad()
+def reconstruction_strip(model, frames: Tensor, height: int, width: int):
+    """``[H, W, 3]`` uint8: a clip's frames on top, their reconstruction below."""
+    x = frames_to_model(frames, height, width)
+    was_training = model.training
+    model.eval()
+    recon, _ = model(x)
+    model.train(was_training)
+    rows = [torch.cat(list(v[0].clamp(-1, 1).unbind(1)), dim=2) for v in (x, recon)]  # [3, H, W T]
+    image = torch.cat(rows, dim=1).permute(1, 2, 0)
+    return ((image + 1) * 127.5).round().byte().cpu().numpy()

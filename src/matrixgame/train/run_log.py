@@ -1,0 +1,41 @@
+"""A training run's record: JSON lines always, TensorBoard scalars when it is installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunLog:
+    def __init__(self, folder: str | Path, tensorboard: bool = True) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional: `pip install tensorboard`
+                pass
+            else:
+                self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def __call__(self, step: int, logs: dict) -> None:
+        with open(self.folder / "log.jsonl", "a") as f:
+            f.write(json.dumps(logs) + "\n")
+        if self.writer is not None:
+            for key, value in logs.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def image(self, tag: str, step: int, image) -> Path:
+        """Save an ``[H, W, 3]`` uint8 image as ``samples/<tag>_<step>.png`` (and to
+        TensorBoard)."""
+        from PIL import Image
+
+        path = self.folder / "samples" / f"{tag}_{step:08d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(image).save(path)
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+        return path

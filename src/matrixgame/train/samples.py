@@ -1,0 +1,43 @@
+"""Sample strips during training: what the world model generates for a held-out window,
+decoded beside the real frames, so a person can look at progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
+from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
+from matrixgame.train.memory_sampling import window_kwargs
+
+
+@torch.no_grad()
+def generate_current(
+    model, batch: dict, steps: int = 4, shift: float = 3.0, seed: int = 0
+) -> torch.Tensor:
+    """Current latents ``[B, C, F, h, w]`` sampled with Euler from noise, given the window's
+    memory, past latents, actions and camera."""
+    past, current = batch["past"], batch["current"]
+    b, k, f = current.shape[0], past.shape[2], current.shape[2]
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(current.shape, generator=g).to(current)
+    cond = window_kwargs(batch)
+
+    def velocity(x, sigma):
+        t = torch.cat([torch.zeros(b, k), torch.full((b, f), NUM_TIMESTEPS * sigma)], 1).to(x)
+        return model(torch.cat([past, x], 2), t, None, **cond)[:, :, k:]
+
+    return sample_euler(velocity, noise, sigma_schedule(steps, shift))
+
+
+@torch.no_grad()
+def strip(vae, real: torch.Tensor, generated: torch.Tensor, frames: int = 8) -> np.ndarray:
+    """``[H, W, 3]`` uint8: real frames on top, generated below (decoded current latents of
+    the first sample; each later-piece latent decodes to 4 frames)."""
+    rows = []
+    for latents in (real[:1], generated[:1]):
+        video = vae.decode(latents)[0].clamp(-1, 1)  # [3, T, H, W]
+        idx = np.linspace(0, video.shape[1] - 1, frames).astype(int)
+        row = torch.cat([video[:, i] for i in idx], dim=2)  # [3, H, W * frames]
+        rows.append(((row.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+    return np.concatenate(rows, 0)
