@@ -113,3 +113,29 @@ def test_sample_strips(latents, tmp_path):
     run(5, {"loss": 1.5, "mode": "memory"})
     assert run.image("rollout", 5, image).exists()
     assert '"loss": 1.5' in (tmp_path / "run" / "log.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_a_short_run_on_recorded_doom_lowers_the_validation_loss(tmp_path):
+    pytest.importorskip("vizdoom")
+    from matrixgame.data.engine.recorder import RecordConfig, record_dataset
+
+    data = tmp_path / "doom"
+    cfg = RecordConfig(out=str(data), maps=("E1M1",), frames=240, clip_frames=120,
+                       loop_fraction=0.0, heldout_every=0, depth=False)  # fmt: skip
+    record_dataset(cfg, progress=False)
+    torch.manual_seed(0)
+    cache_latents(
+        data, WanVAE(VAE_PRESETS["tiny"]).eval(), tmp_path / "lat", 64, 64, progress=False
+    )
+    ds = WindowDataset(
+        LatentClips(tmp_path / "lat"), WindowConfig(past=2, current=3, memory=2, stride=1)
+    )
+    held_out = _collate([ds[len(ds) - 1], ds[len(ds) - 2]])
+    torch.manual_seed(0)
+    model = MatrixGameDiT(SMALL)
+    before = validation_loss(model, held_out)
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=60, batch_size=2, lr=1e-3, warmup=5,
+                      checkpoint_every=60)  # fmt: skip
+    Trainer(model, DiTTask(), ds, cfg).fit(progress=False)
+    assert validation_loss(model, held_out) < 0.8 * before
