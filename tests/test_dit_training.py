@@ -43,6 +43,13 @@ def test_windows_take_memory_from_before_the_window(latents):
         assert item["plucker"].shape == (6 * 16 * 16, 2 + 5, 4, 4)
 
 
+def test_sink_latent_leads_the_memory(latents):
+    ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2, sink=True))
+    item = ds[len(ds) - 1]
+    assert item["memory_index"][0] == 0 and len(item["memory_index"]) == 3
+    assert item["memory"].shape[1] == 3 and item["plucker"].shape[1] == 3 + 5
+
+
 def test_task_modes_and_error_buffer(latents):
     ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2))
     batch = _collate([ds[0], ds[1]])

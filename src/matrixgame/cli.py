@@ -288,6 +288,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--past", type=int, default=2, help="past latents per window")
     dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
     dit.add_argument("--memory", type=int, default=2, help="memory latents")
+    dit.add_argument("--sink", action="store_true", help="keep latent 0 as a persistent memory")
     dit.add_argument("--checkpoint-every", type=int, default=200)
     dit.add_argument(
         "--grad-checkpointing",

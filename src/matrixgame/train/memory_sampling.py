@@ -3,8 +3,10 @@ clip, with the actions and camera rays the model takes.
 
 For a window starting at latent s: past = latents s..s+P-1, current = the next C, and memory
 = the M latents among 1..s-1 whose view volumes overlap the last current latent's most
-(sampled frustum overlap), in time order. Windows start at s >= M + 1, so every sample has a
-full memory and actions for 4 (P + C) frames (the release's later-clip layout).
+(sampled frustum overlap), in time order, after the clip's first latent when ``sink`` keeps
+it as a persistent "sink" for global scene statistics. Windows start at s >= M + 1, so
+every sample has a full memory and actions for 4 (P + C) frames (the release's later-clip
+layout).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class WindowConfig:
     current: int = 4
     memory: int = 2
     stride: int = 2
+    sink: bool = False  # also keep latent 0 as a persistent memory latent (the report's sink)
     near_m: float = 0.1
     far_m: float = 30.0
 
@@ -57,6 +60,8 @@ class WindowDataset(torch.utils.data.Dataset):
         view = ViewVolume(tuple(K.tolist()), width, height, cfg.near_m / scale, cfg.far_m / scale)
         idx, _ = topk_overlap(c2w[window[-1]], c2w[1:s], view, cfg.memory)
         memory = (idx + 1).sort().values
+        if cfg.sink:
+            memory = torch.cat([torch.zeros(1, dtype=memory.dtype), memory])
         frames = slice(4 * s - 3, 4 * (window[-1]) + 1)
         h, w = lat.shape[2:]
         rays = [
