@@ -300,7 +300,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train_vae(args: argparse.Namespace) -> None:
-
     import torch
 
     from matrixgame.data.dataset import ClipDataset
