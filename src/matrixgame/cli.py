@@ -258,6 +258,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--width", type=int, default=128, help="training width (multiple of 16)")
     vae.add_argument("--lr", type=float, default=3e-4)
     vae.add_argument("--checkpoint-every", type=int, default=200)
+    vae.add_argument(
+        "--init",
+        help="start from these weights (a .safetensors of the model's state dict)",
+    )
     vae.add_argument("--seed", type=int, default=0)
     vae.set_defaults(run_command=_run_train_vae)
 
@@ -315,6 +319,13 @@ def _run_train_vae(args: argparse.Namespace) -> None:
     init_distributed()
     torch.manual_seed(args.seed)
     model = WanVAE(VAE_PRESETS[args.preset])
+    if args.init:
+        from safetensors.torch import load_file
+
+        from matrixgame.models.loading import load_checked
+
+        state = {k: v.float() for k, v in load_file(args.init).items()}
+        load_checked(model, state, args.init)
     data = ClipDataset(args.data, frames=args.frames, split="train", stride=2)
     cfg = TrainConfig(
         out=args.out,
