@@ -20,11 +20,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The most complete job so far: record a small Doom dataset (exact poses and actions),
-# check it and draw a contact sheet, then walk an action script through the geometry core.
+# check it and draw a contact sheet, walk an action script through the geometry core, then
+# run the training pipeline briefly (VAE, latent cache, world model) with sample strips.
 demo: setup
 	$(BIN)/matrixgame record --out runs/demo-data --maps E1M1 --frames 4096 --clip-frames 1024 --workers 2
 	$(BIN)/matrixgame inspect runs/demo-data --sheet runs/demo-data/sheet.png
 	$(BIN)/matrixgame trajectory examples/out_and_back.json
+	$(BIN)/matrixgame train vae --data runs/demo-data --out runs/demo-vae --steps 40 --batch-size 2 --checkpoint-every 20
+	$(BIN)/matrixgame train latents --data runs/demo-data --vae runs/demo-vae --out runs/demo-latents
+	$(BIN)/matrixgame train dit --latents runs/demo-latents --out runs/demo-dit --steps 40 --batch-size 2 --checkpoint-every 20
 
 test: setup lint
 	$(BIN)/python -m pytest -q
