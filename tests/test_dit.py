@@ -169,3 +169,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         )
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@torch.no_grad()
+def test_per_sample_positions_equal_separate_calls():
+    # windows from different places of a clip batch together: each keeps its own RoPE positions
+    torch.manual_seed(0)
+    model = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
+    for p in model.parameters():
+        p.add_(0.02 * torch.randn_like(p))
+    x, memory = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    t = torch.tensor([[0.0, 500.0], [0.0, 800.0]])
+    mem_index, first = torch.tensor([[0, 1], [2, 5]]), torch.tensor([3, 7])
+    both = model(x, t, memory=memory, memory_index=mem_index, first_index=first)
+    for i in range(2):
+        one = model(x[i : i + 1], t[i : i + 1], memory=memory[i : i + 1],
+                    memory_index=mem_index[i], first_index=int(first[i]))  # fmt: skip
+        torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=0)
+    shifted = model(x, t, memory=memory, memory_index=mem_index[0], first_index=3)
+    assert not torch.allclose(shifted[1], both[1], atol=1e-4)  # positions matter

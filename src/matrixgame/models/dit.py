@@ -294,20 +294,25 @@ class MatrixGameDiT(nn.Module):
         - ``plucker [B, 6*256, M + F, H, W]``: camera rays of memory then x frames;
         - ``memory [B, C, M, H, W]`` with ``memory_t`` (default 0), null actions
           ``keyboard_memory [B, M, 6]`` (-1) / ``mouse_memory [B, M, 2]`` (+1) and their
-          temporal indices ``memory_index [M]``; x's frames are at ``first_index + i``.
+          temporal indices ``memory_index`` ``[M]`` (or ``[B, M]``); x's frames are at
+          ``first_index + i`` (``first_index`` an int or ``[B]``).
         """
         cfg = self.config
         b, _, frames, height, width = x.shape
         pt, ph, pw = cfg.patch_size
         f, h, w = frames // pt, height // ph, width // pw
-        t_index = torch.arange(first_index, first_index + f, device=x.device)
+        # temporal RoPE positions, shared [1, .] or per sample [B, .]
+        first = torch.as_tensor(first_index, device=x.device).long().reshape(-1, 1)
+        t_index = first + torch.arange(f, device=x.device)
         m = 0
         if memory is not None:
             if not cfg.use_memory:
                 raise ValueError("this model has no memory inputs (use_memory=False)")
             m = memory.shape[2] // pt
-            mem_index = torch.arange(m) if memory_index is None else torch.as_tensor(memory_index)
-            t_index = torch.cat([mem_index.to(x.device), t_index])
+            mem = torch.arange(m) if memory_index is None else torch.as_tensor(memory_index)
+            mem = mem.to(x.device).long().reshape(-1, m)
+            rows = max(len(mem), len(t_index))
+            t_index = torch.cat([mem.expand(rows, m), t_index.expand(rows, f)], 1)
             x = torch.cat([memory.to(x), x], dim=2)
         tokens = self._tokens(x)  # [B, L, C]
         seq = tokens.shape[1]

@@ -75,26 +75,29 @@ def rope_frequencies(
 def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int) -> Tensor:
     """Rotate ``x [B, L, H, D]`` (L = F h w tokens, frame-major) by 3D RoPE.
 
-    ``freqs [H, P, D/2]`` from :func:`rope_frequencies`; ``t_index [F]`` the temporal
-    position of each frame (memory frames keep the positions they were generated at).
-    Returns float32.
+    ``freqs [H, P, D/2]`` from :func:`rope_frequencies`; ``t_index`` the temporal position
+    of each frame, ``[F]`` for the whole batch or ``[B, F]`` per sample (memory frames keep
+    the positions they were generated at). Returns float32.
     """
     b, seq, heads, dim = x.shape
-    frames = len(t_index)
+    t_index = t_index.long()
+    if t_index.ndim == 1:
+        t_index = t_index[None]
+    frames = t_index.shape[1]
     if seq != frames * height * width:
         raise ValueError(f"{seq} tokens do not make {frames} frames of {height}x{width}")
     ct, ch, cw = rope_split(dim)
     ft, fh, fw = freqs.split([ct, ch, cw], dim=2)
+    n = t_index.shape[0]  # 1 (shared) or B
+    shape = (n, frames, height, width, heads)
     grid = torch.cat(
         [
-            ft[:, t_index.long()]
-            .permute(1, 0, 2)[:, None, None]
-            .expand(frames, height, width, heads, ct),
-            fh[:, :height].permute(1, 0, 2)[None, :, None].expand(frames, height, width, heads, ch),
-            fw[:, :width].permute(1, 0, 2)[None, None, :].expand(frames, height, width, heads, cw),
+            ft[:, t_index].permute(1, 2, 0, 3)[:, :, None, None].expand(*shape, ct),
+            fh[:, :height].permute(1, 0, 2)[None, None, :, None].expand(*shape, ch),
+            fw[:, :width].permute(1, 0, 2)[None, None, None, :].expand(*shape, cw),
         ],
         dim=-1,
-    ).reshape(seq, heads, dim // 2)
+    ).reshape(n, seq, heads, dim // 2)
     xc = torch.view_as_complex(x.float().reshape(b, seq, heads, dim // 2, 2))
     return torch.view_as_real(xc * grid.to(xc.dtype)).flatten(3)
 

@@ -63,14 +63,14 @@ class DiTTask:
             ],
             1,
         )
-        first = batch["first_index"][0].item() + (p - k)
+        first = batch["first_index"] + (p - k)  # [B]: each window's first kept latent
         extra = {}
         if memory is not None:
-            extra = dict(memory=memory, memory_index=batch["memory_index"][0],
+            extra = dict(memory=memory, memory_index=batch["memory_index"],
                          keyboard_memory=-torch.ones(b, m, 6, device=current.device),
                          mouse_memory=torch.ones(b, m, 2, device=current.device))  # fmt: skip
         velocity = model(torch.cat([past, noisy], 2), t, None, keyboard=keyboard, mouse=mouse,
-                         plucker=plucker, first_index=int(first), **extra)  # fmt: skip
+                         plucker=plucker, first_index=first, **extra)  # fmt: skip
         target_noise = torch.cat([torch.zeros_like(past), noise], 2)
         target_clean = torch.cat([past, current], 2)
         loss, logs = flow_matching_loss(velocity, target_clean, target_noise, slice(k, None))

@@ -93,8 +93,8 @@ def window_kwargs(batch: dict) -> dict:
     device = batch["memory"].device
     return {
         "keyboard": batch["keyboard"], "mouse": batch["mouse"], "plucker": batch["plucker"],
-        "memory": batch["memory"], "memory_index": batch["memory_index"][0],
-        "first_index": int(batch["first_index"][0]),
+        "memory": batch["memory"], "memory_index": batch["memory_index"],
+        "first_index": batch["first_index"],
         "keyboard_memory": -torch.ones(b, m, 6, device=device),
         "mouse_memory": torch.ones(b, m, 2, device=device),
     }  # fmt: skip
