@@ -56,16 +56,19 @@ def test_task_modes_and_error_buffer(latents):
     torch.manual_seed(0)
     model = MatrixGameDiT(SMALL)
     seen = set()
-    for task in (
+    tasks = [
         DiTTask(image_only=1.0),
-        DiTTask(image_only=0.0, drop_memory=1.0),
-        DiTTask(image_only=0.0),
-    ):
+        DiTTask(image_only=0.0, drop_memory=1.0, drop_past=0.0),
+        DiTTask(image_only=0.0, drop_past=1.0, drop_memory=0.0),
+        DiTTask(image_only=0.0, drop_past=1.0, drop_memory=1.0),
+        DiTTask(image_only=0.0, drop_past=0.0, drop_memory=0.0),
+    ]
+    for task in tasks:
         loss, logs = task.loss(model, batch, 0)
         loss.backward()
         seen.add(logs["mode"])
         assert torch.isfinite(loss) and logs["buffer"] == 2 * 3  # residuals of the current latents
-    assert seen == {"image", "memory"}
+    assert seen == {"image", "memory", "no past"}
 
 
 def validation_loss(model, batch) -> float:

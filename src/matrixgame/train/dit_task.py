@@ -3,7 +3,8 @@
 Per step (one mode for the whole batch, drawn from the step's seeded randomness):
 - with probability ``image_only``: the release's image-to-video mode, the last past latent
   as the only context, no memory;
-- otherwise memory + past + current, the memory dropped with probability ``drop_memory``;
+- otherwise memory + past + current, the memory dropped with probability ``drop_memory``
+  and the past latents with probability ``drop_past`` (condition dropout);
 - actions replaced by the null actions (keyboard -1, mouse +1) with probability
   ``drop_actions`` (classifier-free guidance);
 - past and memory latents corrupted by the error buffer (x~ = x + gamma_h delta,
@@ -34,6 +35,7 @@ class DiTTask:
     shift: float = 3.0
     image_only: float = 0.2
     drop_memory: float = 0.2
+    drop_past: float = 0.2
     drop_actions: float = 0.1
     buffer: ErrorBuffer = field(default_factory=ErrorBuffer)
 
@@ -47,8 +49,14 @@ class DiTTask:
             past, memory = past[:, :, -1:], None
             keyboard, mouse = keyboard[:, -4 * (1 + c) :], mouse[:, -4 * (1 + c) :]
             plucker = plucker[:, :, m + p - 1 :]
-        elif torch.rand(()) < self.drop_memory:
-            memory, plucker = None, plucker[:, :, m:]
+        else:
+            if torch.rand(()) < self.drop_past:  # generate the window from memory alone
+                mode = "no past"
+                past = past[:, :, :0]
+                keyboard, mouse = keyboard[:, -4 * c :], mouse[:, -4 * c :]
+                plucker = torch.cat([plucker[:, :, :m], plucker[:, :, m + p :]], 2)
+            if torch.rand(()) < self.drop_memory:
+                memory, plucker = None, plucker[:, :, m:]
         if torch.rand(()) < self.drop_actions:
             keyboard, mouse = -torch.ones_like(keyboard), torch.ones_like(mouse)
         past, memory = self.buffer.corrupt(past, memory)
