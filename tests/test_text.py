@@ -40,3 +40,9 @@ def test_load_t5_from_pth(tmp_path):
         torch.testing.assert_close(
             model(g["golden.ids"], g["golden.mask"]), g["golden.out"], atol=1e-5, rtol=0
         )
+
+
+def test_prompt_cleaning():
+    from matrixgame.models.text import clean_prompt
+
+    assert clean_prompt("  a &amp;amp; b\n\tc  ") == "a & b c"

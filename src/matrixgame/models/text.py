@@ -146,6 +146,21 @@ class T5Encoder(nn.Module):
         return self.norm(x)
 
 
+def clean_prompt(text: str) -> str:
+    """Wan's 'whitespace' cleaning: fix mojibake (ftfy, when installed), unescape HTML twice,
+    collapse whitespace."""
+    import html
+
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return " ".join(text.split())
+
+
 class TextEncoder:
     """Prompts -> DiT contexts: a local tokenizer folder (loaded with ``transformers``),
     padded to ``text_len``, encoded, and each cut back to its own length."""
@@ -163,7 +178,7 @@ class TextEncoder:
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> list[Tensor]:
         tokens = self.tokenizer(
-            [" ".join(p.split()) for p in prompts],  # whitespace cleaning, as Wan
+            [clean_prompt(p) for p in prompts],
             padding="max_length",
             truncation=True,
             max_length=self.encoder.config.text_len,
