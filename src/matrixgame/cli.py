@@ -417,8 +417,10 @@ def _run_train_dit(args: argparse.Namespace) -> None:
     )
     model = MatrixGameDiT(DIT_PRESETS[args.preset])
     model.gradient_checkpointing = args.grad_checkpointing
-    cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed)  # fmt: skip
+    cfg = TrainConfig(
+        out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, fsdp=args.fsdp,
+    )  # fmt: skip
     window = {"past": args.past, "current": args.current, "memory": args.memory}
     meta = {"model": "dit", "preset": args.preset, "latents": args.latents, "window": window}
     trainer = Trainer(model, DiTTask(), data, cfg, meta)

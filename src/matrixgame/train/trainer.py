@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0  # DataLoader workers
     bf16: bool = True  # autocast on CUDA (CPU runs stay fp32: they are the reference path)
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer (FSDP2)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -76,13 +77,20 @@ class Trainer:
             else torch.device("cpu")
         )
         self.model = model.to(self.device)
+        self.sharded = config.fsdp and self.world > 1
+        if self.sharded:  # FSDP2: each block a unit, then the rest of the model
+            from torch.distributed.fsdp import fully_shard
+
+            for block in getattr(self.model, "blocks", []):
+                fully_shard(block)
+            fully_shard(self.model)
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
         )
         self.wrapped = model
-        if self.world > 1:
+        if self.world > 1 and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
@@ -146,7 +154,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._update_ema()
-                logs["grad_norm"] = float(norm)
+                logs["grad_norm"] = float(_full(norm))
             self.step += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -183,7 +191,10 @@ class Trainer:
 
     def save(self) -> Path | None:
         """``<out>/checkpoints/<step>/``: weights and EMA (safetensors), optimizer state,
-        config. Written to a temporary folder and renamed, then ``latest`` points at it."""
+        config. Written to a temporary folder and renamed, then ``latest`` points at it.
+        Every process calls it (sharded state is gathered); process 0 writes."""
+        model_state, optimizer_state = self._full_states()
+        ema = {k: _full(v) for k, v in self.ema.items()}
         if self.rank != 0:
             return None
         root = self.out / "checkpoints"
@@ -191,13 +202,11 @@ class Trainer:
         tmp = root / f".{self.step:08d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        weights = {
-            f"model.{k}": v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()
-        }
-        weights.update({f"ema.{k}": v.contiguous().cpu() for k, v in self.ema.items()})
+        weights = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model_state.items()}
+        weights.update({f"ema.{k}": v.contiguous().cpu() for k, v in ema.items()})
         save_file(weights, tmp / "weights.safetensors")
         torch.save(
-            {"optimizer": self.optimizer.state_dict(), "step": self.step, "skipped": self.skipped},
+            {"optimizer": optimizer_state, "step": self.step, "skipped": self.skipped},
             tmp / "state.pt",
         )
         (tmp / "config.json").write_text(
@@ -222,12 +231,56 @@ class Trainer:
             return False
         folder = latest.parent / latest.read_text().strip()
         weights = load_file(folder / "weights.safetensors")
-        self.model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")})
-        self.ema = {k[4:]: v.to(self.device) for k, v in weights.items() if k.startswith("ema.")}
+        model_state = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
         state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+            from torch.distributed.tensor import distribute_tensor
+
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, model_state, options=full)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
+            for k, cur in self.ema.items():
+                value = weights[f"ema.{k}"].to(self.device)
+                is_sharded = hasattr(cur, "device_mesh")
+                self.ema[k] = (
+                    distribute_tensor(value, cur.device_mesh, cur.placements)
+                    if is_sharded
+                    else value
+                )
+        else:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.ema = {
+                k[4:]: v.to(self.device) for k, v in weights.items() if k.startswith("ema.")
+            }
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         return True
+
+    def _full_states(self) -> tuple[dict, dict]:
+        """Whole (unsharded) model and optimizer state dicts, on the CPU for process 0."""
+        if not self.sharded:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (
+            get_model_state_dict(self.model, options=opts),
+            get_optimizer_state_dict(self.model, self.optimizer, options=opts),
+        )
+
+
+def _full(t: Tensor) -> Tensor:
+    """A sharded (DTensor) value gathered whole; plain tensors pass through."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _collate(items: list[dict]) -> dict:
