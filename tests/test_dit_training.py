@@ -126,6 +126,14 @@ def test_sample_strips(latents, tmp_path):
     run = RunLog(tmp_path / "run", tensorboard=False)
     run(5, {"loss": 1.5, "mode": "memory"})
     assert run.image("rollout", 5, image).exists()
+    from PIL import Image
+
+    from matrixgame.train.samples import side_by_side
+
+    video = side_by_side(vae, batch["current"], generated)
+    assert video.shape == (1 + 4 * 2, 64, 128, 3)  # a clip's first piece: 1 + 4 (F - 1) frames
+    with Image.open(run.video("rollout", 5, video)) as gif:
+        assert gif.n_frames == video.shape[0]
     assert '"loss": 1.5' in (tmp_path / "run" / "log.jsonl").read_text()
 
 

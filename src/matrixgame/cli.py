@@ -405,7 +405,7 @@ def _run_train_dit(args: argparse.Namespace) -> None:
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
     from matrixgame.train.run_log import RunLog
-    from matrixgame.train.samples import generate_current, strip
+    from matrixgame.train.samples import generate_current, side_by_side, strip
     from matrixgame.train.trainer import TrainConfig, Trainer, _collate, init_distributed
 
     if args.preset not in DIT_PRESETS:
@@ -435,6 +435,7 @@ def _run_train_dit(args: argparse.Namespace) -> None:
             ema.load_state_dict({k: v.to(torch.float32) for k, v in trainer.ema.items()})
             generated = generate_current(ema, probe)
             run.image("rollout", step, strip(vae, probe["current"], generated))
+            run.video("rollout", step, side_by_side(vae, probe["current"], generated))
 
     logs = trainer.fit(log)
     print(f"step {trainer.step}: loss {logs.get('loss', float('nan')):.4f}")

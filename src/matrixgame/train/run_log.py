@@ -39,3 +39,14 @@ class RunLog:
         if self.writer is not None:
             self.writer.add_image(tag, image, step, dataformats="HWC")
         return path
+
+    def video(self, tag: str, step: int, frames, fps: float = 8.75) -> Path:
+        """Save frames ``[T, H, W, 3]`` uint8 as an animated ``samples/<tag>_<step>.gif``."""
+        from PIL import Image
+
+        path = self.folder / "samples" / f"{tag}_{step:08d}.gif"
+        path.parent.mkdir(exist_ok=True)
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0)  # fmt: skip
+        return path

@@ -41,3 +41,12 @@ def strip(vae, real: torch.Tensor, generated: torch.Tensor, frames: int = 8) -> 
         row = torch.cat([video[:, i] for i in idx], dim=2)  # [3, H, W * frames]
         rows.append(((row.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
     return np.concatenate(rows, 0)
+
+
+@torch.no_grad()
+def side_by_side(vae, real: torch.Tensor, generated: torch.Tensor) -> np.ndarray:
+    """``[T, H, 2W, 3]`` uint8 video: the real clip left, the generated one right (first
+    sample of the batch)."""
+    halves = [vae.decode(latents[:1])[0].clamp(-1, 1) for latents in (real, generated)]
+    video = torch.cat(halves, dim=3).permute(1, 2, 3, 0)  # [T, H, 2W, 3]
+    return ((video + 1) * 127.5).round().byte().numpy()
