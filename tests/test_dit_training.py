@@ -152,3 +152,16 @@ def test_a_short_run_on_recorded_doom_lowers_the_validation_loss(tmp_path):
     )
     before, after = train_briefly(LatentClips(tmp_path / "lat"), tmp_path / "run")
     assert after < 0.8 * before, (before, after)
+
+
+def test_train_dit_command(latents, tmp_path):
+    from matrixgame.cli import main
+
+    folder = tmp_path / "dit"
+    args = ["train", "dit", "--latents", str(latents.root), "--out", str(folder),
+            "--steps", "2", "--batch-size", "1", "--checkpoint-every", "2",
+            "--past", "2", "--current", "3", "--memory", "2", "--sink"]  # fmt: skip
+    assert main(args) == 0
+    assert (folder / "checkpoints" / "latest").read_text().strip() == "00000002"
+    missing = ["train", "dit", "--latents", str(tmp_path / "none"), "--out", str(folder)]
+    assert main(missing) == 2  # a clear error, not a traceback

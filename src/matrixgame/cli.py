@@ -295,6 +295,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--sink", action="store_true", help="keep latent 0 as a persistent memory")
     dit.add_argument("--checkpoint-every", type=int, default=200)
     dit.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2)",
+    )
+    dit.add_argument(
         "--grad-checkpointing",
         action="store_true",
         help="recompute block activations in the backward pass (less memory, more time)",

@@ -81,6 +81,7 @@ class LatentClips:
     """The clips of a latent cache, read whole (they are small) and kept in memory."""
 
     def __init__(self, root: str | Path, split: str | None = "train") -> None:
+        self.root = Path(root)
         manifest = Manifest.load(root)
         if not manifest.shards:
             raise ValueError(f"{root}: no cached latents (run `matrixgame train latents` first)")
