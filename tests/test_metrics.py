@@ -1,0 +1,48 @@
+import math
+
+import torch
+
+from matrixgame.eval.metrics import (
+    blur,
+    copy_last,
+    is_static,
+    psnr,
+    sharpness_ratio,
+    ssim,
+)
+
+
+def video(seed=0, t=6, h=32, w=40):
+    """A textured scene panning right by 2 pixels a frame."""
+    g = torch.Generator().manual_seed(seed)
+    scene = (torch.rand(h, w + 2 * t, 3, generator=g) * 255).to(torch.uint8)
+    return torch.stack([scene[:, 2 * i : 2 * i + w] for i in range(t)])
+
+
+def test_identical_videos_score_perfectly():
+    v = video()
+    assert all(math.isinf(x) for x in psnr(v, v).tolist())
+    torch.testing.assert_close(ssim(v, v), torch.ones(len(v)))
+    torch.testing.assert_close(sharpness_ratio(v, v), torch.ones(len(v)))
+
+
+def test_a_shifted_video_scores_lower():
+    v = video()
+    shifted = torch.roll(v, shifts=3, dims=2)
+    assert (psnr(shifted, v) < 30).all() and (ssim(shifted, v) < 0.5).all()
+
+
+def test_blur_is_caught_by_sharpness_not_by_psnr_alone():
+    v = video()
+    blurry = blur(v)
+    assert (sharpness_ratio(blurry, v) < 0.3).all()
+    # predicting frames 1.. from frame 0: a blurred copy beats copying on PSNR alone, the
+    # sharpness ratio exposes it
+    future, last = v[1:], copy_last(v[:1], len(v) - 1)
+    assert psnr(blur(last), future).mean() > psnr(last, future).mean()
+    assert sharpness_ratio(blur(last), future).mean() < 0.3 < sharpness_ratio(last, future).mean()
+
+
+def test_static_gate():
+    v = video()
+    assert is_static(copy_last(v, 8)) and not is_static(v)
