@@ -1,5 +1,7 @@
 """Memory windows, the error-aware objective, and a short run that learns."""
 
+import json
+
 import pytest
 import torch
 
@@ -163,5 +165,7 @@ def test_train_dit_command(latents, tmp_path):
             "--past", "2", "--current", "3", "--memory", "2", "--sink"]  # fmt: skip
     assert main(args) == 0
     assert (folder / "checkpoints" / "latest").read_text().strip() == "00000002"
+    config = json.loads((folder / "checkpoints" / "00000002" / "config.json").read_text())
+    assert config["window"]["sink"] is True and config["window"]["memory"] == 2
     missing = ["train", "dit", "--latents", str(tmp_path / "none"), "--out", str(folder)]
     assert main(missing) == 2  # a clear error, not a traceback

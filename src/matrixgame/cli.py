@@ -375,33 +375,37 @@ def _latest_weights(run: str, prefix: str = "ema.") -> tuple[dict, dict]:
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
 
 
+def _trained_vae(run: str):
+    """The EMA VAE of a `train vae` run, with the training size (height, width)."""
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+
+    state, config = _latest_weights(run)
+    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
+    vae.load_state_dict(state)
+    return vae, (config["height"], config["width"])
+
+
 def _vae_of(latents: str):
     """The VAE a latent cache was made with (for decoding samples), or None."""
     from matrixgame.data.shards import Manifest
-    from matrixgame.models.vae import VAE_PRESETS, WanVAE
 
     run = Manifest.load(latents).config.get("vae")
     try:
-        state, config = _latest_weights(run)
+        return _trained_vae(run)[0]
     except (TypeError, ValueError):
         return None
-    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
-    vae.load_state_dict(state)
-    return vae
 
 
 def _run_train_latents(args: argparse.Namespace) -> None:
-    from matrixgame.models.vae import VAE_PRESETS, WanVAE
     from matrixgame.train.latents import cache_latents
 
-    state, config = _latest_weights(args.vae)
-    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
-    vae.load_state_dict(state)
-    cache = cache_latents(args.data, vae, args.out, config["height"], config["width"], args.vae)
+    vae, (height, width) = _trained_vae(args.vae)
+    cache = cache_latents(args.data, vae, args.out, height, width, args.vae)
     print(f"{args.out}: {len(cache.shards)} clips of latents")
 
 
 def _run_train_dit(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
 
     import torch
 
@@ -417,17 +421,16 @@ def _run_train_dit(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown DiT preset {args.preset!r}; choose from {sorted(DIT_PRESETS)}")
     init_distributed()
     torch.manual_seed(args.seed)
-    data = WindowDataset(
-        LatentClips(args.latents), WindowConfig(args.past, args.current, args.memory)
-    )
+    window = WindowConfig(args.past, args.current, args.memory, sink=args.sink)
+    data = WindowDataset(LatentClips(args.latents), window)
     model = MatrixGameDiT(DIT_PRESETS[args.preset])
     model.gradient_checkpointing = args.grad_checkpointing
     cfg = TrainConfig(
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, fsdp=args.fsdp,
     )  # fmt: skip
-    window = {"past": args.past, "current": args.current, "memory": args.memory}
-    meta = {"model": "dit", "preset": args.preset, "latents": args.latents, "window": window}
+    meta = {"model": "dit", "preset": args.preset, "latents": args.latents,
+            "window": asdict(window)}  # fmt: skip
     trainer = Trainer(model, DiTTask(), data, cfg, meta)
     run = RunLog(args.out)
     vae = _vae_of(args.latents)
