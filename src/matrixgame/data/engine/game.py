@@ -197,7 +197,9 @@ def read_level(map_name: str) -> Level:
 class DoomGame:
     """ViZDoom behind ``reset()`` / ``step(keyboard, mouse)``; frames carry exact poses."""
 
-    def __init__(self, config: GameConfig) -> None:
+    def __init__(self, config: GameConfig, level: Level | None = None) -> None:
+        """``level``: the map's geometry when the caller has read it already (third person
+        needs it for the chase camera; otherwise it is read here)."""
         import vizdoom as vzd  # optional dependency: only the data engine needs it
 
         self.config = config
@@ -231,9 +233,9 @@ class DoomGame:
         game.init()
         self._game = game
         self._fov = None
-        self._chase = (
-            ChaseCamera(read_level(config.map).lines) if config.viewpoint == "third" else None
-        )
+        self._chase = None
+        if config.viewpoint == "third":
+            self._chase = ChaseCamera((level or read_level(config.map)).lines)
 
     # -- episode ------------------------------------------------------------------------------
 
@@ -311,10 +313,6 @@ class DoomGame:
         K = intrinsics_from_fov(self.config.width, self.config.height, fov)
         K[1] = DOOM_PIXEL_ASPECT * K[0]
         return K
-
-    def level(self) -> Level:
-        """The level's static geometry (see :func:`read_level`)."""
-        return read_level(self.config.map)
 
     def close(self) -> None:
         self._game.close()

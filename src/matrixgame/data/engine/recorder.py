@@ -118,11 +118,11 @@ def record_clip(job: Job) -> tuple[str, dict]:
         viewpoint=job.viewpoint,
     )
     rng = np.random.default_rng(job.seed)
-    with DoomGame(game_cfg) as game:
+    if job.map not in _LEVELS:
+        _LEVELS[job.map] = read_level(job.map)
+    level = _LEVELS[job.map]
+    with DoomGame(game_cfg, level) as game:
         obs = game.reset(job.seed)
-        if job.map not in _LEVELS:
-            _LEVELS[job.map] = read_level(job.map)
-        level = _LEVELS[job.map]
         grid = NavGrid.build(level.lines, obs.eye[:2, 3], level.obstacles)
         agent = LoopWalker(grid, rng) if job.agent == "loop" else Explorer(grid, rng)
         n, h, w = job.frames, cfg.height, cfg.width
