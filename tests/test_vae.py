@@ -71,3 +71,18 @@ def test_bad_frame_counts_say_so():
     model = WanVAE(VAE_PRESETS["tiny"])
     with pytest.raises(ValueError, match="1 \\+ 4k frames"):
         model.encode(torch.zeros(1, 3, 4, 32, 32))
+
+
+def test_onednn_decode_equals_pytorch_convolution():
+    import matrixgame.models.vae as vae_module
+
+    torch.manual_seed(0)
+    vae = WanVAE(VAE_PRESETS["tiny"]).eval()
+    z = torch.randn(1, 16, 3, 2, 3)
+    outs = []
+    with torch.no_grad():
+        for onednn in (False, True):
+            vae_module.ONEDNN_CONV3D = onednn
+            outs.append(vae.decode(z))
+    vae_module.ONEDNN_CONV3D = True
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)

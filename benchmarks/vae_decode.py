@@ -1,0 +1,55 @@
+"""Streaming VAE decode on the CPU: PyTorch's own convolution choice against oneDNN, side by
+side in one run (same weights, same latents; outputs equal to 1e-5).
+
+PyTorch sends small-batch 3D convolutions with 3x3 kernels to its slow im2col kernel on the
+CPU; `CausalConv3d` calls oneDNN directly at inference (`matrixgame.models.vae.ONEDNN_CONV3D`).
+
+    python benchmarks/vae_decode.py [--latents 8] [--sizes 96x128 192x256]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import matrixgame.models.vae as vae_module
+from common import median_ms, print_table, write_json
+from matrixgame.models.vae import VAE_PRESETS, WanVAE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "wan2.2-light-75"])
+    parser.add_argument("--sizes", nargs="+", default=["96x128", "192x256"])
+    parser.add_argument("--latents", type=int, default=8, help="latents decoded per call")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for preset in args.presets:
+        vae = WanVAE(VAE_PRESETS[preset]).eval()
+        for size in args.sizes:
+            h, w = (int(v) for v in size.split("x"))
+            z = torch.randn(1, vae.config.z_dim, args.latents, h // 16, w // 16)
+            frames = 1 + 4 * (args.latents - 1)
+            out, ms = {}, {}
+            with torch.no_grad():
+                for onednn in (False, True):
+                    vae_module.ONEDNN_CONV3D = onednn
+                    out[onednn] = vae.decode(z)
+                    ms[onednn] = median_ms(lambda v=vae, z=z: v.decode(z), args.repeat, warmup=1)
+            vae_module.ONEDNN_CONV3D = True
+            rows.append({
+                "preset": preset, "size": size, "frames": frames,
+                "native_fps": round(frames / ms[False] * 1e3, 1),
+                "onednn_fps": round(frames / ms[True] * 1e3, 1),
+                "speedup": round(ms[False] / ms[True], 2),
+                "max_abs_diff": float((out[True] - out[False]).abs().max()),
+            })  # fmt: skip
+    print_table(rows, list(rows[0]))
+    print(write_json("vae_decode", {"rows": rows, "latents": args.latents}))
+
+
+if __name__ == "__main__":
+    main()
