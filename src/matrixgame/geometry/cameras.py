@@ -43,6 +43,8 @@ def check_c2w(c2w: Tensor, name: str = "c2w", atol: float = 1e-3) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {c2w.dtype}")
     if not torch.isfinite(c2w).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    if c2w.numel() == 0:  # an empty batch (a window without memory) is valid
+        return
     m = c2w.double()
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=m.dtype, device=m.device)
     if (m[..., 3, :] - bottom).abs().max() > atol:

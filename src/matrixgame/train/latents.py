@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from matrixgame.data.shards import Manifest, read_clip
+from matrixgame.data.shards import Clip, Manifest, read_clip
 from matrixgame.io import atomic_path
 from matrixgame.models.vae import WanVAE
 from matrixgame.train.vae_task import frames_to_model
@@ -44,6 +44,26 @@ def encode_clip(vae: WanVAE, frames, height: int, width: int, chunk: int = 8) ->
     return torch.cat(out, 2)[0]
 
 
+def latent_clip(vae: WanVAE, clip: Clip, height: int, width: int,
+                frames: int | None = None) -> dict[str, Tensor]:  # fmt: skip
+    """A recorded clip's latent tensors (see the module docstring) at the training size,
+    encoded from its first ``frames`` frames (all by default)."""
+    video = clip.frames if frames is None else clip.frames[:frames]
+    latents = encode_clip(vae, video, height, width)
+    n = 1 + 4 * (latents.shape[1] - 1)
+    last = [0] + [4 * j for j in range(1, latents.shape[1])]
+    sx, sy = width / clip.frames.shape[2], height / clip.frames.shape[1]
+    K = torch.as_tensor(clip.K, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
+    return {
+        "latents": latents.contiguous(),
+        "c2w": torch.as_tensor(clip.c2w[last], dtype=torch.float32),
+        "frame_c2w": torch.as_tensor(clip.c2w[:n], dtype=torch.float32),
+        "keyboard": torch.as_tensor(clip.keyboard[:n]),
+        "mouse": torch.as_tensor(clip.mouse[:n]),
+        "K": K,
+    }
+
+
 def cache_latents(data: str | Path, vae: WanVAE, out: str | Path, height: int, width: int,
                   vae_name: str = "", progress: bool = True) -> Manifest:  # fmt: skip
     """Encode every clip of a recorded dataset that is not cached yet (resumable)."""
@@ -56,19 +76,8 @@ def cache_latents(data: str | Path, vae: WanVAE, out: str | Path, height: int, w
         if name in cache.shards and (Path(out) / name).exists():
             continue
         clip = read_clip(Path(data) / name)
-        latents = encode_clip(vae, clip.frames, height, width)
-        n = 1 + 4 * (latents.shape[1] - 1)
-        last = [0] + [4 * j for j in range(1, latents.shape[1])]
-        sx, sy = width / clip.frames.shape[2], height / clip.frames.shape[1]
-        K = torch.as_tensor(clip.K, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
-        tensors = {
-            "latents": latents.contiguous(),
-            "c2w": torch.as_tensor(clip.c2w[last], dtype=torch.float32),
-            "frame_c2w": torch.as_tensor(clip.c2w[:n], dtype=torch.float32),
-            "keyboard": torch.as_tensor(clip.keyboard[:n]),
-            "mouse": torch.as_tensor(clip.mouse[:n]),
-            "K": K,
-        }
+        tensors = latent_clip(vae, clip, height, width)
+        latents = tensors["latents"]
         meta = {"format": LATENT_FORMAT, "meta": json.dumps({**clip.meta, "source_clip": name})}
         with atomic_path(Path(out) / name) as tmp:
             save_file(tensors, tmp, metadata=meta)

@@ -50,47 +50,66 @@ class WindowDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        cfg = self.cfg
         c, s = self.index[i]
-        clip, meta = self.clips.clips[c], self.clips.meta[c]
-        lat, c2w, K = clip["latents"], clip["c2w"].double(), clip["K"]
-        window = range(s, s + cfg.past + cfg.current)
-        height, width = self.clips.height, self.clips.width
-        scale = meta.get("metres_per_unit", 1.0)
-        view = ViewVolume(tuple(K.tolist()), width, height, cfg.near_m / scale, cfg.far_m / scale)
-        idx, _ = topk_overlap(c2w[window[-1]], c2w[1:s], view, cfg.memory)
-        memory = (idx + 1).sort().values
-        if cfg.sink:
-            memory = torch.cat([torch.zeros(1, dtype=memory.dtype), memory])
-        frames = slice(4 * s - 3, 4 * (window[-1]) + 1)
-        h, w = lat.shape[2:]
-        rays = [
-            # memory: relative to the window's first latent; window: to the previous latent
-            relative_poses(torch.cat([c2w[s : s + 1], c2w[memory]]), normalize_translation=True)[
-                1:
-            ],
-            relative_poses(c2w[list(window)], framewise=True),
-        ]
-        plucker = torch.cat(
-            [fold_plucker(plucker_rays(r, K.double(), height, width), h, w) for r in rays], 1
-        )
-        return {
-            "memory": lat[:, memory],
-            "past": lat[:, s : s + cfg.past],
-            "current": lat[:, s + cfg.past : window[-1] + 1],
-            "memory_index": memory,
-            "first_index": torch.tensor(s),
-            "keyboard": clip["keyboard"][frames].float(),
-            "mouse": clip["mouse"][frames].float(),
-            "plucker": plucker.float(),
-        }
+        meta = self.clips.meta[c]
+        return window_inputs(self.clips.clips[c], s, self.cfg, self.clips.height,
+                             self.clips.width, meta.get("metres_per_unit", 1.0))  # fmt: skip
+
+
+def window_inputs(clip: dict, s: int, cfg: WindowConfig, height: int, width: int,
+                  metres_per_unit: float = 1.0, current: int | None = None,
+                  memory: bool = True) -> dict:  # fmt: skip
+    """The window starting at latent ``s`` of ``clip`` (a latent clip's tensors, see
+    :mod:`matrixgame.train.latents`; its ``latents`` need only reach the past, its poses and
+    actions the whole window): memory ``[z, M, h, w]``, past, current, their indices, the
+    window's actions ``[4 (P + C), .]`` and folded camera rays ``[6*256, M + P + C, h, w]``.
+
+    ``current`` overrides ``cfg.current`` (a rollout's last, shorter window); memory takes
+    the ``cfg.memory`` latents among 1..s-1 overlapping the window's last view most (fewer
+    when fewer exist, none when ``memory`` is False).
+    """
+    current = cfg.current if current is None else current
+    lat, c2w, K = clip["latents"], clip["c2w"].double(), clip["K"]
+    window = range(s, s + cfg.past + current)
+    k = min(cfg.memory, s - 1) if memory else 0
+    chosen = torch.zeros(0, dtype=torch.long)
+    if k > 0:
+        view = ViewVolume(tuple(K.tolist()), width, height, cfg.near_m / metres_per_unit,
+                          cfg.far_m / metres_per_unit)  # fmt: skip
+        idx, _ = topk_overlap(c2w[window[-1]], c2w[1:s], view, k)
+        chosen = (idx + 1).sort().values
+    if cfg.sink and memory:
+        chosen = torch.cat([torch.zeros(1, dtype=chosen.dtype), chosen])
+    frames = slice(4 * s - 3, 4 * (window[-1]) + 1)
+    h, w = lat.shape[2:]
+    rays = [
+        # memory: relative to the window's first latent; window: to the previous latent
+        relative_poses(torch.cat([c2w[s : s + 1], c2w[chosen]]), normalize_translation=True)[1:],
+        relative_poses(c2w[list(window)], framewise=True),
+    ]
+    plucker = torch.cat(
+        [fold_plucker(plucker_rays(r, K.double(), height, width), h, w) for r in rays], 1
+    )
+    return {
+        "memory": lat[:, chosen],
+        "past": lat[:, s : s + cfg.past],
+        "current": lat[:, s + cfg.past : window[-1] + 1],
+        "memory_index": chosen,
+        "first_index": torch.tensor(s),
+        "keyboard": clip["keyboard"][frames].float(),
+        "mouse": clip["mouse"][frames].float(),
+        "plucker": plucker.float(),
+    }
 
 
 def window_kwargs(batch: dict) -> dict:
-    """The DiT's conditioning for a collated batch of full windows (memory, its null
-    actions and indices, the window's actions and camera rays)."""
+    """The DiT's conditioning for a collated batch of windows (memory, its null actions and
+    indices, the window's actions and camera rays); a window without memory latents gets
+    none."""
     b, m = batch["memory"].shape[0], batch["memory"].shape[2]
     device = batch["memory"].device
+    if m == 0:
+        return {k: batch[k] for k in ("keyboard", "mouse", "plucker", "first_index")}
     return {
         "keyboard": batch["keyboard"], "mouse": batch["mouse"], "plucker": batch["plucker"],
         "memory": batch["memory"], "memory_index": batch["memory_index"],

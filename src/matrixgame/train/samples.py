@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
-from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
-from matrixgame.train.memory_sampling import window_kwargs
+from matrixgame.inference.rollout import denoise_window
 
 
 @torch.no_grad()
@@ -17,17 +15,8 @@ def generate_current(
 ) -> torch.Tensor:
     """Current latents ``[B, C, F, h, w]`` sampled with Euler from noise, given the window's
     memory, past latents, actions and camera."""
-    past, current = batch["past"], batch["current"]
-    b, k, f = current.shape[0], past.shape[2], current.shape[2]
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(current.shape, generator=g).to(current)
-    cond = window_kwargs(batch)
-
-    def velocity(x, sigma):
-        t = torch.cat([torch.zeros(b, k), torch.full((b, f), NUM_TIMESTEPS * sigma)], 1).to(x)
-        return model(torch.cat([past, x], 2), t, None, **cond)[:, :, k:]
-
-    return sample_euler(velocity, noise, sigma_schedule(steps, shift))
+    generator = torch.Generator().manual_seed(seed)
+    return denoise_window(model, batch, batch["current"].shape[2], steps, shift, generator)
 
 
 @torch.no_grad()

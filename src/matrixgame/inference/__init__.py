@@ -1,0 +1,1 @@
+"""Running a trained world model: rollouts, and (to come) the streaming session."""

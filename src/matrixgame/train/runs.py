@@ -1,0 +1,84 @@
+"""Reading finished training runs back: the latest checkpoint's EMA weights and the config
+the trainer wrote beside them (``<run>/checkpoints/<step>/{weights.safetensors,
+config.json}``, ``<run>/checkpoints/latest``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matrixgame.data.shards import Manifest
+
+
+def latest_weights(run: str | Path, prefix: str = "ema.") -> tuple[dict, dict]:
+    """(state dict, config) of a training run's latest checkpoint."""
+    from safetensors.torch import load_file
+
+    root = Path(run) / "checkpoints"
+    if not (root / "latest").exists():
+        raise ValueError(f"{run}: no checkpoint (train it first)")
+    folder = root / (root / "latest").read_text().strip()
+    weights = load_file(folder / "weights.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
+
+
+def _expect(config: dict, run: str | Path, model: str) -> None:
+    if config.get("model") != model:
+        raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train {model}` run")
+
+
+def trained_vae(run: str | Path):
+    """The EMA VAE of a `train vae` run, with the training size (height, width)."""
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+
+    state, config = latest_weights(run)
+    _expect(config, run, "vae")
+    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
+    vae.load_state_dict(state)
+    return vae, (config["height"], config["width"])
+
+
+def vae_of(latents: str | Path):
+    """The VAE a latent cache was made with, or None when its run is gone."""
+    run = Manifest.load(latents).config.get("vae")
+    try:
+        return trained_vae(run)[0]
+    except (TypeError, ValueError, FileNotFoundError):
+        return None
+
+
+@dataclass
+class World:
+    """A trained world model: the DiT, the VAE its latents came from, its training windows
+    and frame size."""
+
+    name: str
+    dit: object
+    vae: object
+    window: object
+    height: int
+    width: int
+    step: int
+    meta: dict = field(default_factory=dict)  # the run's config.json
+
+
+def trained_world(run: str | Path, name: str | None = None) -> World:
+    """The EMA DiT of a `train dit` run with its VAE (found through the run's latent cache)."""
+    import torch
+
+    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+    from matrixgame.train.memory_sampling import WindowConfig
+
+    state, config = latest_weights(run)
+    _expect(config, run, "dit")
+    dit = MatrixGameDiT(DIT_PRESETS[config["preset"]]).eval()
+    dit.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    cache = Manifest.load(config["latents"]).config
+    if not cache.get("vae"):
+        raise ValueError(f"{run}: its latent cache {config['latents']} names no VAE run")
+    vae, (height, width) = trained_vae(cache["vae"])
+    window = WindowConfig(**config["window"])
+    step = int((Path(run) / "checkpoints" / "latest").read_text())
+    return World(name or Path(run).name, dit, vae, window, height, width, step, config)
