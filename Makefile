@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 # The most complete job so far: record a small Doom dataset (exact poses and actions),
 # check it and draw a contact sheet, walk an action script through the geometry core, then
-# run the training pipeline briefly (VAE, latent cache, world model) with sample strips.
+# run the training pipeline briefly (VAE, latent cache, world model) with sample strips, and
+# evaluate that world model on held-out trajectories (a report with plots and strips).
 demo: setup
 	$(BIN)/matrixgame record --out runs/demo-data --maps E1M1 --frames 4096 --clip-frames 1024 --workers 2
 	$(BIN)/matrixgame inspect runs/demo-data --sheet runs/demo-data/sheet.png
@@ -29,6 +30,9 @@ demo: setup
 	$(BIN)/matrixgame train vae --data runs/demo-data --out runs/demo-vae --steps 40 --batch-size 2 --checkpoint-every 20
 	$(BIN)/matrixgame train latents --data runs/demo-data --vae runs/demo-vae --out runs/demo-latents
 	$(BIN)/matrixgame train dit --latents runs/demo-latents --out runs/demo-dit --steps 40 --batch-size 2 --checkpoint-every 20
+	$(BIN)/matrixgame record --out runs/demo-eval-data --maps E1M1 --frames 1200 --clip-frames 400 --loop-fraction 0.5 --heldout-every 1 --seed 1
+	$(BIN)/matrixgame train idm --data runs/demo-data --out runs/demo-idm --steps 300 --height 48 --width 64 --checkpoint-every 100
+	$(BIN)/matrixgame eval runs/demo-dit --data runs/demo-eval-data --idm runs/demo-idm --out runs/demo-report --seconds 12 --clips 1
 
 test: setup lint
 	$(BIN)/python -m pytest -q

@@ -59,3 +59,19 @@ def test_ssim_matches_scikit_image():
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
     a, b = (torch.tensor(x).float()[None] * 2 - 1 for x in (a, b))
     assert abs(float(ssim(b, a)[0]) - 0.9440482421883108) < 1e-4
+
+
+def test_frechet_distance_matches_scipy():
+    import numpy as np
+    from scipy import linalg
+
+    from matrixgame.eval.metrics import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 8, generator=g)
+    b = torch.randn(150, 8, generator=g) * 1.5 + 0.3
+    ca, cb = np.cov(a.numpy().T), np.cov(b.numpy().T)
+    mean = float(((a.mean(0) - b.mean(0)) ** 2).sum())
+    ref = mean + np.trace(ca) + np.trace(cb) - 2 * np.trace(linalg.sqrtm(ca @ cb).real)
+    assert abs(frechet_distance(a, b) - ref) < 1e-6
+    assert abs(frechet_distance(a, a)) < 1e-9

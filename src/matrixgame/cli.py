@@ -293,6 +293,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
     dit.add_argument("--memory", type=int, default=2, help="memory latents")
     dit.add_argument("--sink", action="store_true", help="keep latent 0 as a persistent memory")
+    dit.add_argument(
+        "--error-buffer",
+        type=float,
+        default=1.0,
+        metavar="GAMMA",
+        help="scale of the banked residuals injected into past and memory latents "
+        "(gamma_h = gamma_m; 0 trains without the error buffer, the ablation)",
+    )
     dit.add_argument("--checkpoint-every", type=int, default=200)
     dit.add_argument(
         "--fsdp",
@@ -306,6 +314,30 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     dit.add_argument("--seed", type=int, default=0)
     dit.set_defaults(run_command=_run_train_dit)
+
+    idm = what.add_parser(
+        "idm",
+        help="the inverse-dynamics model of `matrixgame eval` (actions from frames)",
+        description=(
+            "Train the inverse-dynamics model that `matrixgame eval` uses to read actions "
+            "back from generated frames (and whose features give the Fréchet distance): "
+            "frames t-1, t, t+1 of the recorded clips -> the W/S/A/D keys and the yaw "
+            "delta taken at t. Clips are resized to --height x --width once and held in "
+            "memory (--max-frames caps them). At the end it reports its accuracy on the "
+            "dataset's held-out clips, when there are any."
+        ),
+    )
+    idm.add_argument("--data", required=True, help="dataset folder (train split)")
+    idm.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    idm.add_argument("--steps", type=int, default=3000)
+    idm.add_argument("--batch-size", type=int, default=32)
+    idm.add_argument("--lr", type=float, default=1e-3)
+    idm.add_argument("--height", type=int, default=96, help="input height (multiple of 8)")
+    idm.add_argument("--width", type=int, default=128, help="input width (multiple of 8)")
+    idm.add_argument("--max-frames", type=int, default=30_000, help="frames held in memory")
+    idm.add_argument("--checkpoint-every", type=int, default=500)
+    idm.add_argument("--seed", type=int, default=0)
+    idm.set_defaults(run_command=_run_train_idm)
 
 
 def _run_train_vae(args: argparse.Namespace) -> None:
@@ -359,47 +391,11 @@ def _run_train_vae(args: argparse.Namespace) -> None:
     print(f"step {trainer.step}: loss {loss:.4f}, psnr {quality:.2f} dB")
 
 
-def _latest_weights(run: str, prefix: str = "ema.") -> tuple[dict, dict]:
-    """(state dict, config) of a training run's latest checkpoint."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    root = Path(run) / "checkpoints"
-    if not (root / "latest").exists():
-        raise ValueError(f"{run}: no checkpoint (train it first)")
-    folder = root / (root / "latest").read_text().strip()
-    weights = load_file(folder / "weights.safetensors")
-    config = json.loads((folder / "config.json").read_text())
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
-
-
-def _trained_vae(run: str):
-    """The EMA VAE of a `train vae` run, with the training size (height, width)."""
-    from matrixgame.models.vae import VAE_PRESETS, WanVAE
-
-    state, config = _latest_weights(run)
-    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
-    vae.load_state_dict(state)
-    return vae, (config["height"], config["width"])
-
-
-def _vae_of(latents: str):
-    """The VAE a latent cache was made with (for decoding samples), or None."""
-    from matrixgame.data.shards import Manifest
-
-    run = Manifest.load(latents).config.get("vae")
-    try:
-        return _trained_vae(run)[0]
-    except (TypeError, ValueError):
-        return None
-
-
 def _run_train_latents(args: argparse.Namespace) -> None:
     from matrixgame.train.latents import cache_latents
+    from matrixgame.train.runs import trained_vae
 
-    vae, (height, width) = _trained_vae(args.vae)
+    vae, (height, width) = trained_vae(args.vae)
     cache = cache_latents(args.data, vae, args.out, height, width, args.vae)
     print(f"{args.out}: {len(cache.shards)} clips of latents")
 
@@ -411,9 +407,11 @@ def _run_train_dit(args: argparse.Namespace) -> None:
 
     from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
     from matrixgame.train.dit_task import DiTTask
+    from matrixgame.train.error_buffer import ErrorBuffer
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
     from matrixgame.train.run_log import RunLog
+    from matrixgame.train.runs import vae_of
     from matrixgame.train.samples import generate_current, side_by_side, strip
     from matrixgame.train.trainer import TrainConfig, Trainer, _collate, init_distributed
 
@@ -430,10 +428,13 @@ def _run_train_dit(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, seed=args.seed, fsdp=args.fsdp,
     )  # fmt: skip
     meta = {"model": "dit", "preset": args.preset, "latents": args.latents,
-            "window": asdict(window)}  # fmt: skip
-    trainer = Trainer(model, DiTTask(), data, cfg, meta)
+            "window": asdict(window), "error_buffer": args.error_buffer}  # fmt: skip
+    if args.error_buffer < 0:
+        raise ValueError("--error-buffer must be >= 0")
+    buffer = ErrorBuffer(gamma_past=args.error_buffer, gamma_memory=args.error_buffer)
+    trainer = Trainer(model, DiTTask(buffer=buffer), data, cfg, meta)
     run = RunLog(args.out)
-    vae = _vae_of(args.latents)
+    vae = vae_of(args.latents)
     probe = _collate([data[len(data) - 1]])  # a fixed window to generate in the sample strips
 
     def log(step: int, logs: dict) -> None:
@@ -449,6 +450,129 @@ def _run_train_dit(args: argparse.Namespace) -> None:
     print(f"step {trainer.step}: loss {logs.get('loss', float('nan')):.4f}")
 
 
+def _run_train_idm(args: argparse.Namespace) -> None:
+    import torch
+
+    from matrixgame.eval.idm import (
+        IDMConfig,
+        IDMDataset,
+        IDMTask,
+        InverseDynamics,
+        heldout_accuracy,
+        idm_meta,
+        trained_idm,
+    )
+    from matrixgame.train.run_log import RunLog
+    from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
+
+    if args.height % 8 or args.width % 8:
+        raise ValueError("--height and --width must be multiples of 8")
+    init_distributed()
+    torch.manual_seed(args.seed)
+    config = IDMConfig(height=args.height, width=args.width)
+    data = IDMDataset(args.data, config, "train", args.max_frames)
+    cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed)  # fmt: skip
+    trainer = Trainer(InverseDynamics(config), IDMTask(), data, cfg, idm_meta(config))
+    logs = trainer.fit(RunLog(args.out))
+    print(f"step {trainer.step}: loss {logs.get('loss', float('nan')):.4f}")
+    scores = heldout_accuracy(trained_idm(args.out), args.data)
+    if scores:
+        print("held-out clips: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from matrixgame.eval.protocols import PROTOCOLS
+
+    p = sub.add_parser(
+        "eval",
+        help="measure trained world models on held-out recordings; write a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Evaluate one or more `train dit` runs on the held-out clips of a recorded dataset
+(the split stored in its manifest: held-out maps and held-out trajectories). Each
+clip's first latents are given as context; the model then rolls out the rest with
+the recorded actions and camera poses. Writes OUT/report.json, report.md,
+report.html, plots/*.png and strips/*.png. Protocols (--protocols):
+
+  fidelity  PSNR and SSIM of every generated frame against the real one, as curves
+            over the horizon and at --horizons frames; beside it copy-last-frame, a
+            blurred copy, and the VAE's own reconstruction (the ceiling); a sharpness
+            ratio (blur scores low even where PSNR likes it), and with --idm a
+            Fréchet distance on our IDM's Doom features (+ LPIPS / FVD if given).
+  revisit   loop clips: frames that see again a view beyond the past window which
+            the camera had left; PSNR / SSIM with memory on vs off.
+  loop      loop clips, no ground truth: the generated return frame against the
+            start frame; a near-static video scores 0 (the static gate).
+  actions   with --idm: the inverse-dynamics model reads keys and turns back from
+            the generated frames; accuracy against the commanded actions, with its
+            accuracy on the real frames beside it.
+  drift     the rollouts (up to --seconds) in --bucket-seconds buckets.
+  speed     frames per second of the rollouts, DiT and decoder.
+
+Record an evaluation set with loops, e.g.:
+  matrixgame record --out runs/e1m1-eval --maps E1M1 --frames 8000 \\
+      --loop-fraction 0.5 --heldout-every 1 --seed 1
+""",
+    )
+    p.add_argument("worlds", nargs="+", metavar="[NAME=]RUN",
+                   help="`train dit` run folders (several: compared in one report, e.g. "
+                        "error buffer off, or teacher vs student)")  # fmt: skip
+    p.add_argument("--data", required=True, help="recorded dataset folder with held-out clips")
+    p.add_argument("--out", required=True, help="report folder")
+    splits = "heldout (maps and trajectories), heldout-map, heldout-traj, train, all"
+    p.add_argument("--split", default="heldout", help=splits)
+    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated subset")
+    p.add_argument("--clips", type=int, default=4, help="clips per protocol (longest first)")
+    p.add_argument("--seconds", type=float, default=60.0, help="rollout length cap")
+    p.add_argument("--bucket-seconds", type=float, default=10.0, help="drift bucket length")
+    context = "context latents (0: past + memory + 1, one full first window)"
+    p.add_argument("--context", type=int, default=0, help=context)
+    p.add_argument("--horizons", default="1,4,16,32,64,128,256",
+                   help="frames after the context reported in the fidelity table")  # fmt: skip
+    p.add_argument("--steps", type=int, default=4, help="denoising steps per window")
+    p.add_argument("--shift", type=float, default=3.0, help="flow-matching schedule shift")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--idm", help="a `train idm` run (action accuracy, Fréchet distance)")
+    p.add_argument("--lpips", help="local LPIPS (AlexNet) weights: .pth or .safetensors")
+    p.add_argument("--fvd", help="local I3D (Kinetics-400) weights for FVD: .pt or .safetensors")
+    p.set_defaults(run_command=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from matrixgame.eval.protocols import EvalConfig, evaluate
+    from matrixgame.eval.report import write_report
+    from matrixgame.train.runs import trained_world
+
+    worlds = []
+    for spec in args.worlds:
+        name, _, run = spec.rpartition("=")
+        worlds.append(trained_world(run, name or None))
+    if len({w.name for w in worlds}) < len(worlds):
+        raise ValueError("two worlds share a name: give them names, NAME=RUN")
+    try:
+        horizons = tuple(int(h) for h in args.horizons.split(","))
+    except ValueError as err:
+        raise ValueError(f"--horizons must be comma-separated integers: {err}") from err
+    config = EvalConfig(context=args.context, horizons=horizons, seconds=args.seconds,
+                        bucket_seconds=args.bucket_seconds, clips=args.clips, split=args.split,
+                        steps=args.steps, shift=args.shift, seed=args.seed)  # fmt: skip
+    idm = lpips = i3d = None
+    if args.idm:
+        from matrixgame.eval.idm import trained_idm
+
+        idm = trained_idm(args.idm)
+    if args.lpips or args.fvd:
+        from matrixgame.eval.external import load_i3d, load_lpips
+
+        lpips = load_lpips(args.lpips) if args.lpips else None
+        i3d = load_i3d(args.fvd) if args.fvd else None
+    protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+    results = evaluate(worlds, args.data, config, idm, lpips, i3d, protocols)
+    paths = write_report(results, args.out)
+    print(f"report: {paths['html']} ({paths['markdown']}, {paths['json']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matrixgame",
@@ -461,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import(sub)
     _add_inspect(sub)
     _add_train(sub)
+    _add_eval(sub)
     return parser
 
 

@@ -94,3 +94,21 @@ def is_static(video: Tensor, threshold: float = 0.005) -> bool:
     if len(v) < 2:
         return True
     return float((v[1:] - v[:-1]).abs().mean()) < threshold
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to features ``a [N, D]`` and ``b [M, D]``
+    (Heusel et al. 2017, FID): |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2),
+    in float64, with the matrix square roots taken by symmetric eigendecomposition."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        shapes = f"{list(a.shape)}, {list(b.shape)}"
+        raise ValueError(f"features must be [N, D] and [M, D], got {shapes}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("need at least 2 feature vectors on each side")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    w, v = torch.linalg.eigh(cov_a)
+    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
