@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import make_dataset
-from matrixgame.eval.protocols import EvalConfig, loop_score, return_frame, revisit_frames
+from matrixgame.eval.protocols import EvalConfig, loop_frames, loop_score, revisit_frames
 from matrixgame.geometry import pose_from_angles
 from matrixgame.inference.rollout import RolloutConfig, denoise_window, rollout
 from matrixgame.models.dit import MatrixGameDiT
@@ -75,21 +75,30 @@ def test_revisits_are_views_seen_left_and_seen_again():
     ahead[:, :3, :3] = c2w[0, :3, :3]
     ahead[:, :3, 3] = np.outer(np.arange(40), c2w[0, :3, 2]) * 0.2
     assert len(revisit_frames(ahead, K, 64, 48, gap=8, start=0, config=EvalConfig())) == 0
-    ret, seen = return_frame(c2w[:37], K, 64, 48, start=4)
+    ret, seen, away = loop_frames(c2w[:37], K, 64, 48, 4, EvalConfig())
     assert ret == 36 and seen > 0.99
+    assert set(range(14, 23)) <= set(away.tolist()) and not set(away.tolist()) & {4, 5, 35, 36}
 
 
-def test_loop_closure_gate_rejects_a_frozen_video():
+def test_loop_closure_gate_rejects_a_frozen_video_and_blur():
+    from matrixgame.eval.metrics import blur
+
     g = torch.Generator().manual_seed(0)
     scene = (torch.rand(24, 200, 3, generator=g) * 255).to(torch.uint8)
     # pan right and back: the last frame shows the first frame's view
     offsets = list(range(0, 80, 8)) + list(range(80, -1, -8))
     moving = torch.stack([scene[:, o : o + 32] for o in offsets]).numpy()
-    score = loop_score(moving, 0, len(moving) - 1, 2, 0.005)
-    assert score["gated"] == pytest.approx(1.0) and not score["static"]
+    ret, unrelated = len(moving) - 1, np.arange(5, 15)  # views 40 px and more away
+    score = loop_score(moving, ret, unrelated, 2, 0.005)
+    assert score["ssim"] == pytest.approx(1.0) and not score["static"]
+    assert score["gated"] == score["contrast"] > 0.9
     frozen = np.repeat(moving[:1], len(moving), 0)
-    score = loop_score(frozen, 0, len(frozen) - 1, 2, 0.005)
+    score = loop_score(frozen, ret, unrelated, 2, 0.005)
     assert score["static"] and score["gated"] == 0.0 and score["ssim"] == pytest.approx(1.0)
+    # a blurry video returns "home" with a high SSIM, but so does every other frame
+    blurry = blur(torch.as_tensor(moving), sigma=6.0).numpy()
+    score = loop_score(blurry, ret, unrelated, 2, 0.001)
+    assert score["ssim"] > 0.9 and score["contrast"] < 0.5 * score["ssim"]
 
 
 @pytest.fixture(scope="module")
@@ -152,17 +161,28 @@ def test_eval_command_writes_the_report(doom, tmp_path, capsys):
         "--checkpoint-every", 2)  # fmt: skip
     run("train", "idm", "--data", train, "--out", runs / "idm", "--steps", 2, "--height", 48,
         "--width", 64, "--checkpoint-every", 2)  # fmt: skip
+    # LPIPS and FVD through the user's weight files (random networks here: the code path)
+    from safetensors.torch import save_file
+
+    from matrixgame.eval.external import I3D, LPIPS
+
+    torch.manual_seed(0)
+    save_file(LPIPS().state_dict(), runs / "lpips.safetensors")
+    torch.save(I3D().state_dict(), runs / "i3d.pt")
     report = runs / "report"
     run("eval", f"base={runs / 'dit'}", f"other={runs / 'dit'}", "--data", doom / "eval",
         "--idm", runs / "idm", "--out", report, "--seconds", 20, "--clips", 1,
-        "--horizons", "1,4,16")  # fmt: skip
+        "--horizons", "1,4,16", "--lpips", runs / "lpips.safetensors", "--fvd", runs / "i3d.pt",
+        "--fvd-size", 32)  # fmt: skip
     results = json.loads((report / "report.json").read_text())
     for protocol in ("fidelity", "revisit", "loop", "actions", "drift", "speed"):
         assert protocol in results, protocol
     fidelity = results["fidelity"]["methods"]
     assert {"base", "other", "base autoencoder", "copy last frame", "blurred copy"} <= set(fidelity)
     assert fidelity["base"] == fidelity["other"]  # the same run scores the same
-    assert set(fidelity["base"]["at"]) == {"1", "4", "16"} and "fd" in fidelity["base"]
+    assert set(fidelity["base"]["at"]) == {"1", "4", "16"}
+    assert {"fd", "lpips", "fvd"} <= set(fidelity["base"])
+    assert fidelity["base autoencoder"]["fvd"] >= 0 and fidelity["copy last frame"]["lpips"] > 0
     assert {"base", "base (memory off)", "copy last frame"} <= set(results["loop"]["methods"])
     assert results["revisit"]["frames"] > 0
     assert "real frames" in results["actions"] and results["speed"]["base"]["fps"] > 0
@@ -197,3 +217,15 @@ def test_eval_help_explains_each_protocol(capsys):
         "--fvd",
     ):
         assert protocol in out
+
+
+def test_report_json_has_no_infinities_and_hides_frames():
+    from matrixgame.eval.report import clean, render_html, render_markdown
+
+    out = clean({"psnr": float("inf"), "x": [np.float32(1.5), float("nan")], "_strips": {1: 2}})
+    assert out == {"psnr": None, "x": [1.5, None]}
+    assert json.loads(json.dumps(out)) == out  # standard JSON, readable by a browser
+    blocks = [("h", 1, "T"), ("table", ["a", "b"], [["<x>", "`c`"]]), ("img", "p.png", "alt")]
+    assert "| <x> | `c` |" in render_markdown(blocks)
+    html = render_html(blocks)
+    assert "&lt;x&gt;" in html and "<code>c</code>" in html and 'src="p.png"' in html

@@ -478,7 +478,8 @@ def _run_train_idm(args: argparse.Namespace) -> None:
     print(f"step {trainer.step}: loss {logs.get('loss', float('nan')):.4f}")
     scores = heldout_accuracy(trained_idm(args.out), args.data)
     if scores:
-        print("held-out clips: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        print("held-out clips: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in scores.items()))  # fmt: skip
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -536,6 +537,7 @@ Record an evaluation set with loops, e.g.:
     p.add_argument("--idm", help="a `train idm` run (action accuracy, Fréchet distance)")
     p.add_argument("--lpips", help="local LPIPS (AlexNet) weights: .pth or .safetensors")
     p.add_argument("--fvd", help="local I3D (Kinetics-400) weights for FVD: .pt or .safetensors")
+    p.add_argument("--fvd-size", type=int, default=224, help="I3D input size (224: standard)")
     p.set_defaults(run_command=_run_eval)
 
 
@@ -556,7 +558,8 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--horizons must be comma-separated integers: {err}") from err
     config = EvalConfig(context=args.context, horizons=horizons, seconds=args.seconds,
                         bucket_seconds=args.bucket_seconds, clips=args.clips, split=args.split,
-                        steps=args.steps, shift=args.shift, seed=args.seed)  # fmt: skip
+                        steps=args.steps, shift=args.shift, seed=args.seed,
+                        fvd_size=args.fvd_size)  # fmt: skip
     idm = lpips = i3d = None
     if args.idm:
         from matrixgame.eval.idm import trained_idm

@@ -52,6 +52,7 @@ class EvalConfig:
     revisit_overlap: float = 0.5  # a frame is a revisit when it sees this much of a view ...
     away_overlap: float = 0.1  # ... that the camera had left (overlap below this) in between
     static_threshold: float = 0.005
+    fvd_size: int = 224  # frames are resized to this square for the I3D (224: standard FVD)
     steps: int = 4
     shift: float = 3.0
     seed: int = 0
@@ -208,29 +209,38 @@ def revisit_frames(c2w: np.ndarray, K, width: int, height: int, gap: int, start:
     return np.asarray(out, dtype=np.int64)
 
 
-def return_frame(c2w: np.ndarray, K, width: int, height: int, start: int,
-                 metres_per_unit: float = 1.0) -> tuple[int, float]:  # fmt: skip
-    """The frame of the second half of a loop clip (after ``start``) whose view overlaps the
-    first frame's most, and that overlap."""
+def loop_frames(c2w: np.ndarray, K, width: int, height: int, start: int, config: EvalConfig,
+                metres_per_unit: float = 1.0) -> tuple[int, float, np.ndarray]:  # fmt: skip
+    """For a loop clip: the frame of its second half (after ``start``) whose view overlaps the
+    first frame's most, that overlap, and the frames after ``start`` that see none of the
+    first view (overlap <= ``away_overlap``): the unrelated views loop closure is set against."""
     view = ViewVolume(tuple(float(k) for k in K), width, height, 0.1 / metres_per_unit,
                       30.0 / metres_per_unit)  # fmt: skip
-    poses = torch.as_tensor(c2w, dtype=torch.float64)
-    first = max(start, len(poses) // 2)
-    score = overlap_sampled(poses[0], poses[first:], view)
-    best = int(score.argmax())
-    return first + best, float(score[best])
+    score = overlap_sampled(torch.as_tensor(c2w[0], dtype=torch.float64),
+                            torch.as_tensor(c2w, dtype=torch.float64), view)  # fmt: skip
+    first = max(start, len(c2w) // 2)
+    ret = first + int(score[first:].argmax())
+    away = np.nonzero(score[start:].numpy() <= config.away_overlap)[0] + start
+    return ret, float(score[ret]), away
 
 
-def loop_score(video: np.ndarray, start_frame: int, ret: int, moving_from: int,
+def loop_score(video: np.ndarray, ret: int, unrelated: np.ndarray, moving_from: int,
                threshold: float) -> dict:  # fmt: skip
-    """SSIM / PSNR of frame ``ret`` against frame ``start_frame``; ``gated`` is the SSIM, or
-    0 when the video after ``moving_from`` is near-static (a frozen video returns "home"
-    trivially)."""
+    """Loop closure of a video whose frame ``ret`` shows frame 0's view again: its SSIM and
+    PSNR against frame 0, and ``contrast``: that SSIM minus the mean SSIM of the ``unrelated``
+    frames (views that do not see frame 0's) against frame 0, since a blurry video makes
+    any two frames alike. ``gated`` is the contrast, or 0 when the video after
+    ``moving_from`` is near-static (a frozen video returns "home" trivially)."""
     v = torch.as_tensor(video)
     static = metrics.is_static(v[moving_from:], threshold)
-    ssim = float(metrics.ssim(v[ret : ret + 1], v[start_frame : start_frame + 1])[0])
-    psnr = float(metrics.psnr(v[ret : ret + 1], v[start_frame : start_frame + 1])[0])
-    return {"ssim": ssim, "psnr": psnr, "static": static, "gated": 0.0 if static else ssim}
+    first = v[:1]
+    ssim = float(metrics.ssim(v[ret : ret + 1], first)[0])
+    psnr = float(metrics.psnr(v[ret : ret + 1], first)[0])
+    others = v[torch.as_tensor(unrelated, dtype=torch.long)]
+    baseline = float(metrics.ssim(others, first.expand_as(others)).mean()) if len(others) else 0.0
+    contrast = ssim - baseline
+    return {"ssim": ssim, "psnr": psnr, "unrelated_ssim": baseline, "contrast": contrast,
+            "static": static, "gated": 0.0 if static else contrast}  # fmt: skip
 
 
 # -- aggregation ----------------------------------------------------------------------------
@@ -416,12 +426,12 @@ def _fidelity_table(scores: Collector, feats, videos, i3d, config, fps) -> dict:
             entry["fd"] = metrics.frechet_distance(torch.cat(feats[method]),
                                                    torch.cat(feats["real frames"]))  # fmt: skip
         if i3d is not None:
-            entry["fvd"] = _fvd(i3d, videos[method], videos["real frames"])
+            entry["fvd"] = _fvd(i3d, videos[method], videos["real frames"], config.fvd_size)
         methods[method] = entry
     return {"fps": fps, "methods": methods}
 
 
-def _fvd(i3d, generated: list[np.ndarray], real: list[np.ndarray]) -> float:
+def _fvd(i3d, generated: list[np.ndarray], real: list[np.ndarray], size: int) -> float:
     from matrixgame.eval.external import fvd
 
     def pieces(videos):
@@ -431,7 +441,7 @@ def _fvd(i3d, generated: list[np.ndarray], real: list[np.ndarray]) -> float:
     g, r = pieces(generated), pieces(real)
     if len(g) < 2 or len(r) < 2:
         return float("nan")
-    return fvd(i3d, g, r)
+    return fvd(i3d, g, r, size)
 
 
 def _drift_table(scores: Collector, feats, config, fps) -> dict:
@@ -471,18 +481,19 @@ def _loop_protocols(worlds, clips, config, want, results, progress) -> None:
             size = (world.width, world.height)
             idx = revisit_frames(c2w, K, *size, 4 * (w.past + w.current), s, config,
                                  clip.metres_per_unit)  # fmt: skip
-            ret, seen = return_frame(c2w, K, *size, s, clip.metres_per_unit)
+            ret, seen, away = loop_frames(c2w, K, *size, s, config, clip.metres_per_unit)
             cases = {name: r.generated for name, r in runs.items()}
             cases[f"{world.name} autoencoder"] = run.reconstructed
             if world is worlds[0]:
-                cases[COPY] = np.concatenate([run.real[:s], _baselines(run)[COPY]])
+                for k, v in _baselines(run).items():
+                    cases[k] = np.concatenate([run.real[:s], v])
                 cases["real frames"] = run.real
                 counted += len(idx)
             for method, video in cases.items():
                 if len(idx) and method != "real frames":
                     revisit.add(method, frame_scores(video[idx], run.real[idx]))
                 if seen >= config.revisit_overlap:
-                    score = loop_score(video, 0, ret, s, config.static_threshold)
+                    score = loop_score(video, ret, away, s, config.static_threshold)
                     closure.setdefault(method, []).append(score)
             if clip is clips[0]:
                 strip.update(cases)
@@ -494,7 +505,7 @@ def _loop_protocols(worlds, clips, config, want, results, progress) -> None:
         if not counted:
             results["notes"].append("the loop clips have no revisit beyond the past window")
     if "loop" in want:
-        keys = ("ssim", "psnr", "static", "gated")
+        keys = ("ssim", "psnr", "unrelated_ssim", "contrast", "static", "gated")
         results["loop"] = {
             "methods": {
                 m: {**{k: float(np.mean([sc[k] for sc in v])) for k in keys}, "clips": len(v)}
