@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from matrixgame.data.shards import Manifest, read_clip
-from matrixgame.train.vae_task import frames_to_model
+from matrixgame.train.vae_task import frames_to_model, to_uint8
 
 Tensor = torch.Tensor
 KEYS = ("W", "S", "A", "D")
@@ -94,7 +94,7 @@ class IDMDataset(torch.utils.data.Dataset):
         for name in names:
             clip = read_clip(Path(root) / name)
             video = _resize(clip.frames, config.height, config.width)
-            frames = ((video + 1) * 127.5).round().byte()  # [T, 3, h, w]
+            frames = to_uint8(video)  # [T, 3, h, w]
             keys = torch.as_tensor(clip.keyboard[:, : len(KEYS)]).float()
             yaw = torch.as_tensor(clip.mouse[:, 1]).float()
             self.clips.append((frames, keys, yaw))

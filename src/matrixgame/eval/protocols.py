@@ -34,7 +34,7 @@ from matrixgame.geometry.frustum import ViewVolume, overlap_sampled
 from matrixgame.inference.rollout import RolloutConfig, decode_frames, rollout
 from matrixgame.train.latents import latent_clip
 from matrixgame.train.runs import World
-from matrixgame.train.vae_task import frames_to_model
+from matrixgame.train.vae_task import frames_to_model, to_uint8
 
 Tensor = torch.Tensor
 PROTOCOLS = ("fidelity", "revisit", "loop", "actions", "drift", "speed")
@@ -97,7 +97,8 @@ def select_clips(data: str | Path, config: EvalConfig) -> tuple[list[EvalClip], 
         out[agent] = []
         for name in names:
             clip = read_clip(Path(data) / name)
-            fps = 35.0 / clip.meta.get("frame_skip", 2) if "frame_skip" in clip.meta else 30.0
+            # Doom runs 35 tics a second; imported video (RealEstate10K, DL3DV) is 30 fps
+            fps = 35.0 / clip.meta["frame_skip"] if "frame_skip" in clip.meta else 30.0
             out[agent].append(EvalClip(name, clip, manifest.shards[name].get("split", "?"),
                                        agent, fps))  # fmt: skip
     return out["explore"], out["loop"]
@@ -125,7 +126,7 @@ class Run:
 
 def _resized(video: np.ndarray, height: int, width: int) -> np.ndarray:
     x = frames_to_model(torch.as_tensor(video)[None], height, width)[0]  # [3, T, h, w]
-    return ((x.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
+    return to_uint8(x.permute(1, 2, 3, 0)).numpy()
 
 
 def context_latents(world: World, config: EvalConfig) -> int:

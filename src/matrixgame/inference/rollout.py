@@ -17,6 +17,7 @@ import torch
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
 from matrixgame.train.memory_sampling import WindowConfig, window_inputs, window_kwargs
+from matrixgame.train.vae_task import to_uint8
 
 Tensor = torch.Tensor
 
@@ -92,5 +93,5 @@ def rollout(model, clip: dict, context: int, total: int, window: WindowConfig, h
 @torch.no_grad()
 def decode_frames(vae, latents: Tensor) -> np.ndarray:
     """Normalised latents ``[z, L, h, w]`` -> uint8 frames ``[1 + 4 (L - 1), H, W, 3]``."""
-    video = vae.decode(latents[None].float())[0].clamp(-1, 1)  # [3, T, H, W]
-    return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
+    video = vae.decode(latents[None].float())[0]  # [3, T, H, W]
+    return to_uint8(video.permute(1, 2, 3, 0)).numpy()

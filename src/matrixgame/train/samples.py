@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from matrixgame.inference.rollout import denoise_window
+from matrixgame.train.vae_task import to_uint8
 
 
 @torch.no_grad()
@@ -28,7 +29,7 @@ def strip(vae, real: torch.Tensor, generated: torch.Tensor, frames: int = 8) -> 
         video = vae.decode(latents)[0].clamp(-1, 1)  # [3, T, H, W]
         idx = np.linspace(0, video.shape[1] - 1, frames).astype(int)
         row = torch.cat([video[:, i] for i in idx], dim=2)  # [3, H, W * frames]
-        rows.append(((row.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+        rows.append(to_uint8(row.permute(1, 2, 0)).numpy())
     return np.concatenate(rows, 0)
 
 
@@ -38,4 +39,4 @@ def side_by_side(vae, real: torch.Tensor, generated: torch.Tensor) -> np.ndarray
     sample of the batch)."""
     halves = [vae.decode(latents[:1])[0].clamp(-1, 1) for latents in (real, generated)]
     video = torch.cat(halves, dim=3).permute(1, 2, 3, 0)  # [T, H, 2W, 3]
-    return ((video + 1) * 127.5).round().byte().numpy()
+    return to_uint8(video).numpy()

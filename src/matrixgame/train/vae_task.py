@@ -20,6 +20,11 @@ def frames_to_model(frames: Tensor, height: int, width: int) -> Tensor:
     return x.reshape(b, t, 3, height, width).transpose(1, 2)
 
 
+def to_uint8(x: Tensor) -> Tensor:
+    """Values in [-1, 1] (any layout) -> uint8 in [0, 255], clamped and rounded."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte()
+
+
 def psnr(a: Tensor, b: Tensor) -> float:
     """PSNR in dB of frames in [-1, 1]."""
     mse = (a.float().clamp(-1, 1) - b.float()).pow(2).mean()
@@ -55,4 +60,4 @@ def reconstruction_strip(model, frames: Tensor, height: int, width: int):
     model.train(was_training)
     rows = [torch.cat(list(v[0].clamp(-1, 1).unbind(1)), dim=2) for v in (x, recon)]  # [3, H, W T]
     image = torch.cat(rows, dim=1).permute(1, 2, 0)
-    return ((image + 1) * 127.5).round().byte().cpu().numpy()
+    return to_uint8(image).cpu().numpy()
