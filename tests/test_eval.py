@@ -10,6 +10,7 @@ import torch
 from helpers import make_dataset
 from matrixgame.eval.protocols import EvalConfig, loop_frames, loop_score, revisit_frames
 from matrixgame.geometry import pose_from_angles
+from matrixgame.geometry.frustum import ViewVolume
 from matrixgame.inference.rollout import RolloutConfig, denoise_window, rollout
 from matrixgame.models.dit import MatrixGameDiT
 from matrixgame.models.vae import VAE_PRESETS, WanVAE
@@ -68,14 +69,15 @@ def _spin(frames: int, degrees: float) -> np.ndarray:
 def test_revisits_are_views_seen_left_and_seen_again():
     c2w = _spin(48, 10.0)  # a full turn every 36 frames
     K = [32.0, 32.0, 32.0, 24.0]  # 90 degrees wide
-    found = set(revisit_frames(c2w, K, 64, 48, gap=8, start=0, config=EvalConfig()).tolist())
+    view = ViewVolume(tuple(K), 64, 48, 0.1, 30.0)
+    found = set(revisit_frames(c2w, view, gap=8, start=0, config=EvalConfig()).tolist())
     assert set(range(37, 48)) <= found and not found & set(range(30))
     # walking straight ahead never leaves the view: no revisits
     ahead = np.tile(np.eye(4), (40, 1, 1))
     ahead[:, :3, :3] = c2w[0, :3, :3]
     ahead[:, :3, 3] = np.outer(np.arange(40), c2w[0, :3, 2]) * 0.2
-    assert len(revisit_frames(ahead, K, 64, 48, gap=8, start=0, config=EvalConfig())) == 0
-    ret, seen, away = loop_frames(c2w[:37], K, 64, 48, 4, EvalConfig())
+    assert len(revisit_frames(ahead, view, gap=8, start=0, config=EvalConfig())) == 0
+    ret, seen, away = loop_frames(c2w[:37], view, 4, EvalConfig())
     assert ret == 36 and seen > 0.99
     assert set(range(14, 23)) <= set(away.tolist()) and not set(away.tolist()) & {4, 5, 35, 36}
 

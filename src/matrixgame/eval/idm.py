@@ -195,9 +195,7 @@ def trained_idm(run: str | Path) -> InverseDynamics:
     """The EMA network of a `train idm` run."""
     from matrixgame.train.runs import latest_weights
 
-    state, config = latest_weights(run)
-    if config.get("model") != "idm":
-        raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train idm` run")
+    state, config = latest_weights(run, model="idm")
     cfg = config["idm"]
     idm = InverseDynamics(IDMConfig(**{**cfg, "channels": tuple(cfg["channels"])})).eval()
     idm.load_state_dict(state)
@@ -218,7 +216,10 @@ def heldout_accuracy(idm: InverseDynamics, root: str | Path) -> dict:
             clip = read_clip(Path(root) / name)
             keys, yaw, t = predict_actions(idm, clip.frames)
             cases.append((keys, yaw, clip.keyboard[t], clip.mouse[t, 1]))
-    if not cases:
-        return {}
+    return pooled_accuracy(cases) if cases else {}
+
+
+def pooled_accuracy(cases: list[tuple]) -> dict:
+    """:func:`action_accuracy` over several clips' (keys, yaw, true keys, true yaw)."""
     joined = [torch.cat([torch.as_tensor(np.asarray(c[i])) for c in cases]) for i in range(4)]
     return action_accuracy(*joined)

@@ -116,6 +116,7 @@ class Run:
     generated: np.ndarray  # [T, H, W, 3]
     reconstructed: np.ndarray  # the VAE's reconstruction of the real frames
     start: int  # index of the first generated frame
+    view: ViewVolume  # the camera's view volume at the world's frame size (for overlaps)
     dit_seconds: float
     decode_seconds: float
 
@@ -156,7 +157,11 @@ def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = Tr
     generated = decode_frames(world.vae, out.latents)
     decode = time.perf_counter() - start
     real = _resized(clip.clip.frames[: len(generated)], world.height, world.width)
-    return Run(clip, real, generated, reconstructed, 1 + 4 * (ctx - 1), out.seconds, decode)
+    w, mpu = world.window, clip.metres_per_unit
+    view = ViewVolume(tuple(lat["K"].tolist()), world.width, world.height, w.near_m / mpu,
+                      w.far_m / mpu)  # fmt: skip
+    return Run(clip, real, generated, reconstructed, 1 + 4 * (ctx - 1), view, out.seconds,
+               decode)  # fmt: skip
 
 
 # -- per-protocol scores ----------------------------------------------------------------------
@@ -185,13 +190,11 @@ def frame_scores(generated: np.ndarray, real: np.ndarray, lpips=None) -> dict[st
     return out
 
 
-def revisit_frames(c2w: np.ndarray, K, width: int, height: int, gap: int, start: int,
-                   config: EvalConfig, metres_per_unit: float = 1.0) -> np.ndarray:  # fmt: skip
+def revisit_frames(c2w: np.ndarray, view: ViewVolume, gap: int, start: int,
+                   config: EvalConfig) -> np.ndarray:  # fmt: skip
     """Indices t >= ``start`` of frames that see again (overlap >= ``revisit_overlap``) a
     view j <= t - ``gap`` (beyond the past window) which the camera had left in between (some
     frame between j and t overlaps t's view by <= ``away_overlap``)."""
-    view = ViewVolume(tuple(float(k) for k in K), width, height, 0.1 / metres_per_unit,
-                      30.0 / metres_per_unit)  # fmt: skip
     poses = torch.as_tensor(c2w, dtype=torch.float64)
     overlap = overlap_sampled(poses, poses, view)  # [T, T]
     out = []
@@ -210,13 +213,11 @@ def revisit_frames(c2w: np.ndarray, K, width: int, height: int, gap: int, start:
     return np.asarray(out, dtype=np.int64)
 
 
-def loop_frames(c2w: np.ndarray, K, width: int, height: int, start: int, config: EvalConfig,
-                metres_per_unit: float = 1.0) -> tuple[int, float, np.ndarray]:  # fmt: skip
+def loop_frames(c2w: np.ndarray, view: ViewVolume, start: int,
+                config: EvalConfig) -> tuple[int, float, np.ndarray]:  # fmt: skip
     """For a loop clip: the frame of its second half (after ``start``) whose view overlaps the
     first frame's most, that overlap, and the frames after ``start`` that see none of the
     first view (overlap <= ``away_overlap``): the unrelated views loop closure is set against."""
-    view = ViewVolume(tuple(float(k) for k in K), width, height, 0.1 / metres_per_unit,
-                      30.0 / metres_per_unit)  # fmt: skip
     score = overlap_sampled(torch.as_tensor(c2w[0], dtype=torch.float64),
                             torch.as_tensor(c2w, dtype=torch.float64), view)  # fmt: skip
     first = max(start, len(c2w) // 2)
@@ -350,7 +351,7 @@ def _cpu_name() -> str:
 
 
 def _explore_protocols(worlds, clips, config, idm, lpips, i3d, want, results, progress) -> None:
-    from matrixgame.eval.idm import clip_features, predict_actions
+    from matrixgame.eval.idm import clip_features, pooled_accuracy, predict_actions
 
     scores, speed, cache = Collector(), {}, {}
     feats: dict[str, list[Tensor]] = {}  # method -> per-clip IDM features
@@ -396,18 +397,11 @@ def _explore_protocols(worlds, clips, config, idm, lpips, i3d, want, results, pr
     if "fidelity" in want:
         results["fidelity"] = _fidelity_table(scores, feats, videos, i3d, config, fps)
     if "actions" in want and actions:
-        results["actions"] = {m: _accuracy(cases) for m, cases in actions.items()}
+        results["actions"] = {m: pooled_accuracy(cases) for m, cases in actions.items()}
     if "drift" in want:
         results["drift"] = _drift_table(scores, feats, config, fps)
     if "speed" in want:
         results["speed"] = speed
-
-
-def _accuracy(cases: list[tuple]) -> dict:
-    from matrixgame.eval.idm import action_accuracy
-
-    return action_accuracy(*(torch.cat([torch.as_tensor(np.asarray(c[i])) for c in cases])
-                             for i in range(4)))  # fmt: skip
 
 
 FVD_FRAMES = 16  # FVD's usual clip length: each video is cut into pieces of this many frames
@@ -478,11 +472,9 @@ def _loop_protocols(worlds, clips, config, want, results, progress) -> None:
                 runs[name] = run_clip(world, clip, config, memory, cache)
             run = runs[world.name]
             s, w = run.start, world.window
-            c2w, K = clip.clip.c2w[: len(run.real)], _intrinsics_at(clip, world)
-            size = (world.width, world.height)
-            idx = revisit_frames(c2w, K, *size, 4 * (w.past + w.current), s, config,
-                                 clip.metres_per_unit)  # fmt: skip
-            ret, seen, away = loop_frames(c2w, K, *size, s, config, clip.metres_per_unit)
+            c2w = clip.clip.c2w[: len(run.real)]
+            idx = revisit_frames(c2w, run.view, 4 * (w.past + w.current), s, config)
+            ret, seen, away = loop_frames(c2w, run.view, s, config)
             cases = {name: r.generated for name, r in runs.items()}
             cases[f"{world.name} autoencoder"] = run.reconstructed
             if world is worlds[0]:
@@ -515,11 +507,3 @@ def _loop_protocols(worlds, clips, config, want, results, progress) -> None:
         }
         if not closure:
             results["notes"].append("no loop clip returns to its start view")
-
-
-def _intrinsics_at(clip: EvalClip, world: World) -> list[float]:
-    """The clip's intrinsics (fx, fy, cx, cy) at the world's frame size."""
-    h, w = clip.clip.frames.shape[1:3]
-    sx, sy = world.width / w, world.height / h
-    fx, fy, cx, cy = (float(k) for k in clip.clip.K)
-    return [fx * sx, fy * sy, cx * sx, cy * sy]

@@ -11,8 +11,10 @@ from pathlib import Path
 from matrixgame.data.shards import Manifest
 
 
-def latest_weights(run: str | Path, prefix: str = "ema.") -> tuple[dict, dict]:
-    """(state dict, config) of a training run's latest checkpoint."""
+def latest_weights(run: str | Path, prefix: str = "ema.",
+                   model: str | None = None) -> tuple[dict, dict]:  # fmt: skip
+    """(state dict, config) of a training run's latest checkpoint; ``model`` ("vae", "dit",
+    "idm") checks the run trained that kind of model."""
     from safetensors.torch import load_file
 
     root = Path(run) / "checkpoints"
@@ -21,20 +23,16 @@ def latest_weights(run: str | Path, prefix: str = "ema.") -> tuple[dict, dict]:
     folder = root / (root / "latest").read_text().strip()
     weights = load_file(folder / "weights.safetensors")
     config = json.loads((folder / "config.json").read_text())
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
-
-
-def _expect(config: dict, run: str | Path, model: str) -> None:
-    if config.get("model") != model:
+    if model is not None and config.get("model") != model:
         raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train {model}` run")
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
 
 
 def trained_vae(run: str | Path):
     """The EMA VAE of a `train vae` run, with the training size (height, width)."""
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
 
-    state, config = latest_weights(run)
-    _expect(config, run, "vae")
+    state, config = latest_weights(run, model="vae")
     vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
     vae.load_state_dict(state)
     return vae, (config["height"], config["width"])
@@ -71,8 +69,7 @@ def trained_world(run: str | Path, name: str | None = None) -> World:
     from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
     from matrixgame.train.memory_sampling import WindowConfig
 
-    state, config = latest_weights(run)
-    _expect(config, run, "dit")
+    state, config = latest_weights(run, model="dit")
     dit = MatrixGameDiT(DIT_PRESETS[config["preset"]]).eval()
     dit.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     cache = Manifest.load(config["latents"]).config
