@@ -17,7 +17,7 @@ cross_attn(x)``), where Wan2.2 has ``x = x + cross_attn(norm3(x))``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,9 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         ),
     ),
 }
+# The default world's DiT: the tiny blocks on the `doom` VAE's 32-channel latents (8x8 pixels
+# per latent position: 6 x 64 folded ray values), so a 96x128 frame is 6x8 = 48 tokens.
+DIT_PRESETS["doom"] = replace(DIT_PRESETS["tiny"], in_dim=32, out_dim=32, plucker_channels=6 * 64)
 
 
 class SelfAttention(nn.Module):

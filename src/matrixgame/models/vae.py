@@ -3,11 +3,15 @@ names so that ``Wan2.2_VAE.pth`` loads unchanged.
 
 Frames ``[B, 3, T, H, W]`` in [-1, 1] with T = 1 + 4k become latents ``[B, z, 1 + k, H/16,
 W/16]``: a 2x2 patchify (12 channels), three spatial and two temporal halvings, the first
-frame on its own and then 4 frames per latent. Every convolution is causal in time and
-works chunk by chunk: a :class:`FeatureCache` keeps, for each layer, the last two frames of
-its input from the previous chunk, so encoding or decoding a clip in pieces gives exactly
-the same result as in one go. Encoder and decoder have shortcut paths that average
-(``AvgDown3D``) or repeat (``DupUp3D``) channels across the resampling, as in Wan2.2.
+frame on its own and then 4 frames per latent. The small presets change the patch size and
+which stages halve space or time (``doom``: 4x4 patches, one spatial and two temporal
+halvings, so 8x spatial, 4x temporal with most of the work at low resolution).
+
+Every convolution is causal in time and works chunk by chunk: a :class:`FeatureCache`
+keeps, for each layer, the last two frames of its input from the previous chunk, so
+encoding or decoding a clip in pieces gives exactly the same result as in one go. Encoder
+and decoder have shortcut paths that average (``AvgDown3D``) or repeat (``DupUp3D``)
+channels across the resampling, as in Wan2.2.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class VAEConfig:
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     temporal_downsample: tuple[bool, ...] = (False, True, True)
+    # per encoder stage; None: every stage but the last halves space (Wan2.2)
+    spatial_downsample: tuple[bool, ...] | None = None
+    patch_size: int = 2  # pixels folded into channels at both ends (3 p^2 channels)
     pruning_rate: float = 0.0  # MG-LightVAE: decoder (and encoder) widths scaled by 1 - rate
     latent_mean: tuple[float, ...] | None = field(default=WAN22_LATENT_MEAN, repr=False)
     latent_std: tuple[float, ...] | None = field(default=WAN22_LATENT_STD, repr=False)
@@ -58,8 +65,22 @@ class VAEConfig:
         return 2 ** sum(self.temporal_downsample)
 
     @property
+    def down_spatial(self) -> tuple[bool, ...]:
+        stages = len(self.dim_mult)
+        return self.spatial_downsample or tuple(i != stages - 1 for i in range(stages))
+
+    @property
     def spatial_factor(self) -> int:
-        return 2 * 2 ** (len(self.dim_mult) - 1)  # the 2x2 patchify, then the halvings
+        return self.patch_size * 2 ** sum(self.down_spatial)  # the patchify, then halvings
+
+    def __post_init__(self) -> None:
+        stages = len(self.dim_mult)
+        if len(self.temporal_downsample) > stages or len(self.down_spatial) != stages:
+            raise ValueError(f"a VAE of {stages} stages takes at most {stages} temporal and "
+                             f"exactly {stages} spatial downsampling flags")  # fmt: skip
+        if self.down_spatial[-1] or stages == len(self.temporal_downsample) and \
+                self.temporal_downsample[-1]:  # fmt: skip
+            raise ValueError("the last stage of the VAE cannot resample (the decoder mirrors it)")
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {
@@ -68,6 +89,21 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.2-light-75": VAEConfig(pruning_rate=0.75),
     # The same code at CPU size: 16x spatial, 4x temporal, 16 latent channels.
     "tiny": VAEConfig(dim=16, dec_dim=24, z_dim=16, latent_mean=None, latent_std=None),
+    # The default world's autoencoder: 8x spatial (4x4 patches, one halving), 4x temporal,
+    # 32 channels (24x compression, Wan2.1's is 48x); the decoder's full-resolution stage
+    # is its thinnest, so it decodes fast on a CPU (benchmarks/vae_decode.py).
+    "doom": VAEConfig(
+        dim=32,
+        dec_dim=32,
+        z_dim=32,
+        dim_mult=(1, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, False, False),
+        patch_size=4,
+        latent_mean=None,
+        latent_std=None,
+    ),  # fmt: skip
 }
 
 
@@ -173,12 +209,15 @@ def _images_to_frames(x: Tensor, t: int) -> Tensor:
 
 
 class Resample(nn.Module):
-    """2x spatial up/down sampling per frame, with an optional 2x temporal step."""
+    """2x spatial up/down sampling per frame (``*2d``), with a 2x temporal step (``*3d``), or
+    the temporal step alone (``*1d``)."""
 
     def __init__(self, dim: int, mode: str) -> None:
         super().__init__()
         self.mode = mode
-        if mode.startswith("upsample"):
+        if mode.endswith("1d"):
+            self.resample = nn.Identity()
+        elif mode.startswith("upsample"):
             self.resample = nn.Sequential(
                 nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
                 nn.Conv2d(dim, dim, 3, padding=1),
@@ -187,22 +226,24 @@ class Resample(nn.Module):
             self.resample = nn.Sequential(
                 nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=(2, 2))
             )
-        if mode == "upsample3d":  # each frame becomes two: 2*dim channels split in time
+        if mode in ("upsample3d", "upsample1d"):  # each frame becomes two (2*dim channels)
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
-        elif mode == "downsample3d":
+        elif mode in ("downsample3d", "downsample1d"):
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
 
     def forward(self, x: Tensor, cache: FeatureCache | None = None) -> Tensor:
-        if self.mode == "upsample3d" and cache is not None:
+        up_t, down_t = self.mode in ("upsample3d", "upsample1d"), self.mode[-2:] != "2d"
+        if up_t and cache is not None:
             x = cached_conv(self.time_conv, x, cache)
             b, c2, t, h, w = x.shape
             x = x.reshape(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5)
             x = x.reshape(b, c2 // 2, 2 * t, h, w)
             if cache.first:  # the first frame stands alone: keep one of its two copies
                 x = x[:, :, 1:]
-        images, t = _frames_to_images(x)
-        x = _images_to_frames(self.resample(images).to(x.dtype), t)
-        if self.mode == "downsample3d" and cache is not None:
+        if not self.mode.endswith("1d"):
+            images, t = _frames_to_images(x)
+            x = _images_to_frames(self.resample(images).to(x.dtype), t)
+        if down_t and not up_t and cache is not None:
             slot = cache.take()
             previous = cache.slots[slot]
             if previous is None:  # the first chunk (one frame) passes through unchanged
@@ -297,8 +338,8 @@ class Down_ResidualBlock(nn.Module):  # noqa: N801
         for _ in range(mult):
             blocks.append(ResidualBlock(in_dim, out_dim))
             in_dim = out_dim
-        if down_s:
-            blocks.append(Resample(out_dim, "downsample3d" if down_t else "downsample2d"))
+        if down_s or down_t:
+            blocks.append(Resample(out_dim, "downsample" + _resample_kind(down_t, down_s)))
         self.downsamples = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor, cache: FeatureCache | None = None) -> Tensor:
@@ -308,16 +349,22 @@ class Down_ResidualBlock(nn.Module):  # noqa: N801
         return x + shortcut
 
 
+def _resample_kind(time: bool, space: bool) -> str:
+    return "3d" if time and space else "2d" if space else "1d"
+
+
 class Up_ResidualBlock(nn.Module):  # noqa: N801
     def __init__(self, in_dim: int, out_dim: int, mult: int, up_t: bool, up_s: bool) -> None:
         super().__init__()
-        self.avg_shortcut = DupUp3D(in_dim, out_dim, 2 if up_t else 1, 2) if up_s else None
+        self.avg_shortcut = (
+            DupUp3D(in_dim, out_dim, 2 if up_t else 1, 2 if up_s else 1) if up_s or up_t else None
+        )
         blocks: list[nn.Module] = []
         for _ in range(mult):
             blocks.append(ResidualBlock(in_dim, out_dim))
             in_dim = out_dim
-        if up_s:
-            blocks.append(Resample(out_dim, "upsample3d" if up_t else "upsample2d"))
+        if up_s or up_t:
+            blocks.append(Resample(out_dim, "upsample" + _resample_kind(up_t, up_s)))
         self.upsamples = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor, cache: FeatureCache | None = None) -> Tensor:
@@ -349,15 +396,15 @@ def _run(layers: nn.Sequential, x: Tensor, cache: FeatureCache | None) -> Tensor
 
 
 class Encoder3d(nn.Module):
-    def __init__(self, dim: int, z2: int, dim_mult, num_res_blocks: int, down_t) -> None:
+    def __init__(self, dim: int, z2: int, dim_mult, num_res_blocks: int, down_t, down_s,
+                 in_channels: int = 12) -> None:  # fmt: skip
         super().__init__()
         dims = [dim * m for m in (1, *dim_mult)]
-        self.conv1 = CausalConv3d(12, dims[0], 3, padding=1)
-        last = len(dim_mult) - 1
+        self.conv1 = CausalConv3d(in_channels, dims[0], 3, padding=1)
         self.downsamples = nn.Sequential(
             *(
                 Down_ResidualBlock(
-                    i_d, o_d, num_res_blocks, i < len(down_t) and down_t[i], i != last
+                    i_d, o_d, num_res_blocks, i < len(down_t) and down_t[i], down_s[i]
                 )
                 for i, (i_d, o_d) in enumerate(zip(dims[:-1], dims[1:], strict=True))
             )
@@ -376,7 +423,8 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    def __init__(self, dim: int, z_dim: int, dim_mult, num_res_blocks: int, up_t) -> None:
+    def __init__(self, dim: int, z_dim: int, dim_mult, num_res_blocks: int, up_t, up_s,
+                 out_channels: int = 12) -> None:  # fmt: skip
         super().__init__()
         dims = [dim * m for m in (dim_mult[-1], *dim_mult[::-1])]
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
@@ -384,14 +432,13 @@ class Decoder3d(nn.Module):
         self.middle = nn.Sequential(
             ResidualBlock(d0, d0), AttentionBlock(d0), ResidualBlock(d0, d0)
         )
-        last = len(dim_mult) - 1
         self.upsamples = nn.Sequential(
             *(
-                Up_ResidualBlock(i_d, o_d, num_res_blocks + 1, i < len(up_t) and up_t[i], i != last)
+                Up_ResidualBlock(i_d, o_d, num_res_blocks + 1, i < len(up_t) and up_t[i], up_s[i])
                 for i, (i_d, o_d) in enumerate(zip(dims[:-1], dims[1:], strict=True))
             )
         )
-        self.head = _head(dims[-1], 12)
+        self.head = _head(dims[-1], out_channels)
 
     def forward(self, x: Tensor, cache: FeatureCache | None = None) -> Tensor:
         x = cached_conv(self.conv1, x, cache)
@@ -400,18 +447,18 @@ class Decoder3d(nn.Module):
         return _run(self.head, x, cache)
 
 
-def patchify(x: Tensor) -> Tensor:
-    """``[B, C, T, 2H, 2W] -> [B, 4C, T, H, W]``, channel order (c, dx, dy) as Wan2.2."""
+def patchify(x: Tensor, p: int = 2) -> Tensor:
+    """``[B, C, T, pH, pW] -> [B, p^2 C, T, H, W]``, channel order (c, dx, dy) as Wan2.2."""
     b, c, t, h, w = x.shape
-    x = x.view(b, c, t, h // 2, 2, w // 2, 2).permute(0, 1, 6, 4, 2, 3, 5)
-    return x.reshape(b, c * 4, t, h // 2, w // 2)
+    x = x.view(b, c, t, h // p, p, w // p, p).permute(0, 1, 6, 4, 2, 3, 5)
+    return x.reshape(b, c * p * p, t, h // p, w // p)
 
 
-def unpatchify(x: Tensor) -> Tensor:
+def unpatchify(x: Tensor, p: int = 2) -> Tensor:
     """Inverse of :func:`patchify`."""
-    b, c4, t, h, w = x.shape
-    x = x.view(b, c4 // 4, 2, 2, t, h, w).permute(0, 1, 4, 5, 3, 6, 2)
-    return x.reshape(b, c4 // 4, t, h * 2, w * 2)
+    b, cp, t, h, w = x.shape
+    x = x.view(b, cp // (p * p), p, p, t, h, w).permute(0, 1, 4, 5, 3, 6, 2)
+    return x.reshape(b, cp // (p * p), t, h * p, w * p)
 
 
 class WanVAE(nn.Module):
@@ -425,11 +472,16 @@ class WanVAE(nn.Module):
         dim = max(1, round(config.dim * keep))
         dec_dim = max(1, round(config.dec_dim * keep))
         z = config.z_dim
-        down_t = config.temporal_downsample
-        self.encoder = Encoder3d(dim, z * 2, config.dim_mult, config.num_res_blocks, down_t)
+        down_t, down_s = config.temporal_downsample, config.down_spatial
+        pixels = 3 * config.patch_size**2
+        blocks = config.num_res_blocks
+        self.encoder = Encoder3d(dim, z * 2, config.dim_mult, blocks, down_t, down_s, pixels)
         self.conv1 = CausalConv3d(z * 2, z * 2, 1)
         self.conv2 = CausalConv3d(z, z, 1)
-        self.decoder = Decoder3d(dec_dim, z, config.dim_mult, config.num_res_blocks, down_t[::-1])
+        # the decoder's stages mirror the encoder's: its first undoes the encoder's last
+        up_t = tuple(down_t) + (False,) * (len(down_s) - len(down_t))
+        self.decoder = Decoder3d(dec_dim, z, config.dim_mult, blocks, up_t[::-1][1:],
+                                 down_s[::-1][1:] + (False,), pixels)  # fmt: skip
         mean = config.latent_mean or (0.0,) * z
         std = config.latent_std or (1.0,) * z
         if len(mean) != z or len(std) != z:
@@ -458,7 +510,7 @@ class WanVAE(nn.Module):
             raise ValueError(
                 f"a clip's first piece needs 1 + 4k frames and later pieces 4k, got {t}"
             )
-        x = patchify(frames)
+        x = patchify(frames, self.config.patch_size)
         out = []
         start = 0
         while start < t:
@@ -484,4 +536,4 @@ class WanVAE(nn.Module):
             cache.start_chunk()
             out.append(self.decoder(x[:, :, i : i + 1], cache))
             cache.end_chunk()
-        return unpatchify(torch.cat(out, 2))
+        return unpatchify(torch.cat(out, 2), self.config.patch_size)
