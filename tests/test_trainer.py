@@ -179,3 +179,32 @@ def test_fsdp_trains_like_ddp_and_resumes(tmp_path):
     assert ddp.keys() == fsdp.keys()
     for k in ddp:
         torch.testing.assert_close(fsdp[k], ddp[k], atol=1e-5, rtol=1e-4)
+
+
+def _tiny_trainer(tmp_path, out: str, steps: int = 4) -> Trainer:
+    torch.manual_seed(0)
+    data = ClipDataset(make_dataset(tmp_path / "data"), frames=5, stride=4)
+    cfg = TrainConfig(out=str(tmp_path / out), steps=steps, batch_size=2, checkpoint_every=2)
+    return Trainer(WanVAE(VAE_PRESETS["tiny"]), VAETask(48, 64), data, cfg)
+
+
+def test_a_deadline_checkpoints_and_the_next_call_continues_bit_for_bit(tmp_path):
+    straight = _tiny_trainer(tmp_path, "straight")
+    straight.fit(progress=False)
+    first = _tiny_trainer(tmp_path, "broken")
+    first.fit(progress=False, deadline=time.monotonic())  # already due: one step, then stop
+    assert (first.step, first.stopped) == (1, "deadline")
+    assert (tmp_path / "broken/checkpoints/latest").read_text() == "00000001"
+    second = _tiny_trainer(tmp_path, "broken")
+    second.fit(progress=False)
+    assert second.step == 4 and second.stopped is None
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "broken")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_ends_training_after_a_checkpoint(tmp_path):
+    asked = []
+    trainer = _tiny_trainer(tmp_path, "run", steps=6)
+    trainer.fit(progress=False, stop=lambda step: asked.append(step) or step >= 4)
+    assert asked == [2, 4] and trainer.step == 4 and trainer.stopped == "stop"
+    assert (tmp_path / "run/checkpoints/latest").read_text() == "00000004"

@@ -29,11 +29,24 @@ def latest_weights(run: str | Path, prefix: str = "ema.",
 
 
 def trained_vae(run: str | Path):
-    """The EMA VAE of a `train vae` run, with the training size (height, width)."""
+    """The EMA VAE of a `train vae` run (or of its adversarial decoder stage), with the
+    training size (height, width); latents normalised by the run's statistics when it has
+    them (``latent_stats.json``, or the decoder stage's config)."""
+    from dataclasses import replace
+
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
 
     state, config = latest_weights(run, model="vae")
-    vae = WanVAE(VAE_PRESETS[config["preset"]]).eval()
+    prefix = config.get("weights_prefix", "")
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    stats = Path(run) / "latent_stats.json"
+    if "latent_mean" not in config and stats.exists():
+        config = {**config, **json.loads(stats.read_text())}
+    preset = VAE_PRESETS[config["preset"]]
+    if "latent_mean" in config:
+        preset = replace(preset, latent_mean=tuple(config["latent_mean"]),
+                         latent_std=tuple(config["latent_std"]))  # fmt: skip
+    vae = WanVAE(preset).eval()
     vae.load_state_dict(state)
     return vae, (config["height"], config["width"])
 

@@ -95,6 +95,8 @@ class Trainer:
             self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
         self.skipped = 0  # steps dropped for a non-finite loss
+        self.stopped: str | None = None  # why the last fit ended before cfg.steps
+        self.last_logs: dict = {}
         self.out = Path(config.out)
 
     # -- data -----------------------------------------------------------------------------------
@@ -125,10 +127,21 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------
 
-    def fit(self, log: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
+    def fit(
+        self,
+        log: Callable[[int, dict], None] | None = None,
+        progress: bool = True,
+        deadline: float | None = None,
+        stop: Callable[[int], bool] | None = None,
+    ) -> dict:
+        """Train to ``cfg.steps``. ``deadline`` (a ``time.monotonic()`` value) ends the run
+        early with a checkpoint at the current step; ``stop(step)``, asked after every
+        checkpoint, ends it there when it returns True (early stopping). ``self.stopped``
+        then says why ("deadline", "stop"); resuming continues bit for bit either way."""
         from tqdm import tqdm
 
         cfg = self.cfg
+        self.stopped = None
         self.resume()
         bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not progress or self.rank != 0, desc="train"
@@ -169,7 +182,17 @@ class Trainer:
                     log(self.step, logs)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
+                if stop is not None and self.step < cfg.steps and stop(self.step):
+                    self.stopped = "stop"
+                    break
+            late = deadline is not None and _past(deadline, self.world, self.device)
+            if late and self.step < cfg.steps:
+                if self.step % cfg.checkpoint_every:
+                    self.save()
+                self.stopped = "deadline"
+                break
         bar.close()
+        self.last_logs = logs
         return logs
 
     def _seed_step(self) -> None:
@@ -276,6 +299,14 @@ class Trainer:
             get_model_state_dict(self.model, options=opts),
             get_optimizer_state_dict(self.model, self.optimizer, options=opts),
         )
+
+
+def _past(deadline: float, world_size: int, device: torch.device) -> bool:
+    """Whether the deadline has passed, agreed by every process (rank 0 decides)."""
+    late = torch.tensor([time.monotonic() >= deadline], dtype=torch.uint8, device=device)
+    if world_size > 1:
+        dist.broadcast(late, 0)
+    return bool(late.item())
 
 
 def _full(t: Tensor) -> Tensor:

@@ -205,7 +205,11 @@ def record_dataset(cfg: RecordConfig, progress: bool = True) -> Manifest:
     config = {
         k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k != "out"
     }
-    if manifest.config and manifest.config != config:
+    # how many processes record it is not part of what a dataset is
+    same = {k: v for k, v in manifest.config.items() if k != "workers"} == {
+        k: v for k, v in config.items() if k != "workers"
+    }
+    if manifest.config and not same:
         raise ValueError(
             f"{root} was recorded with another config; use a new folder or the same options"
         )

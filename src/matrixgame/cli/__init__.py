@@ -1,0 +1,42 @@
+"""The `matrixgame` command: one module per verb group, each only parsing its arguments and
+calling the library (data: trajectory, record, import, inspect; train; evaluate: eval;
+world: build, list)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from matrixgame import __version__
+from matrixgame.cli import data, evaluate, train, world
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matrixgame",
+        description="Matrix-Game 3.0, open and complete: an interactive world model.",
+    )
+    parser.add_argument("--version", action="version", version=f"matrixgame {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    data.add_trajectory(sub)
+    data.add_record(sub)
+    data.add_import(sub)
+    data.add_inspect(sub)
+    train.add_train(sub)
+    evaluate.add_eval(sub)
+    world.add_world(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run_command"):
+        parser.print_help()
+        return 2
+    try:
+        args.run_command(args)
+    except ValueError as err:
+        print(f"matrixgame: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,99 @@
+"""`matrixgame eval`: measure trained world models on held-out recordings."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    from matrixgame.eval.protocols import PROTOCOLS
+
+    p = sub.add_parser(
+        "eval",
+        help="measure trained world models on held-out recordings; write a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Evaluate one or more `train dit` runs on the held-out clips of a recorded dataset
+(the split stored in its manifest: held-out maps and held-out trajectories). Each
+clip's first latents are given as context; the model then rolls out the rest with
+the recorded actions and camera poses. Writes OUT/report.json, report.md,
+report.html, plots/*.png and strips/*.png. Protocols (--protocols):
+
+  fidelity  PSNR and SSIM of every generated frame against the real one, as curves
+            over the horizon and at --horizons frames; beside it copy-last-frame, a
+            blurred copy, and the VAE's own reconstruction (the ceiling); a sharpness
+            ratio (blur scores low even where PSNR likes it), and with --idm a
+            Fréchet distance on our IDM's Doom features (+ LPIPS / FVD if given).
+  revisit   loop clips: frames that see again a view beyond the past window which
+            the camera had left; PSNR / SSIM with memory on vs off.
+  loop      loop clips, no ground truth: the generated return frame against the
+            start frame; a near-static video scores 0 (the static gate).
+  actions   with --idm: the inverse-dynamics model reads keys and turns back from
+            the generated frames; accuracy against the commanded actions, with its
+            accuracy on the real frames beside it.
+  drift     the rollouts (up to --seconds) in --bucket-seconds buckets.
+  speed     frames per second of the rollouts, DiT and decoder.
+
+Record an evaluation set with loops, e.g.:
+  matrixgame record --out runs/e1m1-eval --maps E1M1 --frames 8000 \\
+      --loop-fraction 0.5 --heldout-every 1 --seed 1
+""",
+    )
+    p.add_argument("worlds", nargs="+", metavar="[NAME=]RUN",
+                   help="`train dit` run folders (several: compared in one report, e.g. "
+                        "error buffer off, or teacher vs student)")  # fmt: skip
+    p.add_argument("--data", required=True, help="recorded dataset folder with held-out clips")
+    p.add_argument("--out", required=True, help="report folder")
+    splits = "heldout (maps and trajectories), heldout-map, heldout-traj, train, all"
+    p.add_argument("--split", default="heldout", help=splits)
+    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated subset")
+    p.add_argument("--clips", type=int, default=4, help="clips per protocol (longest first)")
+    p.add_argument("--seconds", type=float, default=60.0, help="rollout length cap")
+    p.add_argument("--bucket-seconds", type=float, default=10.0, help="drift bucket length")
+    context = "context latents (0: past + memory + 1, one full first window)"
+    p.add_argument("--context", type=int, default=0, help=context)
+    p.add_argument("--horizons", default="1,4,16,32,64,128,256",
+                   help="frames after the context reported in the fidelity table")  # fmt: skip
+    p.add_argument("--steps", type=int, default=4, help="denoising steps per window")
+    p.add_argument("--shift", type=float, default=3.0, help="flow-matching schedule shift")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--idm", help="a `train idm` run (action accuracy, Fréchet distance)")
+    p.add_argument("--lpips", help="local LPIPS (AlexNet) weights: .pth or .safetensors")
+    p.add_argument("--fvd", help="local I3D (Kinetics-400) weights for FVD: .pt or .safetensors")
+    p.add_argument("--fvd-size", type=int, default=224, help="I3D input size (224: standard)")
+    p.set_defaults(run_command=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from matrixgame.eval.protocols import EvalConfig, evaluate
+    from matrixgame.eval.report import write_report
+    from matrixgame.train.runs import trained_world
+
+    worlds = []
+    for spec in args.worlds:
+        name, _, run = spec.rpartition("=")
+        worlds.append(trained_world(run, name or None))
+    if len({w.name for w in worlds}) < len(worlds):
+        raise ValueError("two worlds share a name: give them names, NAME=RUN")
+    try:
+        horizons = tuple(int(h) for h in args.horizons.split(","))
+    except ValueError as err:
+        raise ValueError(f"--horizons must be comma-separated integers: {err}") from err
+    config = EvalConfig(context=args.context, horizons=horizons, seconds=args.seconds,
+                        bucket_seconds=args.bucket_seconds, clips=args.clips, split=args.split,
+                        steps=args.steps, shift=args.shift, seed=args.seed,
+                        fvd_size=args.fvd_size)  # fmt: skip
+    idm = lpips = i3d = None
+    if args.idm:
+        from matrixgame.eval.idm import trained_idm
+
+        idm = trained_idm(args.idm)
+    if args.lpips or args.fvd:
+        from matrixgame.eval.external import load_i3d, load_lpips
+
+        lpips = load_lpips(args.lpips) if args.lpips else None
+        i3d = load_i3d(args.fvd) if args.fvd else None
+    protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+    results = evaluate(worlds, args.data, config, idm, lpips, i3d, protocols)
+    paths = write_report(results, args.out)
+    print(f"report: {paths['html']} ({paths['markdown']}, {paths['json']})")

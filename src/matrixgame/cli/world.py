@@ -1,0 +1,85 @@
+"""`matrixgame world build | list`: train the default world (resumable), list shipped worlds."""
+
+from __future__ import annotations
+
+import argparse
+
+from matrixgame.worlds.recipe import STAGES
+
+
+def add_world(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world", help="train the default world, or list the shipped ones")
+    what = p.add_subparsers(title="action", metavar="ACTION")
+    build = what.add_parser(
+        "build",
+        help="the default world's recipe: record, train, evaluate, ship (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"""\
+Train a default world end to end, resuming wherever the last call stopped:
+
+  record   the map's training trajectories and held-out ones with loops
+  vae      the autoencoder (reconstruction), early-stopped on held-out PSNR
+  latents  latent statistics, then every clip encoded once
+  decoder  the decoder fine-tuned adversarially on noisy latents (encoder frozen)
+  dit      the world model (error-aware, memory-augmented flow matching)
+  idm      the inverse-dynamics model the evaluation reads actions with
+  eval     `matrixgame eval` on the held-out trajectories -> WORK/report/
+  ship     when it beats the shipped world (or none is shipped): the weights,
+           config.json and model card into worlds/NAME/; a training-log row
+
+Every stage checkpoints (at least every --checkpoint-every steps) and resumes;
+--hours bounds this call: the running stage checkpoints at the deadline and the
+next call continues it. Larger --dit-steps (etc.) continue a finished stage. On a
+fresh clone (no WORK folder) the stages start from the shipped weights. Runs on
+CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
+    )
+    build.add_argument("--world", default="doom-e1m1", help="which world's recipe")
+    build.add_argument("--work", default="runs/world", help="folder of the stages' runs")
+    build.add_argument("--hours", type=float, help="stop this call after this long (resume later)")
+    build.add_argument("--until", default="ship", choices=STAGES, help="last stage to run")
+    build.add_argument("--vae-steps", type=int, help="autoencoder steps (target)")
+    build.add_argument("--decoder-steps", type=int, help="decoder fine-tuning steps (target)")
+    build.add_argument("--dit-steps", type=int, help="world-model steps (target)")
+    build.add_argument("--frames", type=int, help="training frames to record")
+    build.add_argument("--workers", type=int, default=2, help="recording processes")
+    build.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    build.add_argument("--ship-to", help="shipped world folder (default: worlds/NAME)")
+    build.set_defaults(run_command=_run_build)
+
+    ls = what.add_parser("list", help="the shipped worlds and their held-out figures")
+    ls.set_defaults(run_command=_run_list)
+
+
+def _run_build(args: argparse.Namespace) -> None:
+    import torch
+
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.hours is not None and args.hours <= 0:
+        raise ValueError("--hours must be positive")
+    spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
+                     dit_steps=args.dit_steps, frames=args.frames)  # fmt: skip
+    recipe = Recipe(spec, args.work, args.hours, args.workers, args.ship_to)
+    state = recipe.run(args.until)
+    for stage, info in state["stages"].items():
+        step = f" step {info['step']}" if "step" in info else ""
+        print(f"{stage:8s} {'done' if info.get('done') else 'partial'}{step}")
+
+
+def _run_list(args: argparse.Namespace) -> None:
+    from matrixgame.worlds.shipped import read_config, worlds_root
+
+    found = False
+    for folder in sorted(worlds_root().glob("*")):
+        if not (folder / "config.json").exists():
+            continue
+        found = True
+        config = read_config(folder)
+        f = config.get("figures", {})
+        psnr = f"PSNR {f['psnr']:.2f} dB" if "psnr" in f else "not evaluated"
+        print(f"{folder.name}: {config['width']}x{config['height']} at {config['fps']:.1f} fps, "
+              f"DiT step {config['dit']['step']}, {psnr}")  # fmt: skip
+    if not found:
+        print(f"no shipped worlds in {worlds_root()}")

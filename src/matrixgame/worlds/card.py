@@ -1,0 +1,177 @@
+"""The model card of a shipped world (``worlds/<name>/README.md``): what it was trained on,
+how long, its held-out figures against the goals and baselines, strips, a rollout GIF, the
+training log (a row per recipe call that trained), and the command that reproduces it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from matrixgame.io import atomic_write_text
+
+COPY, BLUR = "copy last frame", "blurred copy"
+SECONDS = (1, 4, 16)  # the goals' horizons after the context
+
+
+def horizon_frames(fps: float) -> tuple[int, ...]:
+    return tuple(max(1, round(s * fps)) for s in SECONDS)
+
+
+def figures_of(report: dict, name: str) -> dict:
+    """The headline held-out figures of world ``name`` from a ``report.json``."""
+    fid = report.get("fidelity", {}).get("methods", {})
+    fps = report.get("fidelity", {}).get("fps", 17.5)
+    out: dict = {}
+
+    def put(prefix: str, method: str) -> None:
+        entry = fid.get(method)
+        if not entry:
+            return
+        for k in ("psnr", "ssim", "sharpness", "fd"):
+            if k in entry:
+                out[f"{prefix}{k}"] = entry[k]
+        for s, h in zip(SECONDS, horizon_frames(fps), strict=True):
+            at = entry.get("at", {}).get(str(h))
+            if at:
+                out[f"{prefix}psnr@{s}s"], out[f"{prefix}ssim@{s}s"] = at["psnr"], at["ssim"]
+
+    put("", name)
+    put("copy_", COPY)
+    put("blur_", BLUR)
+    put("vae_", f"{name} autoencoder")
+    rev = report.get("revisit", {}).get("methods", {})
+    if name in rev:
+        out["revisit_psnr"] = rev[name]["psnr"]
+        out["revisit_psnr_no_memory"] = rev.get(f"{name} (memory off)", {}).get("psnr")
+    acts = report.get("actions", {})
+    if name in acts and "real frames" in acts:
+        out["idm_turn"], out["idm_turn_real"] = acts[name]["turn"], acts["real frames"]["turn"]
+    drift = report.get("drift", {}).get("methods", {}).get(name)
+    if drift and len(drift) >= 2:
+        out["drift_first_psnr"], out["drift_last_psnr"] = drift[0]["psnr"], drift[-1]["psnr"]
+    speed = report.get("speed", {}).get(name)
+    if speed:
+        out["fps"] = speed["fps"]
+    return out
+
+
+def goals(f: dict) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, met) rows of the default-world issue's goals."""
+
+    def get(k):
+        return f.get(k)
+
+    rows = []
+
+    def row(goal, measured, met):
+        rows.append((goal, measured, met))
+
+    if get("vae_psnr") is not None:
+        row("autoencoder PSNR >= 30 dB", f"{get('vae_psnr'):.2f}", get("vae_psnr") >= 30)
+        row("autoencoder SSIM >= 0.90", f"{get('vae_ssim'):.3f}", get("vae_ssim") >= 0.90)
+        sharp = get("vae_sharpness")
+        if sharp is not None:
+            row("autoencoder sharpness >= 0.9", f"{sharp:.2f}", sharp >= 0.9)
+    for s in SECONDS:
+        for k in ("psnr", "ssim"):
+            mine, copy, blur = get(f"{k}@{s}s"), get(f"copy_{k}@{s}s"), get(f"blur_{k}@{s}s")
+            if None not in (mine, copy, blur):
+                row(f"{k.upper()} @ {s} s beats copy-last and blurred copy",
+                    f"{mine:.3f} vs {copy:.3f} / {blur:.3f}", mine > max(copy, blur))  # fmt: skip
+    if None not in (get("fd"), get("copy_fd"), get("blur_fd")):
+        row("FD beats copy-last and blurred copy (lower)",
+            f"{get('fd'):.1f} vs {get('copy_fd'):.1f} / {get('blur_fd'):.1f}",
+            get("fd") < min(get("copy_fd"), get("blur_fd")))  # fmt: skip
+    if get("sharpness") is not None:
+        row("world-model sharpness >= 0.7", f"{get('sharpness'):.2f}", get("sharpness") >= 0.7)
+    if get("revisit_psnr_no_memory") is not None:
+        gain = get("revisit_psnr") - get("revisit_psnr_no_memory")
+        row("memory on beats off on revisits by >= 2 dB", f"{gain:+.2f} dB", gain >= 2)
+    if get("idm_turn") is not None:
+        ratio = get("idm_turn") / max(get("idm_turn_real"), 1e-9)
+        row("IDM reads >= 80% of the turns it reads on real frames", f"{100 * ratio:.0f}%",
+            ratio >= 0.8)  # fmt: skip
+    if get("drift_last_psnr") is not None:
+        loss = get("drift_first_psnr") - get("drift_last_psnr")
+        row("last 10 s lose <= 1.5 dB against the first 10 s", f"{loss:.2f} dB", loss <= 1.5)
+    return rows
+
+
+def write_card(folder: Path, state: dict, report: dict | None = None,
+               report_dir: Path | None = None, gif: Path | None = None) -> Path:  # fmt: skip
+    """Write ``folder/README.md`` (and copy the report's strips and ``gif`` beside it)."""
+    folder = Path(folder)
+    config = (
+        json.loads((folder / "config.json").read_text())
+        if (folder / "config.json").exists()
+        else {}
+    )
+    spec = state.get("spec", {})
+    figures = config.get("figures") or {}
+    for name in ("fidelity", "revisit"):
+        src = report_dir / "strips" / f"{name}.png" if report_dir else None
+        if src is not None and src.exists():
+            shutil.copyfile(src, folder / f"strip_{name}.png")
+    if gif is not None and Path(gif).exists() and Path(gif) != folder / "rollout.gif":
+        shutil.copyfile(gif, folder / "rollout.gif")
+    lines = [f"# {config.get('name', folder.name)}: a Doom world model trained on one CPU", ""]
+    lines += _summary(config, spec)
+    lines += ["", "## Held-out figures", ""]
+    if figures:
+        lines += ["| goal | measured | met |", "|---|---|---|"]
+        lines += [f"| {g} | {m} | {'yes' if ok else 'no'} |" for g, m, ok in goals(figures)]
+    else:
+        lines.append("Not evaluated yet.")
+    for name, title in (("fidelity", "Held-out trajectory (top: real; below: generated)"),
+                        ("revisit", "A loop: memory on vs off at the revisit")):  # fmt: skip
+        if (folder / f"strip_{name}.png").exists():
+            lines += ["", f"**{title}**", "", f"![{name}](strip_{name}.png)"]
+    if (folder / "rollout.gif").exists():
+        lines += ["", "**A 60-s rollout of a held-out trajectory (left: real, right: generated; "
+                  "every second frame)**", "", "![rollout](rollout.gif)"]  # fmt: skip
+    lines += ["", "## Training log", "",
+              "| date | device | threads | hours | trained (to step) | VAE / decoder / DiT steps "
+              "| PSNR | SSIM |", "|---|---|---:|---:|---|---|---:|---:|"]  # fmt: skip
+    for row in state.get("sessions", []):
+        f = row.get("figures") or {}
+        steps = row.get("steps", {})
+        lines.append(
+            f"| {row['date']} | {row['device']} | {row['threads']} | {row['seconds'] / 3600:.2f} "
+            f"| {', '.join(f'{k} {v}' for k, v in row['trained'].items())} "
+            f"| {steps.get('vae', 0)} / {steps.get('decoder', 0)} / {steps.get('dit', 0)} "
+            f"| {_num(f.get('psnr'))} | {_num(f.get('ssim'), 3)} |"
+        )
+    lines += ["", "## Reproduce", "", "```bash",
+              "make world            # matrixgame world build: resumes; --hours H bounds a call",
+              f"matrixgame eval {folder.as_posix()} --data runs/world/eval-data "
+              "--idm runs/world/idm --out runs/world/report", "```", ""]  # fmt: skip
+    path = folder / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _summary(config: dict, spec: dict) -> list[str]:
+    if not config:
+        return ["No weights shipped yet."]
+    vae, dit, window = config["vae"], config["dit"], config["window"]
+    return [
+        f"- **Data**: Freedoom {', '.join(config.get('maps', []))} recorded by the project's "
+        f"ViZDoom agent, {spec.get('frames', '?')} training frames, frame skip "
+        f"{config.get('frame_skip')} ({config['fps']:.1f} frames/s), {config['width']}x"
+        f"{config['height']}; held-out trajectories with loops recorded with another seed.",
+        f"- **Autoencoder**: `{vae['preset']}` preset of the Wan2.2 causal VAE (8x spatial, 4x "
+        f"temporal, 32 channels), encoder {config.get('encoder_step', '?')} steps, decoder "
+        f"{vae['step']} steps (adversarial fine-tuning on noisy latents).",
+        f"- **World model**: `{dit['preset']}` DiT, {dit['step']} steps; window of "
+        f"{window['memory']} memory + {window['past']} past + {window['current']} current "
+        f"latents (one step = {4 * window['current']} frames = "
+        f"{1000 * 4 * window['current'] / config['fps']:.0f} ms); "
+        f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
+        f"{config['sampler']['shift']}.",
+        "- **Weights**: bf16 safetensors (`vae`, `dit`, `discriminator`), `config.json`.",
+    ]
+
+
+def _num(x, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"

@@ -1,0 +1,523 @@
+"""The default world's recipe: record, train the autoencoder, cache latents, fine-tune the
+decoder, train the world model, evaluate, ship. One resumable call, `matrixgame world build`.
+
+Every stage keeps its work in ``<work>/<stage>/`` and resumes from its last checkpoint; a
+finished stage is skipped. ``hours`` bounds one call: the running stage checkpoints at the
+deadline and the next call continues it, so training accumulates across sessions (and a
+short GPU run can continue a CPU run: the same command, another ``work`` folder). Where
+the work folder is gone (a fresh clone), the stages start from the shipped weights
+(``worlds/<name>/``): the encoder is taken as final, the decoder and the world model
+continue from their shipped steps. A training stage also ends when its held-out metric
+stops improving (``patience`` checks without a gain). At the end the world is evaluated on
+held-out trajectories and, when it improves on the shipped one (or none is shipped), its
+weights replace the shipped ones; every call that trained adds a row to the model card's
+training log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from matrixgame.io import atomic_write_text
+from matrixgame.worlds import shipped
+
+STAGES = ("record", "vae", "latents", "decoder", "dit", "idm", "eval", "ship")
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What the default world is: data, models, windows, schedule and budgets."""
+
+    name: str = "doom-e1m1"
+    maps: tuple[str, ...] = ("E1M1",)
+    frames: int = 160_000  # training frames to record (clips may end early)
+    clip_frames: int = 1024
+    frame_skip: int = 2  # 35 / 2 = 17.5 frames/s; one latent = 4 frames = 229 ms
+    eval_frames: int = 8800
+    eval_clip_frames: int = 1100
+    eval_loop_fraction: float = 0.5
+    eval_seed: int = 1
+    height: int = 96
+    width: int = 128
+    vae_preset: str = "doom"
+    vae_steps: int = 3000
+    vae_frames: int = 9
+    vae_batch: int = 4
+    vae_lr: float = 5e-4
+    decoder_steps: int = 2000
+    decoder_lr: float = 1e-4
+    decoder_adversarial: float = 0.5
+    decoder_feature_matching: float = 0.0
+    decoder_latent_noise: float = 0.2
+    dit_preset: str = "doom"
+    dit_steps: int = 40_000
+    dit_batch: int = 8
+    dit_lr: float = 2e-4
+    past: int = 2
+    current: int = 1  # latents generated per step: 229 ms of video, so keys show quickly
+    memory: int = 2
+    idm_steps: int = 2000
+    sampler_steps: int = 4
+    shift: float = 3.0
+    kinematics: str = "doom"
+    checkpoint_every: int = 250
+    patience: int = 6  # held-out checks without improvement before a stage stops
+    eval_clips: int = 4
+    eval_seconds: float = 60.0
+
+    @property
+    def fps(self) -> float:
+        return 35.0 / self.frame_skip
+
+
+SPECS = {
+    "doom-e1m1": WorldSpec(),
+    # the same recipe in a minute: small frames, a few steps per stage (tests, quick checks)
+    "tiny": WorldSpec(
+        name="tiny",
+        frames=1200,
+        clip_frames=300,
+        eval_frames=600,
+        eval_clip_frames=300,
+        eval_loop_fraction=0.0,
+        height=32,
+        width=48,
+        vae_steps=6,
+        decoder_steps=4,
+        dit_steps=8,
+        dit_batch=2,
+        idm_steps=20,
+        checkpoint_every=2,
+        patience=100,
+        eval_clips=1,
+        eval_seconds=3.0,
+        sampler_steps=2,
+    ),  # fmt: skip
+}
+
+
+@dataclass
+class Recipe:
+    spec: WorldSpec
+    work: Path
+    hours: float | None = None
+    workers: int = 2
+    ship_to: Path | None = None  # default: worlds/<name>/ of this checkout
+    progress: object = print
+    state: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.work = Path(self.work)
+        self.ship_to = (
+            Path(self.ship_to) if self.ship_to else shipped.worlds_root() / self.spec.name
+        )
+        self.deadline = None if self.hours is None else time.monotonic() + 3600 * self.hours
+        self.state = self._load_state()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _load_state(self) -> dict:
+        path = self.work / "recipe.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        return {"spec": asdict(self.spec), "stages": {}, "sessions": []}
+
+    def _save_state(self) -> None:
+        atomic_write_text(self.work / "recipe.json", json.dumps(self.state, indent=1))
+
+    def _mark(self, stage: str, **info) -> None:
+        self.state["stages"].setdefault(stage, {}).update(info)
+        self._save_state()
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @property
+    def heldout(self) -> Path:
+        """The held-out trajectories (another seed): early stopping and evaluation."""
+        return self.work / "eval-data"
+
+    def path(self, stage: str) -> Path:
+        return self.work / {"record": "data", "eval": "report"}.get(stage, stage)
+
+    # -- the stages ------------------------------------------------------------------------
+
+    def run(self, until: str = "ship") -> dict:
+        """Run the stages up to ``until``; returns the state (``stages``: per stage what
+        was done). Stops early, with everything checkpointed, at the deadline."""
+        if until not in STAGES:
+            raise ValueError(f"unknown stage {until!r}; choose from {STAGES}")
+        self.work.mkdir(parents=True, exist_ok=True)
+        start, trained = time.monotonic(), {}
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            if self.out_of_time():
+                self.progress(f"[{stage}] out of time: rerun to continue")
+                break
+            if self.done(stage) and not self._stale(stage):
+                continue
+            self.progress(f"[{stage}] ...")
+            result = getattr(self, f"stage_{stage}")()
+            if result is False:  # the stage ran out of time
+                break
+            if isinstance(result, dict):
+                trained.update(result)
+        self._log_session(trained, time.monotonic() - start)
+        return self.state
+
+    def stage_record(self) -> None:
+        from matrixgame.data.engine.recorder import RecordConfig, record_dataset
+
+        s = self.spec
+        common = dict(maps=s.maps, clip_frames=s.clip_frames, frame_skip=s.frame_skip,
+                      workers=self.workers)  # fmt: skip
+        record_dataset(RecordConfig(out=str(self.path("record")), frames=s.frames, **common))
+        record_dataset(RecordConfig(out=str(self.work / "eval-data"), frames=s.eval_frames,
+                                    **{**common, "clip_frames": s.eval_clip_frames},
+                                    loop_fraction=s.eval_loop_fraction, heldout_every=1,
+                                    seed=s.eval_seed))  # fmt: skip
+        self._mark("record", done=True)
+
+    def stage_vae(self):
+        from matrixgame.train.jobs import VAEJob, train_vae
+
+        s, out = self.spec, self.path("vae")
+        if not _has_checkpoint(out) and (self.ship_to / "vae.safetensors").exists():
+            # a fresh clone: the shipped encoder is final (the latents depend on it)
+            _seed_run(out, self.ship_to, "vae", self.spec)
+            self._mark("vae", done=True, from_shipped=True)
+            return None
+        job = VAEJob(data=str(self.path("record")), out=str(out), preset=s.vae_preset,
+                     steps=s.vae_steps, batch_size=s.vae_batch, frames=s.vae_frames,
+                     height=s.height, width=s.width, lr=s.vae_lr,
+                     checkpoint_every=s.checkpoint_every)  # fmt: skip
+        stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
+        trainer = train_vae(job, self.deadline, stop)
+        return self._finish("vae", trainer, s.vae_steps)
+
+    def stage_latents(self) -> None:
+        from matrixgame.train.jobs import cache
+
+        cache(str(self.path("record")), str(self.path("vae")), str(self.path("latents")))
+        # the held-out trajectories too: the world model's early stopping scores them
+        cache(str(self.work / "eval-data"), str(self.path("vae")), str(self.work / "eval-latents"))
+        self._mark("latents", done=True)
+
+    def stage_decoder(self):
+        from matrixgame.train.jobs import DecoderJob, train_decoder
+
+        s, out = self.spec, self.path("decoder")
+        init, start = None, 0
+        if not _has_checkpoint(out) and (self.ship_to / "vae.safetensors").exists():
+            init = _shipped_decoder_state(self.ship_to, out)
+            start = int(shipped.read_config(self.ship_to)["vae"].get("step", 0))
+        job = DecoderJob(data=str(self.path("record")), vae=str(self.path("vae")), out=str(out),
+                         steps=s.decoder_steps, batch_size=s.vae_batch, frames=s.vae_frames,
+                         lr=s.decoder_lr, checkpoint_every=s.checkpoint_every,
+                         adversarial=s.decoder_adversarial,
+                         feature_matching=s.decoder_feature_matching,
+                         latent_noise=s.decoder_latent_noise, init=init,
+                         start_step=start)  # fmt: skip
+        stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
+        trainer = train_decoder(job, self.deadline, stop)
+        return self._finish("decoder", trainer, s.decoder_steps)
+
+    def stage_dit(self):
+        from matrixgame.train.jobs import DiTJob, train_dit
+
+        s, out = self.spec, self.path("dit")
+        init, start = None, 0
+        if not _has_checkpoint(out) and (self.ship_to / "dit.safetensors").exists():
+            init = str(self.ship_to / "dit.safetensors")
+            start = int(shipped.read_config(self.ship_to)["dit"].get("step", 0))
+        job = DiTJob(latents=str(self.path("latents")), out=str(out), preset=s.dit_preset,
+                     steps=s.dit_steps, batch_size=s.dit_batch, lr=s.dit_lr, past=s.past,
+                     current=s.current, memory=s.memory, checkpoint_every=s.checkpoint_every,
+                     init=init, start_step=start)  # fmt: skip
+        heldout = self.work / "eval-latents"
+        stop = HeldoutStop(out, s.patience, lambda: dit_heldout_loss(out, heldout))
+        trainer = train_dit(job, self.deadline, stop)
+        return self._finish("dit", trainer, s.dit_steps)
+
+    def stage_idm(self):
+        from matrixgame.train.jobs import IDMJob, train_idm
+
+        job = IDMJob(data=str(self.path("record")), out=str(self.path("idm")),
+                     steps=self.spec.idm_steps, height=48, width=64)  # fmt: skip
+        trainer = train_idm(job, self.deadline)
+        return self._finish("idm", trainer, self.spec.idm_steps)
+
+    def stage_eval(self) -> None:
+        from matrixgame.eval.idm import trained_idm
+        from matrixgame.eval.protocols import evaluate
+        from matrixgame.eval.report import write_report
+
+        world = self.world()
+        config = self.eval_config()
+        results = evaluate([world], self.heldout, config,
+                           trained_idm(self.path("idm")))  # fmt: skip
+        write_report(results, self.path("eval"))
+        self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"))
+        self._mark("ship", done=False)
+
+    def eval_config(self):
+        from matrixgame.eval.protocols import EvalConfig
+        from matrixgame.worlds.card import horizon_frames
+
+        s = self.spec
+        horizons = tuple(sorted({*EvalConfig().horizons, *horizon_frames(s.fps)}))
+        return EvalConfig(clips=s.eval_clips, seconds=s.eval_seconds, steps=s.sampler_steps,
+                          shift=s.shift, horizons=horizons)  # fmt: skip
+
+    def stage_ship(self) -> None:
+        from matrixgame.worlds.card import figures_of, write_card
+
+        report = json.loads((self.path("eval") / "report.json").read_text())
+        figures = figures_of(report, self.spec.name)
+        previous = _shipped_figures(self.ship_to)
+        better = previous is None or figures.get("psnr", -1e9) > previous.get("psnr", -1e9) + 0.05
+        gif = None
+        if better:
+            self.export(figures)
+            gif = self.rollout_gif()
+        self._mark("ship", done=True, shipped=better, figures=figures, previous=previous)
+        self.progress(f"[ship] {'shipped' if better else 'kept the shipped weights'}: "
+                      f"PSNR {figures.get('psnr', float('nan')):.2f} dB (shipped: "
+                      f"{previous.get('psnr') if previous else 'none'})")  # fmt: skip
+        write_card(self.ship_to, self.state, report, self.path("eval") if better else None, gif)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _finish(self, stage: str, trainer, target: int) -> dict | bool:
+        done = trainer.step >= target or trainer.stopped == "stop"
+        self._mark(stage, done=done, step=trainer.step, stopped=trainer.stopped,
+                   logs=_scalars(trainer.last_logs))  # fmt: skip
+        trained = {stage: trainer.step}
+        return trained if trainer.stopped != "deadline" else False
+
+    def _stale(self, stage: str) -> bool:
+        """The evaluation (and shipping) are redone when a model trained since."""
+        if stage not in ("eval", "ship"):
+            return False
+        info = self.state["stages"].get("eval", {})
+        return (info.get("dit_step"), info.get("vae_step")) != (
+            self._step("dit"),
+            self._step("decoder"),
+        )
+
+    def _step(self, stage: str) -> int:
+        return _latest_step(self.path(stage))
+
+    def world(self):
+        """The world as trained so far: the DiT run with the decoder stage's VAE."""
+        from matrixgame.train.runs import trained_vae, trained_world
+
+        world = trained_world(self.path("dit"), self.spec.name)
+        if _has_checkpoint(self.path("decoder")):
+            world.vae = trained_vae(self.path("decoder"))[0]
+        return world
+
+    def export(self, figures: dict) -> None:
+        """Write the trained weights and config.json into the shipped folder."""
+        from matrixgame.train.jobs import _vae_meta
+        from matrixgame.train.runs import latest_weights
+
+        s, folder = self.spec, self.ship_to
+        vae_run = (
+            self.path("decoder") if _has_checkpoint(self.path("decoder")) else self.path("vae")
+        )
+        vae_state, vae_cfg = latest_weights(vae_run, model="vae")
+        prefix = vae_cfg.get("weights_prefix", "")
+        shipped.save_component(folder, "vae", {k[len(prefix) :]: v for k, v in vae_state.items()
+                                               if k.startswith(prefix)})  # fmt: skip
+        if prefix:
+            disc = {k[5:]: v for k, v in vae_state.items() if k.startswith("disc.")}
+            shipped.save_component(folder, "discriminator", disc)
+        dit_state, dit_cfg = latest_weights(self.path("dit"), model="dit")
+        shipped.save_component(folder, "dit", dit_state)
+        config = shipped.world_config(
+            s.name, _vae_meta(str(vae_run)), _latest_step(vae_run), dit_cfg,
+            _latest_step(self.path("dit")), s.fps, s.kinematics,
+            {"name": "euler", "steps": s.sampler_steps, "shift": s.shift},
+            encoder_step=_latest_step(self.path("vae")), figures=figures,
+            frame_skip=s.frame_skip, maps=list(s.maps),
+        )  # fmt: skip
+        shipped.write_config(folder, config)
+
+    def rollout_gif(self, seconds: float = 60.0) -> Path:
+        """A GIF of the longest held-out explore clip rolled out for ``seconds``: real left,
+        generated right, every second frame (at half the frame rate, so it plays in real
+        time)."""
+        import numpy as np
+        from PIL import Image
+
+        from matrixgame.eval.protocols import run_clip, select_clips
+
+        config = replace(self.eval_config(), seconds=seconds)
+        explore, loops = select_clips(self.heldout, config)
+        run = run_clip(self.world(), (explore + loops)[0], config)
+        video = np.concatenate([run.real, run.generated], axis=2)[::2]
+        path = self.path("eval") / "rollout.gif"
+        images = [Image.fromarray(f) for f in video]
+        images[0].save(path, save_all=True, append_images=images[1:],
+                       duration=round(2000 / self.spec.fps), loop=0)  # fmt: skip
+        return path
+
+    def _log_session(self, trained: dict, seconds: float) -> None:
+        if not trained:
+            return
+        row = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds),
+               "device": _device_name(), "threads": torch.get_num_threads(), "trained": trained,
+               "steps": {k: self._step(k) for k in ("vae", "decoder", "dit")},
+               "figures": self.state["stages"].get("ship", {}).get("figures")}  # fmt: skip
+        self.state["sessions"].append(row)
+        self._save_state()
+
+
+class HeldoutStop:
+    """Early stopping: after each checkpoint, measure a held-out score (higher is better),
+    append it to ``<run>/heldout.jsonl``, and stop after ``patience`` checks without a new
+    best."""
+
+    def __init__(self, run: Path, patience: int, score) -> None:
+        self.path, self.patience, self.score = Path(run) / "heldout.jsonl", patience, score
+
+    def __call__(self, step: int) -> bool:
+        value = float(self.score())
+        history = self.history()
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "score": value}) + "\n")
+        scores = [h["score"] for h in history] + [value]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return len(scores) - 1 - best >= self.patience
+
+    def history(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+@torch.no_grad()
+def vae_heldout_psnr(run: Path, data: Path, clips: int = 4, frames: int = 65) -> float:
+    """PSNR (dB) of the run's latest EMA VAE on the first frames of ``data``'s held-out
+    clips."""
+    from matrixgame.data.shards import Manifest, read_clip
+    from matrixgame.train.runs import trained_vae
+    from matrixgame.train.vae_task import frames_to_model, psnr
+
+    vae, (height, width) = trained_vae(run)
+    names = [n for n, e in sorted(Manifest.load(data).shards.items())
+             if e["split"].startswith("heldout")][:clips]  # fmt: skip
+    if not names:
+        raise ValueError(f"{data}: no held-out clips for early stopping")
+    scores = []
+    for name in names:
+        x = frames_to_model(torch.as_tensor(read_clip(Path(data) / name).frames[:frames])[None],
+                            height, width)  # fmt: skip
+        scores.append(psnr(vae(x)[0], x))
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def dit_heldout_loss(run: Path, latents: Path, windows: int = 32) -> float:
+    """Minus the flow-matching loss of the run's EMA DiT on windows of a held-out latent
+    cache, at fixed noise levels and noise (higher is better)."""
+    from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
+    from matrixgame.train.latents import LatentClips
+    from matrixgame.train.memory_sampling import WindowDataset, window_kwargs
+    from matrixgame.train.runs import trained_world
+    from matrixgame.train.trainer import _collate
+
+    world = trained_world(run)
+    data = WindowDataset(LatentClips(latents, split=None), world.window)
+    idx = torch.linspace(0, len(data) - 1, min(windows, len(data))).long().tolist()
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    for i in idx:
+        batch = _collate([data[i]])
+        current, past = batch["current"], batch["past"]
+        sigma = torch.rand(1, generator=g).clamp(0.05, 0.95)
+        noise = torch.randn(current.shape, generator=g)
+        k, c = past.shape[2], current.shape[2]
+        t = torch.cat([torch.zeros(1, k), (NUM_TIMESTEPS * sigma)[:, None].expand(1, c)], 1)
+        v = world.dit(torch.cat([past, add_noise(current, sigma, noise)], 2), t, None,
+                      **window_kwargs(batch))[:, :, k:]  # fmt: skip
+        total += float((v - (noise - current)).pow(2).mean())
+    return -total / len(idx)
+
+
+def _has_checkpoint(run: Path) -> bool:
+    return (Path(run) / "checkpoints" / "latest").exists()
+
+
+def _latest_step(run: Path) -> int:
+    latest = Path(run) / "checkpoints" / "latest"
+    return int(latest.read_text()) if latest.exists() else 0
+
+
+def _scalars(logs: dict) -> dict:
+    return {k: v for k, v in logs.items() if isinstance(v, int | float)}
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from matrixgame.accel.capability import cpu_capability
+
+    return f"cpu ({cpu_capability()})"
+
+
+def _shipped_figures(folder: Path) -> dict | None:
+    try:
+        return shipped.read_config(folder).get("figures")
+    except ValueError:
+        return None
+
+
+def _seed_run(out: Path, folder: Path, component: str, spec: WorldSpec) -> None:
+    """A run folder holding a shipped component as its only checkpoint (model = EMA = the
+    shipped weights, a fresh optimizer), so the stages after it read it like a trained run."""
+    from matrixgame.train.trainer import TrainConfig, Trainer
+
+    config = shipped.read_config(folder)
+    if component != "vae":
+        raise ValueError(f"only the VAE is seeded from shipped weights, not {component!r}")
+    vae = shipped.build_vae(config)
+    vae.load_state_dict(shipped.component_weights(folder, "vae"))
+    meta = {"model": "vae", "preset": config["vae"]["preset"], "height": config["height"],
+            "width": config["width"], "latent_mean": config["vae"]["latent_mean"],
+            "latent_std": config["vae"]["latent_std"], "from_shipped": str(folder)}  # fmt: skip
+    trainer = Trainer(vae, None, [], TrainConfig(out=str(out), steps=1), meta)
+    trainer.step = int(config.get("encoder_step", config["vae"].get("step", 0)))
+    trainer.save()
+
+
+def _shipped_decoder_state(folder: Path, out: Path) -> str:
+    """The shipped VAE (+ discriminator) as a DecoderGAN state dict file to start from."""
+    from safetensors.torch import save_file
+
+    state = {f"vae.{k}": v for k, v in shipped.component_weights(folder, "vae").items()}
+    disc = shipped.component_weights(folder, "discriminator")
+    if disc is None:  # no discriminator shipped: a fresh one
+        from matrixgame.train.adversarial import PatchDiscriminator
+
+        disc = PatchDiscriminator().state_dict()
+    state.update({f"disc.{k}": v for k, v in disc.items()})
+    path = Path(out) / "init.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return str(path)
+
+
+def spec_with(name: str, **overrides) -> WorldSpec:
+    """A named spec with some fields changed (the CLI's --vae-steps, --dit-steps, ...)."""
+    if name not in SPECS:
+        raise ValueError(f"unknown world {name!r}; choose from {sorted(SPECS)}")
+    return replace(SPECS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,135 @@
+"""Shipped worlds: the weights of a trained world in one folder of the repository.
+
+``worlds/<name>/`` holds ``vae.safetensors`` (encoder and decoder), ``dit.safetensors`` (the
+teacher's EMA weights), optionally ``discriminator.safetensors`` (to continue the decoder's
+adversarial training), all bf16, and ``config.json``: the presets, latent statistics, frame
+size and rate, training window, sampler settings, kinematics preset, and per component the
+training step it was taken at. Nothing but safetensors and JSON is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from matrixgame.io import atomic_path, atomic_write_text
+
+WORLD_FORMAT = "matrixgame-world/1"
+COMPONENTS = ("vae", "dit", "discriminator")
+
+
+def worlds_root() -> Path:
+    """Where shipped worlds live: ``$MATRIXGAME_WORLDS``, else ``worlds/`` of this checkout."""
+    env = os.environ.get("MATRIXGAME_WORLDS")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "worlds"
+
+
+def world_folder(name_or_path: str | Path) -> Path:
+    """A shipped world's folder from its name (``doom-e1m1``) or a path to it."""
+    path = Path(name_or_path)
+    if not (path / "config.json").exists():
+        path = worlds_root() / str(name_or_path)
+    if not (path / "config.json").exists():
+        known = sorted(p.name for p in worlds_root().glob("*") if (p / "config.json").exists())
+        raise ValueError(f"no world {str(name_or_path)!r} (shipped worlds: {known or 'none'}; "
+                         f"a folder with config.json also works)")  # fmt: skip
+    return path
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable world config ({err})") from err
+    if not isinstance(config, dict) or config.get("format") != WORLD_FORMAT:
+        raise ValueError(f"{path}: not a {WORLD_FORMAT} config")
+    for key in ("vae", "dit", "height", "width", "fps", "window", "sampler"):
+        if key not in config:
+            raise ValueError(f"{path}: missing {key!r}")
+    return config
+
+
+def component_weights(folder: str | Path, component: str) -> dict[str, torch.Tensor] | None:
+    """A component's state dict in fp32, or None when the world does not ship it."""
+    path = Path(folder) / f"{component}.safetensors"
+    if not path.exists():
+        return None
+    return {k: v.float() for k, v in load_file(path).items()}
+
+
+def save_component(folder: str | Path, component: str, state: dict[str, torch.Tensor]) -> Path:
+    """Write one component as bf16 safetensors (floating tensors; others unchanged)."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}; choose from {COMPONENTS}")
+    tensors = {
+        k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous().cpu()
+        for k, v in state.items()
+    }
+    path = Path(folder) / f"{component}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"format": WORLD_FORMAT, "component": component})
+    return path
+
+
+def write_config(folder: str | Path, config: dict) -> Path:
+    path = Path(folder) / "config.json"
+    atomic_write_text(path, json.dumps({"format": WORLD_FORMAT, **config}, indent=1) + "\n")
+    return path
+
+
+def build_vae(config: dict):
+    """The world's VAE (fp32, eval mode) with its latent statistics, weights not loaded."""
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+
+    spec = config["vae"]
+    preset = replace(VAE_PRESETS[spec["preset"]], latent_mean=tuple(spec["latent_mean"]),
+                     latent_std=tuple(spec["latent_std"]))  # fmt: skip
+    return WanVAE(preset).eval()
+
+
+def build_dit(config: dict):
+    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+
+    return MatrixGameDiT(DIT_PRESETS[config["dit"]["preset"]]).eval()
+
+
+def load_world(name_or_path: str | Path):
+    """The ready world (:class:`matrixgame.train.runs.World`) of a shipped folder: DiT and VAE
+    in fp32 on the CPU, the training window, frame size; ``meta`` is its config.json."""
+    from matrixgame.models.loading import load_checked
+    from matrixgame.train.memory_sampling import WindowConfig
+    from matrixgame.train.runs import World
+
+    folder = world_folder(name_or_path)
+    config = read_config(folder)
+    vae, dit = build_vae(config), build_dit(config)
+    for component, model in (("vae", vae), ("dit", dit)):
+        state = component_weights(folder, component)
+        if state is None:
+            raise ValueError(f"{folder}: {component}.safetensors is missing")
+        load_checked(model, state, str(folder / f"{component}.safetensors"))
+    window = WindowConfig(**config["window"])
+    return World(config.get("name", folder.name), dit, vae, window, config["height"],
+                 config["width"], int(config["dit"].get("step", 0)), config)  # fmt: skip
+
+
+def world_config(name: str, vae_meta: dict, vae_step: int, dit_meta: dict, dit_step: int,
+                 fps: float, kinematics: str, sampler: dict, **extra) -> dict:  # fmt: skip
+    """The config.json of a world assembled from its VAE and DiT runs' configs."""
+    return {
+        "name": name,
+        "vae": {"preset": vae_meta["preset"], "latent_mean": vae_meta["latent_mean"],
+                "latent_std": vae_meta["latent_std"], "step": vae_step},
+        "dit": {"preset": dit_meta["preset"], "step": dit_step,
+                "error_buffer": dit_meta.get("error_buffer", 1.0)},
+        "height": vae_meta["height"], "width": vae_meta["width"], "fps": fps,
+        "window": dit_meta["window"], "sampler": sampler, "kinematics": kinematics,
+        **extra,
+    }  # fmt: skip

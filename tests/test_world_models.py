@@ -1,0 +1,140 @@
+"""The default world's presets (the `doom` VAE and DiT) and the adversarial decoder stage."""
+
+import pytest
+import torch
+
+from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+from matrixgame.models.vae import VAE_PRESETS, FeatureCache, VAEConfig, WanVAE
+from matrixgame.train.adversarial import DecoderGAN, DecoderTask, PatchDiscriminator
+
+
+def _vae(seed: int = 0) -> WanVAE:
+    torch.manual_seed(seed)
+    return WanVAE(VAE_PRESETS["doom"]).eval()
+
+
+def test_doom_vae_shapes_and_factors():
+    cfg = VAE_PRESETS["doom"]
+    assert (cfg.spatial_factor, cfg.temporal_factor, cfg.z_dim) == (8, 4, 32)
+    vae = _vae()
+    x = torch.rand(2, 3, 9, 32, 48) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x)
+        assert z.shape == (2, 32, 3, 4, 6)
+        assert vae.decode(z).shape == x.shape
+
+
+def test_doom_vae_streaming_equals_whole():
+    """Encoding and decoding piece by piece with one cache equals the whole clip."""
+    vae = _vae(1)
+    x = torch.rand(1, 3, 13, 32, 48) * 2 - 1
+    with torch.no_grad():
+        whole = vae.encode(x)
+        cache = FeatureCache()
+        pieces = torch.cat([vae.encode(x[:, :, :5], cache), vae.encode(x[:, :, 5:], cache)], 2)
+        torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
+        full = vae.decode(whole)
+        cache = FeatureCache()
+        parts = [vae.decode(whole[:, :, i : i + 1], cache) for i in range(whole.shape[2])]
+        torch.testing.assert_close(torch.cat(parts, 2), full, atol=1e-5, rtol=1e-5)
+
+
+def test_doom_vae_gradients_reach_every_parameter():
+    vae = _vae(2).train()
+    x = torch.rand(1, 3, 5, 32, 48) * 2 - 1
+    recon, _ = vae(x)
+    (recon - x).abs().mean().backward()
+    missing = [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing, missing
+
+
+def test_vae_stage_flags_are_validated():
+    with pytest.raises(ValueError, match="last stage"):
+        VAEConfig(dim_mult=(1, 2), temporal_downsample=(True,), spatial_downsample=(False, True))
+    with pytest.raises(ValueError, match="spatial downsampling flags"):
+        VAEConfig(spatial_downsample=(True, False))
+
+
+def test_doom_dit_window_forward():
+    """The world model on a play window of the doom VAE's latents: 2 memory + 2 past + 1
+    current latents of 4x6 positions (32x48 frames), actions, camera rays, memory."""
+    torch.manual_seed(0)
+    dit = MatrixGameDiT(DIT_PRESETS["doom"]).eval()
+    b, m, f = 2, 2, 3
+    x = torch.randn(b, 32, f, 4, 6)
+    out = dit(
+        x,
+        torch.rand(b, f) * 1000,
+        keyboard=torch.zeros(b, 4 * f, 6),
+        mouse=torch.zeros(b, 4 * f, 2),
+        plucker=torch.randn(b, 6 * 64, m + f, 4, 6),
+        memory=torch.randn(b, 32, m, 4, 6),
+        memory_index=[1, 2],
+        keyboard_memory=-torch.ones(b, m, 6),
+        mouse_memory=torch.ones(b, m, 2),
+        first_index=4,
+    )
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def _gan(seed: int = 0) -> DecoderGAN:
+    torch.manual_seed(seed)
+    return DecoderGAN(WanVAE(VAE_PRESETS["doom"]), PatchDiscriminator(width=16)).train()
+
+
+def _grads(module) -> dict[str, float]:
+    return {n: 0.0 if p.grad is None else float(p.grad.abs().sum())
+            for n, p in module.named_parameters()}  # fmt: skip
+
+
+def test_adversarial_term_reaches_the_decoder_only():
+    model = _gan()
+    x = torch.rand(2, 3, 5, 32, 48) * 2 - 1
+    out = model(x, torch.full((2,), 0.1))
+    (-out["g_logits"].mean()).backward()  # the generator's adversarial term alone
+    grads = _grads(model)
+    decoder = [v for n, v in grads.items() if n.startswith("vae.decoder.")]
+    assert all(v == 0 for n, v in grads.items() if n.startswith(("vae.encoder.", "vae.conv1.")))
+    assert all(v == 0 for n, v in grads.items() if n.startswith("disc."))
+    assert sum(v > 0 for v in decoder) > 0.9 * len(decoder)
+
+
+def test_discriminator_loss_reaches_the_discriminator_only():
+    from matrixgame.train.adversarial import hinge_discriminator_loss
+
+    model = _gan(1)
+    out = model(torch.rand(1, 3, 5, 32, 48) * 2 - 1, torch.zeros(1))
+    hinge_discriminator_loss(out["d_real"], out["d_fake"]).backward()
+    grads = _grads(model)
+    assert all(v == 0 for n, v in grads.items() if n.startswith("vae."))
+    assert all(v > 0 for n, v in grads.items() if n.startswith("disc."))
+
+
+def test_encoder_is_frozen_and_latent_noise_changes_the_decoder_input():
+    model = _gan(2)
+    assert not any(p.requires_grad for p in model.vae.encoder.parameters())
+    x = torch.rand(1, 3, 5, 32, 48) * 2 - 1
+    torch.manual_seed(0)
+    clean = model(x, torch.zeros(1))["recon"]
+    torch.manual_seed(0)
+    noisy = model(x, torch.ones(1))["recon"]
+    assert not torch.allclose(clean, noisy)
+    with torch.no_grad():
+        torch.testing.assert_close(clean, model.vae.decode(model.vae.encode(x)))
+
+
+def test_decoder_task_weights_the_adversarial_term_adaptively():
+    """VQGAN's adaptive weight: ||grad rec|| / ||grad adv|| at the decoder's last layer,
+    scaled by ``adversarial``; 0 turns the term off."""
+    model = _gan(3)
+    batch = {"frames": torch.randint(0, 255, (2, 5, 32, 48, 3), dtype=torch.uint8)}
+    task = DecoderTask(height=32, width=48, adversarial=0.5)
+    torch.manual_seed(0)
+    loss, logs = task.loss(model, batch, 0)
+    assert torch.isfinite(loss) and logs["adv_weight"] > 0
+    torch.manual_seed(0)
+    _, off = DecoderTask(height=32, width=48, adversarial=0.0).loss(model, batch, 0)
+    assert off["adv_weight"] == 0.0
+    torch.manual_seed(0)
+    _, double = DecoderTask(height=32, width=48, adversarial=1.0).loss(model, batch, 0)
+    assert double["adv_weight"] == pytest.approx(2 * logs["adv_weight"], rel=1e-4)

@@ -1,0 +1,138 @@
+"""The world recipe (`matrixgame world build`) on the `tiny` spec: it runs end to end, resumes
+after a SIGKILL without redoing finished stages, ships a loadable world, and continues from
+the shipped weights alone when its work folder is gone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vizdoom")
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def build(work: Path, ship: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "matrixgame.cli", "world", "build", "--world", "tiny",
+            "--work", str(work), "--ship-to", str(ship), "--workers", "1", *extra]  # fmt: skip
+
+
+def _mtimes(work: Path) -> dict[str, int]:
+    files = [work / "data" / "manifest.json", work / "eval-data" / "manifest.json",
+             work / "latents" / "manifest.json",
+             *sorted((work / "vae").rglob("*.safetensors"))]  # fmt: skip
+    return {str(f.relative_to(work)): f.stat().st_mtime_ns for f in files}
+
+
+def _logged_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny world built with one SIGKILL in the world-model stage, then resumed."""
+    root = tmp_path_factory.mktemp("world")
+    work, ship = root / "work", root / "ship"
+    proc = subprocess.Popen(build(work, ship), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
+    latest = work / "dit" / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        if latest.exists():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    before = _mtimes(work)
+    dit_step = int(latest.read_text())
+    done = subprocess.run(build(work, ship), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"work": work, "ship": ship, "before": before, "killed_at": dit_step,
+            "output": done.stdout}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_keeps_finished_stages(built):
+    work = built["work"]
+    assert _mtimes(work) == built["before"]  # record, vae, latents: not redone
+    state = json.loads((work / "recipe.json").read_text())
+    assert all(state["stages"][s]["done"] for s in ("record", "vae", "latents", "dit", "ship"))
+    assert state["stages"]["dit"]["step"] == 8
+    steps = _logged_steps(work / "dit")
+    assert steps == sorted(steps) and steps[-1] == 8  # continued, not restarted
+    assert (work / "report" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_the_shipped_world_loads_decodes_and_rolls_out(built):
+    from matrixgame.data.shards import Manifest, read_clip
+    from matrixgame.inference.rollout import decode_frames, rollout
+    from matrixgame.train.latents import latent_clip
+    from matrixgame.worlds import load
+
+    ship = built["ship"]
+    for name in ("vae.safetensors", "dit.safetensors", "config.json", "README.md"):
+        assert (ship / name).exists(), name
+    world = load(ship)
+    assert (world.height, world.width) == (32, 48)
+    data = built["work"] / "eval-data"
+    name = sorted(Manifest.load(data).shards)[0]
+    clip = latent_clip(world.vae, read_clip(data / name), world.height, world.width, 41)
+    ctx = world.window.past + 1
+    out = rollout(world.dit, clip, ctx, ctx + 1, world.window, world.height, world.width)
+    frames = decode_frames(world.vae, out.latents)
+    assert frames.shape == (1 + 4 * ctx, 32, 48, 3) and frames.dtype.name == "uint8"
+    card = (ship / "README.md").read_text()
+    assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
+    config = json.loads((ship / "config.json").read_text())
+    assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
+
+
+@pytest.mark.slow
+def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path):
+    work, ship = tmp_path / "fresh", built["ship"]
+    more = ("--dit-steps", "10", "--decoder-steps", "6", "--until", "dit")
+    done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((work / "recipe.json").read_text())
+    assert state["stages"]["vae"].get("from_shipped") is True
+    steps = _logged_steps(work / "dit")
+    assert steps[0] > 8 and steps[-1] == 10  # counted on from the shipped step
+    decoder = _logged_steps(work / "decoder")
+    shipped_decoder = json.loads((ship / "config.json").read_text())["vae"]["step"]
+    assert decoder[0] > shipped_decoder and decoder[-1] == 6
+
+
+def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):
+    from matrixgame.worlds.recipe import HeldoutStop
+
+    scores = iter([1.0, 2.0, 1.5, 1.9, 1.2, 3.0, 2.0])
+    stop = HeldoutStop(tmp_path, patience=3, score=lambda: next(scores))
+    decisions = [stop(step) for step in range(7)]
+    assert decisions == [False, False, False, False, True, False, False]
+    assert [h["score"] for h in stop.history()] == [1.0, 2.0, 1.5, 1.9, 1.2, 3.0, 2.0]
+
+
+def test_unknown_world_and_bad_budget_are_clear_errors(capsys):
+    from matrixgame.cli import main
+
+    assert main(["world", "build", "--world", "nowhere"]) == 2
+    assert "unknown world 'nowhere'" in capsys.readouterr().err
+    assert main(["world", "build", "--hours", "0"]) == 2
+    assert "--hours must be positive" in capsys.readouterr().err
+
+
+def test_load_names_missing_worlds(tmp_path):
+    from matrixgame.worlds import load
+
+    with pytest.raises(ValueError, match="no world 'atlantis'"):
+        load("atlantis")
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a matrixgame-world/1 config"):
+        load(tmp_path)
