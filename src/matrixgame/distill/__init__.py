@@ -1,0 +1,1 @@
+"""Distillation objectives: the DMD distribution-matching loss and its critic's loss."""
