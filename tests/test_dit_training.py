@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from helpers import make_dataset
+from matrixgame.data.windows import WindowConfig, window_kwargs
 from matrixgame.diffusion.flow_matching import add_noise, flow_matching_loss
 from matrixgame.models.actions import ActionConfig
 from matrixgame.models.dit import DiTConfig, MatrixGameDiT
 from matrixgame.models.vae import VAE_PRESETS, WanVAE
 from matrixgame.train.dit_task import DiTTask
 from matrixgame.train.latents import LatentClips, cache_latents
-from matrixgame.train.memory_sampling import WindowConfig, WindowDataset, window_kwargs
+from matrixgame.train.memory_sampling import WindowDataset
 from matrixgame.train.trainer import TrainConfig, Trainer, _collate
 
 SMALL = DiTConfig(

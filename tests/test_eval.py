@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import make_dataset
+from matrixgame.data.windows import WindowConfig
 from matrixgame.eval.protocols import EvalConfig, loop_frames, loop_score, revisit_frames
 from matrixgame.geometry import pose_from_angles
 from matrixgame.geometry.frustum import ViewVolume
@@ -15,7 +16,7 @@ from matrixgame.inference.rollout import RolloutConfig, denoise_window, rollout
 from matrixgame.models.dit import MatrixGameDiT
 from matrixgame.models.vae import VAE_PRESETS, WanVAE
 from matrixgame.train.latents import LatentClips, cache_latents
-from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
+from matrixgame.train.memory_sampling import WindowDataset
 from matrixgame.train.trainer import _collate
 from test_dit_training import SMALL
 

@@ -40,8 +40,9 @@ Record an evaluation set with loops, e.g.:
 """,
     )
     p.add_argument("worlds", nargs="+", metavar="[NAME=]RUN",
-                   help="`train dit` run folders (several: compared in one report, e.g. "
-                        "error buffer off, or teacher vs student)")  # fmt: skip
+                   help="`train dit` run folders or shipped worlds (worlds/doom-e1m1, or its "
+                        "name); several are compared in one report, e.g. error buffer off, or "
+                        "teacher vs student")  # fmt: skip
     p.add_argument("--data", required=True, help="recorded dataset folder with held-out clips")
     p.add_argument("--out", required=True, help="report folder")
     splits = "heldout (maps and trajectories), heldout-map, heldout-traj, train, all"
@@ -67,12 +68,12 @@ Record an evaluation set with loops, e.g.:
 def _run_eval(args: argparse.Namespace) -> None:
     from matrixgame.eval.protocols import EvalConfig, evaluate
     from matrixgame.eval.report import write_report
-    from matrixgame.train.runs import trained_world
+    from matrixgame.worlds.shipped import open_world
 
     worlds = []
     for spec in args.worlds:
         name, _, run = spec.rpartition("=")
-        worlds.append(trained_world(run, name or None))
+        worlds.append(open_world(run, name or None))
     if len({w.name for w in worlds}) < len(worlds):
         raise ValueError("two worlds share a name: give them names, NAME=RUN")
     try:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from matrixgame.data.windows import WindowConfig, window_inputs, window_kwargs
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
-from matrixgame.train.memory_sampling import WindowConfig, window_inputs, window_kwargs
 from matrixgame.train.vae_task import to_uint8
 
 Tensor = torch.Tensor

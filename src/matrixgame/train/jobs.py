@@ -198,11 +198,12 @@ class DiTJob:
 
 
 def train_dit(job: DiTJob, deadline: float | None = None, stop: Stop = None) -> Trainer:
+    from matrixgame.data.windows import WindowConfig
     from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
     from matrixgame.train.dit_task import DiTTask
     from matrixgame.train.error_buffer import ErrorBuffer
     from matrixgame.train.latents import LatentClips
-    from matrixgame.train.memory_sampling import WindowConfig, WindowDataset
+    from matrixgame.train.memory_sampling import WindowDataset
     from matrixgame.train.run_log import RunLog
     from matrixgame.train.runs import vae_of
     from matrixgame.train.samples import generate_current, side_by_side, strip

@@ -79,8 +79,8 @@ def trained_world(run: str | Path, name: str | None = None) -> World:
     """The EMA DiT of a `train dit` run with its VAE (found through the run's latent cache)."""
     import torch
 
+    from matrixgame.data.windows import WindowConfig
     from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
-    from matrixgame.train.memory_sampling import WindowConfig
 
     state, config = latest_weights(run, model="dit")
     dit = MatrixGameDiT(DIT_PRESETS[config["preset"]]).eval()

@@ -429,9 +429,10 @@ def vae_heldout_psnr(run: Path, data: Path, clips: int = 4, frames: int = 65) ->
 def dit_heldout_loss(run: Path, latents: Path, windows: int = 32) -> float:
     """Minus the flow-matching loss of the run's EMA DiT on windows of a held-out latent
     cache, at fixed noise levels and noise (higher is better)."""
+    from matrixgame.data.windows import window_kwargs
     from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
     from matrixgame.train.latents import LatentClips
-    from matrixgame.train.memory_sampling import WindowDataset, window_kwargs
+    from matrixgame.train.memory_sampling import WindowDataset
     from matrixgame.train.runs import trained_world
     from matrixgame.train.trainer import _collate
 

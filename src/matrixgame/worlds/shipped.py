@@ -103,8 +103,8 @@ def build_dit(config: dict):
 def load_world(name_or_path: str | Path):
     """The ready world (:class:`matrixgame.train.runs.World`) of a shipped folder: DiT and VAE
     in fp32 on the CPU, the training window, frame size; ``meta`` is its config.json."""
+    from matrixgame.data.windows import WindowConfig
     from matrixgame.models.loading import load_checked
-    from matrixgame.train.memory_sampling import WindowConfig
     from matrixgame.train.runs import World
 
     folder = world_folder(name_or_path)
@@ -133,3 +133,14 @@ def world_config(name: str, vae_meta: dict, vae_step: int, dit_meta: dict, dit_s
         "window": dit_meta["window"], "sampler": sampler, "kinematics": kinematics,
         **extra,
     }  # fmt: skip
+
+
+def open_world(path: str | Path, name: str | None = None):
+    """A world from a `train dit` run folder or a shipped world (folder or name)."""
+    from matrixgame.train.runs import trained_world
+
+    if (Path(path) / "checkpoints").exists():
+        return trained_world(path, name)
+    world = load_world(path)
+    world.name = name or world.name
+    return world
