@@ -36,6 +36,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--init",
         help="start from these weights (a .safetensors of the model's state dict)",
     )
+    vae.add_argument("--cpu-bf16", action="store_true",
+                     help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
     vae.add_argument("--seed", type=int, default=0)
     vae.set_defaults(run_command=_run_train_vae)
 
@@ -66,6 +68,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--latent-noise", type=float, default=0.2,
                      help="max std of the noise added to the normalised latents")  # fmt: skip
     dec.add_argument("--checkpoint-every", type=int, default=200)
+    dec.add_argument("--cpu-bf16", action="store_true",
+                     help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
     dec.add_argument("--seed", type=int, default=0)
     dec.set_defaults(run_command=_run_train_decoder)
 
@@ -116,6 +120,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="recompute block activations in the backward pass (less memory, more time)",
     )
+    dit.add_argument("--cpu-bf16", action="store_true",
+                     help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
     dit.add_argument("--seed", type=int, default=0)
     dit.set_defaults(run_command=_run_train_dit)
 

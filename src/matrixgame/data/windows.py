@@ -75,23 +75,40 @@ def window_inputs(clip: dict, s: int, cfg: WindowConfig, height: int, width: int
     if cfg.sink and memory:
         chosen = torch.cat([torch.zeros(1, dtype=chosen.dtype), chosen])
     frames = slice(4 * s - 3, 4 * (window[-1]) + 1)
-    h, w = lat.shape[2:]
+    return assemble_window(
+        lat[:, chosen], c2w[chosen], chosen, lat[:, s : s + cfg.past],
+        lat[:, s + cfg.past : window[-1] + 1], c2w[list(window)], clip["keyboard"][frames],
+        clip["mouse"][frames], K, s, height, width,
+    )  # fmt: skip
+
+
+def assemble_window(memory: Tensor, memory_c2w: Tensor, memory_index: Tensor, past: Tensor,
+                    current: Tensor, window_c2w: Tensor, keyboard: Tensor, mouse: Tensor,
+                    K: Tensor, first_index: int, height: int, width: int) -> dict:  # fmt: skip
+    """One window's model inputs from its parts: memory latents ``[z, M, h, w]`` with their
+    poses ``[M, 4, 4]`` and sequence positions ``[M]``; past ``[z, P, h, w]`` and current
+    (``[z, 0, h, w]`` when generating) latents; the poses of the window's P + C latents
+    ``[P + C, 4, 4]`` and its frames' actions ``[4 (P + C) or 1 + 4 (P + C - 1), .]``; the
+    intrinsics at the frame size. Camera rays: memory relative to the window's first latent,
+    the window's latents each relative to the one before (as the release)."""
+    h, w = past.shape[2:]
+    window_c2w = window_c2w.double()
     rays = [
-        # memory: relative to the window's first latent; window: to the previous latent
-        relative_poses(torch.cat([c2w[s : s + 1], c2w[chosen]]), normalize_translation=True)[1:],
-        relative_poses(c2w[list(window)], framewise=True),
-    ]
+        relative_poses(torch.cat([window_c2w[:1], memory_c2w.double()]),
+                       normalize_translation=True)[1:],
+        relative_poses(window_c2w, framewise=True),
+    ]  # fmt: skip
     plucker = torch.cat(
         [fold_plucker(plucker_rays(r, K.double(), height, width), h, w) for r in rays], 1
     )
     return {
-        "memory": lat[:, chosen],
-        "past": lat[:, s : s + cfg.past],
-        "current": lat[:, s + cfg.past : window[-1] + 1],
-        "memory_index": chosen,
-        "first_index": torch.tensor(s),
-        "keyboard": clip["keyboard"][frames].float(),
-        "mouse": clip["mouse"][frames].float(),
+        "memory": memory,
+        "past": past,
+        "current": current,
+        "memory_index": memory_index,
+        "first_index": torch.tensor(first_index),
+        "keyboard": keyboard.float(),
+        "mouse": mouse.float(),
         "plucker": plucker.float(),
     }
 

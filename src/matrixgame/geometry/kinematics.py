@@ -261,12 +261,14 @@ def integrate_actions(
     config: KinematicsConfig,
     start: Trajectory | None = None,
     velocity: Tensor | None = None,
-) -> Trajectory:
+    return_velocity: bool = False,
+) -> Trajectory | tuple[Trajectory, Tensor]:
     """Poses after each of T actions: a Trajectory of T + 1 poses (the start pose first).
 
     ``keyboard [T, 6]``, ``mouse [T, 2]``; ``start`` is a one-pose Trajectory (origin, yaw 0
     by default) and ``velocity [2 or 3]`` the last tic's displacement before the first
-    action (zero). Height stays at the start's.
+    action (zero). Height stays at the start's. With ``return_velocity`` also the last tic's
+    displacement ``[2]`` after the last action, to continue from (a streaming session).
     """
     check_actions(keyboard, mouse)
     start = start or Trajectory.start()
@@ -293,7 +295,10 @@ def integrate_actions(
         out.append((x, y, yaw, pitch))
     t = torch.tensor(out, dtype=torch.float64)
     position = torch.stack([t[:, 0], t[:, 1], torch.full_like(t[:, 0], z)], -1)
-    return Trajectory(position, _wrap(t[:, 2]), t[:, 3])
+    trajectory = Trajectory(position, _wrap(t[:, 2]), t[:, 3])
+    if return_velocity:
+        return trajectory, torch.tensor(mom, dtype=torch.float64)
+    return trajectory
 
 
 def infer_actions(

@@ -49,6 +49,7 @@ class VAEJob:
     lr: float = 3e-4
     checkpoint_every: int = 200
     init: str | None = None  # start from these weights (a state dict .safetensors)
+    cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
 
 
@@ -88,7 +89,8 @@ def train_vae(job: VAEJob, deadline: float | None = None, stop: Stop = None) -> 
 
 def _train_config(job, **extra) -> TrainConfig:
     return TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
-                       checkpoint_every=job.checkpoint_every, seed=job.seed, **extra)  # fmt: skip
+                       checkpoint_every=job.checkpoint_every, seed=job.seed,
+                       cpu_bf16=getattr(job, "cpu_bf16", False), **extra)  # fmt: skip
 
 
 # -- VAE decoder: adversarial fine-tuning on noisy latents -------------------------------------
@@ -109,6 +111,7 @@ class DecoderJob:
     latent_noise: float = 0.2
     init: str | None = None  # decoder + discriminator state to start from (a safetensors)
     start_step: int = 0  # the step count of the weights in init (shipped weights)
+    cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
 
 
@@ -194,6 +197,7 @@ class DiTJob:
     grad_checkpointing: bool = False
     init: str | None = None
     start_step: int = 0  # the step count of the weights in init (shipped weights)
+    cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
 
 

@@ -1,5 +1,6 @@
 """One training loop for every model here: deterministic data order, EMA, gradient
-clipping, a guard against non-finite losses, bf16 autocast on CUDA, DDP under ``torchrun``,
+clipping, a guard against non-finite losses, bf16 autocast on CUDA (and optionally on CPUs
+with fast bf16), DDP under ``torchrun``,
 and atomic checkpoints from which ``resume`` continues bit for bit.
 
 A task supplies the loss: ``task.loss(model, batch, step) -> (loss, logs)``; the trainer
@@ -42,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0  # DataLoader workers
     bf16: bool = True  # autocast on CUDA (CPU runs stay fp32: they are the reference path)
+    cpu_bf16: bool = False  # bf16 autocast on the CPU too (where it has AVX-512 BF16 / AMX)
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer (FSDP2)
 
     def __post_init__(self) -> None:
@@ -154,8 +156,9 @@ class Trainer:
             self._seed_step()
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup))
+            cuda = self.device.type == "cuda"
             with torch.autocast(
-                "cuda", torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
+                self.device.type, torch.bfloat16, enabled=cfg.bf16 if cuda else cfg.cpu_bf16
             ):
                 loss, logs = self.task.loss(self.wrapped, batch, self.step)
             if not torch.isfinite(loss):  # skip the update; the data order moves on
@@ -203,7 +206,9 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        d = self.cfg.ema_decay
+        # warmed up (decay (1 + n) / (10 + n) early on), so a short run's EMA is not still
+        # half its random initialisation
+        d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         for k, v in self.model.state_dict().items():
             if v.is_floating_point():
                 self.ema[k].mul_(d).add_(v.detach().float(), alpha=1 - d)

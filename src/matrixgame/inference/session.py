@@ -1,0 +1,304 @@
+"""A streaming world: ``reset(start)`` then ``step(keyboard, mouse) -> frames``, segment by
+segment, the same interface as the game it learned (DIAMOND's environment), so the play
+server, the video generator and the evaluation drive it alike.
+
+Each step generates the world's ``current`` latents from noise (the sampler and its steps
+from the world's config), given the last ``past`` latents of the sequence so far and memory
+retrieved from the :class:`MemoryPool` by the pose the actions lead to, assembled exactly as
+the training windows (:func:`matrixgame.data.windows.assemble_window`); then the streaming
+decoder turns them into frames. Poses come from integrating the actions with the world's
+kinematics (momentum carried across steps), or are given (replaying a recording).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from matrixgame.data.windows import assemble_window
+from matrixgame.geometry.kinematics import (
+    KinematicsConfig,
+    Trajectory,
+    check_actions,
+    doom_kinematics,
+    get_preset,
+    integrate_actions,
+)
+from matrixgame.inference.memory import MemoryPool
+from matrixgame.inference.rollout import denoise_window
+from matrixgame.models.vae import FeatureCache
+from matrixgame.train.vae_task import frames_to_model, to_uint8
+
+Tensor = torch.Tensor
+MAX_MOUSE = 20.0  # mouse units per frame (300 degrees in Doom): more is an input error
+
+
+@dataclass
+class Start:
+    """Where a session begins: context latents ``[z, L, h, w]`` (L >= 1) with the poses of
+    their last frames ``c2w [L, 4, 4]``, every context frame's pose ``frame_c2w [N, 4, 4]``
+    and action ``keyboard [N, 6]`` / ``mouse [N, 2]`` (N = 1 + 4 (L - 1)), the intrinsics
+    ``K [4]`` at the world's frame size, and the kinematic momentum after the last frame."""
+
+    latents: Tensor
+    c2w: Tensor
+    frame_c2w: Tensor
+    keyboard: Tensor
+    mouse: Tensor
+    K: Tensor
+    velocity: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+    name: str = "start"
+
+    def __post_init__(self) -> None:
+        lat = self.latents
+        if lat.ndim != 4 or lat.shape[1] < 1:
+            raise ValueError(f"start latents must be [z, L >= 1, h, w], got {list(lat.shape)}")
+        n = 1 + 4 * (lat.shape[1] - 1)
+        shapes = {"c2w": (lat.shape[1], 4, 4), "frame_c2w": (n, 4, 4), "keyboard": (n, 6),
+                  "mouse": (n, 2), "K": (4,)}  # fmt: skip
+        for key, shape in shapes.items():
+            value = getattr(self, key)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"start {key} must be {list(shape)}, got {list(value.shape)}")
+            if not torch.isfinite(value.float()).all():
+                raise ValueError(f"start {key} contains NaN or infinite values")
+
+    @classmethod
+    def from_clip(cls, latent_clip: dict, latents: int, name: str = "recording") -> Start:
+        """The first ``latents`` latents of a latent clip (:func:`latent_clip`)."""
+        total = latent_clip["latents"].shape[1]
+        if not 1 <= latents <= total:
+            raise ValueError(f"a start from this clip takes 1..{total} latents, got {latents}")
+        n = 1 + 4 * (latents - 1)
+        clip = latent_clip
+        return cls(clip["latents"][:, :latents], clip["c2w"][:latents].double(),
+                   clip["frame_c2w"][:n].double(), clip["keyboard"][:n].float(),
+                   clip["mouse"][:n].float(), clip["K"].float(), name=name)  # fmt: skip
+
+    @classmethod
+    def from_image(cls, vae, image: np.ndarray, K: Tensor, height: int, width: int,
+                   c2w: Tensor | None = None, name: str = "image") -> Start:  # fmt: skip
+        """One frame ``[H, W, 3]`` uint8 (any size; resized to the world's), its intrinsics
+        ``K [4]`` at the world's size and pose (identity by default): a start of one latent."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"a start image must be uint8 [H, W, 3], got {image.dtype} "
+                             f"{list(image.shape)}")  # fmt: skip
+        x = frames_to_model(torch.as_tensor(image)[None, None], height, width)
+        with torch.no_grad():
+            latents = vae.encode(x)[0]
+        pose = (torch.eye(4, dtype=torch.float64) if c2w is None else c2w.double())[None]
+        return cls(latents, pose, pose.clone(), torch.zeros(1, 6), torch.zeros(1, 2),
+                   torch.as_tensor(K, dtype=torch.float32), name=name)  # fmt: skip
+
+
+@dataclass
+class SessionState:
+    """Everything a session carries between steps (explicit, so a step that fails changes
+    nothing: it builds the next state and swaps it in)."""
+
+    latents: Tensor  # [z, L, h, w] the sequence: context, then generated
+    c2w: Tensor  # [L, 4, 4] float64: pose of each latent's last frame
+    frame_c2w: Tensor  # [N, 4, 4] every frame's pose
+    keyboard: Tensor  # [N, 6] every frame's action (action t moves frame t to t + 1)
+    mouse: Tensor  # [N, 2]
+    velocity: Tensor  # [2] kinematic momentum after the last frame
+    pool: MemoryPool
+    decoder: FeatureCache
+    context: int  # latents given by the start
+    K: Tensor
+
+
+@dataclass
+class Segment:
+    """What one step produced."""
+
+    frames: np.ndarray | None  # [4 C, H, W, 3] uint8 (None when decoding is off)
+    latents: Tensor  # [z, C, h, w]
+    memory_index: list[int]  # sequence positions of the memory latents used
+    c2w: Tensor  # [4 C, 4, 4] the new frames' poses
+    dit_seconds: float
+    decode_seconds: float
+
+
+class WorldSession:
+    """A world model streaming frames for actions. ``world`` holds ``dit``, ``vae``,
+    ``window`` (:class:`WindowConfig`), ``height``, ``width`` and ``meta`` (its config:
+    ``kinematics``, ``sampler``, ``frame_skip``), as :func:`matrixgame.worlds.load` returns."""
+
+    def __init__(self, world, steps: int | None = None, shift: float | None = None,
+                 memory: bool = True, seed: int = 0, pool_cap: int | None = None,
+                 kinematics: KinematicsConfig | None = None, decode: bool = True,
+                 metres_per_unit: float | None = None) -> None:  # fmt: skip
+        meta = getattr(world, "meta", {}) or {}
+        sampler = meta.get("sampler", {})
+        self.world, self.window = world, world.window
+        self.height, self.width = world.height, world.width
+        self.steps = steps or sampler.get("steps", 4)
+        self.shift = shift or sampler.get("shift", 3.0)
+        self.memory, self.seed, self.pool_cap, self.decode = memory, seed, pool_cap, decode
+        self.kinematics = kinematics or _kinematics(meta)
+        self.metres_per_unit = metres_per_unit or self.kinematics.metres_per_unit
+        self.state: SessionState | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def frames_per_step(self) -> int:
+        return 4 * self.window.current
+
+    # -- reset --------------------------------------------------------------------------------
+
+    def reset(self, start: Start) -> np.ndarray | None:
+        """Begin at ``start``; returns its frames decoded ``[N, H, W, 3]`` uint8 (or None)."""
+        if not isinstance(start, Start):
+            raise ValueError(f"reset takes a Start (from_clip / from_image), not {type(start)}")
+        z, h, w = start.latents.shape[0], start.latents.shape[2], start.latents.shape[3]
+        stride = self.world.vae.config.spatial_factor if self.world.vae is not None else None
+        want = (self.world.dit.config.in_dim, *(
+            (self.height // stride, self.width // stride) if stride else (h, w)))  # fmt: skip
+        if (z, h, w) != want:
+            raise ValueError(f"start latents are [{z}, L, {h}, {w}]; this world takes "
+                             f"[{want[0]}, L, {want[1]}, {want[2]}]")  # fmt: skip
+        view = self.window.view(start.K, self.height, self.width, self.metres_per_unit)
+        pool = MemoryPool(view, self.pool_cap)
+        pool.add(start.latents, start.c2w, 0)
+        frames, decoder = self._decode(start.latents, FeatureCache())
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.state = SessionState(start.latents.clone(), start.c2w.clone(),
+                                  start.frame_c2w.clone(), start.keyboard.clone(),
+                                  start.mouse.clone(), start.velocity.clone(), pool, decoder,
+                                  start.latents.shape[1], start.K.clone())  # fmt: skip
+        return frames
+
+    # -- step ---------------------------------------------------------------------------------
+
+    def step(self, keyboard, mouse, c2w: Tensor | None = None) -> Segment:
+        """Generate the next segment for the actions of its ``4 C`` frames (``keyboard
+        [4C, 6]`` multi-hot W, S, A, D + 2 spare; ``mouse [4C, 2]`` pitch/yaw deltas).
+        ``c2w [4C, 4, 4]`` gives the frames' poses (a recorded trajectory) instead of
+        integrating the actions. Bad input raises ValueError and leaves the state as it was."""
+        st = self._require_state()
+        keyboard, mouse = self._check(keyboard, mouse)
+        poses, velocity = self._poses(st, keyboard, mouse, c2w)
+        seq_keyboard = torch.cat([st.keyboard, keyboard])
+        seq_mouse = torch.cat([st.mouse, mouse])
+        frame_c2w = torch.cat([st.frame_c2w, poses])
+        c = self.window.current
+        latent_c2w = torch.cat([st.c2w, poses[3::4]])  # each new latent's last frame
+        L = st.latents.shape[1]
+        past = min(self.window.past, L)
+        s = L - past  # the window's first latent
+        chosen = torch.zeros(0, dtype=torch.long)
+        if self.memory and past == self.window.past:  # short context: image-only, no memory
+            chosen = st.pool.retrieve(latent_c2w[L + c - 1], s, self.window.memory)
+            if self.window.sink:
+                chosen = torch.cat([torch.zeros(1, dtype=torch.long), chosen])
+        frames = slice(4 * s - 3 if s else 0, 4 * (L + c - 1) + 1)
+        item = assemble_window(
+            st.pool.latent(chosen) if len(chosen) else st.latents[:, :0],
+            latent_c2w[chosen], chosen, st.latents[:, s:], st.latents[:, :0],
+            latent_c2w[s:], seq_keyboard[frames], seq_mouse[frames], st.K, s,
+            self.height, self.width,
+        )  # fmt: skip
+        batch = {k: v[None] for k, v in item.items()}
+        start = time.perf_counter()
+        new = denoise_window(self.world.dit, batch, c, self.steps, self.shift, self.generator)[0]
+        dit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded, decoder = self._decode(new, st.decoder)
+        decode_seconds = time.perf_counter() - start
+        st.pool.add(new, latent_c2w[L:], L)
+        self.state = SessionState(torch.cat([st.latents, new.to(st.latents)], 1), latent_c2w,
+                                  frame_c2w, seq_keyboard, seq_mouse, velocity, st.pool,
+                                  decoder, st.context, st.K)  # fmt: skip
+        return Segment(decoded, new, chosen.tolist(), poses, dit_seconds, decode_seconds)
+
+    def _require_state(self) -> SessionState:
+        if self.state is None:
+            raise ValueError("call reset(start) before step()")
+        return self.state
+
+    def _check(self, keyboard, mouse) -> tuple[Tensor, Tensor]:
+        n = self.frames_per_step
+        try:
+            keyboard = torch.as_tensor(keyboard, dtype=torch.float32)
+            mouse = torch.as_tensor(mouse, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"actions must be numeric arrays: {err}") from err
+        if keyboard.shape != (n, 6) or mouse.shape != (n, 2):
+            got = f"{list(keyboard.shape)}, {list(mouse.shape)}"
+            raise ValueError(f"a step takes keyboard [{n}, 6] and mouse [{n}, 2] (a row per "
+                             f"frame), got {got}")  # fmt: skip
+        check_actions(keyboard, mouse)
+        if ((keyboard != 0) & (keyboard != 1)).any():
+            raise ValueError("keyboard values must be 0 or 1 (keys up or down)")
+        if mouse.abs().max() > MAX_MOUSE:
+            raise ValueError(f"mouse deltas must lie within +-{MAX_MOUSE} units per frame")
+        return keyboard, mouse
+
+    def _poses(self, st: SessionState, keyboard: Tensor, mouse: Tensor,
+               c2w: Tensor | None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The new frames' poses ``[4C, 4, 4]`` and the momentum after them."""
+        n = self.frames_per_step
+        if c2w is not None:
+            c2w = torch.as_tensor(c2w, dtype=torch.float64)
+            if c2w.shape != (n, 4, 4) or not torch.isfinite(c2w).all():
+                raise ValueError(f"step poses must be finite [{n}, 4, 4]")
+            return c2w, st.velocity
+        # action t moves frame t to t + 1: the new frames follow the last known frame's
+        # action, then this step's first 4C - 1
+        actions_kb = torch.cat([st.keyboard[-1:], keyboard[:-1]])
+        actions_ms = torch.cat([st.mouse[-1:], mouse[:-1]])
+        start = Trajectory.from_c2w(st.frame_c2w[-1:])
+        path, velocity = integrate_actions(actions_kb, actions_ms, self.kinematics, start,
+                                           st.velocity, return_velocity=True)  # fmt: skip
+        return path.c2w()[1:], velocity
+
+    def _decode(
+        self, latents: Tensor, cache: FeatureCache
+    ) -> tuple[np.ndarray | None, FeatureCache]:
+        """Frames of new latents through the streaming decoder; the cache is copied first, so
+        a failure leaves the session's own untouched."""
+        if not self.decode or self.world.vae is None:
+            return None, cache
+        cache = _copy_cache(cache)
+        with torch.no_grad():
+            video = self.world.vae.decode(latents[None].float(), cache)[0]  # [3, T, H, W]
+        return to_uint8(video.permute(1, 2, 3, 0)).numpy(), cache
+
+
+def _copy_cache(cache: FeatureCache) -> FeatureCache:
+    out = FeatureCache()
+    out.slots = list(cache.slots)  # tensors are replaced, never written in place
+    out.first = cache.first
+    return out
+
+
+def _kinematics(meta: dict) -> KinematicsConfig:
+    name = meta.get("kinematics")
+    if name == "doom" or name is None:
+        return doom_kinematics(meta.get("frame_skip", 2))
+    return get_preset(name)
+
+
+def replay(session: WorldSession, start: Start, clip: dict, total: int) -> Tensor:
+    """Latents ``[z, total, h, w]``: ``start``'s context, then the session stepped with a
+    latent clip's recorded actions and poses up to latent ``total - 1`` (the evaluation's
+    rollout). A last, shorter segment is not generated: ``total`` - context must be a
+    multiple of the world's current latents."""
+    session.reset(start)
+    n = session.frames_per_step
+    L = start.latents.shape[1]
+    if (total - L) % session.window.current:
+        raise ValueError(f"{total - L} latents to generate do not split into segments of "
+                         f"{session.window.current}")  # fmt: skip
+    out = [start.latents]
+    for j in range(L, total, session.window.current):
+        frames = slice(4 * j - 3, 4 * j - 3 + n)
+        seg = session.step(clip["keyboard"][frames], clip["mouse"][frames],
+                           clip["frame_c2w"][frames])  # fmt: skip
+        out.append(seg.latents)
+    return torch.cat(out, 1)

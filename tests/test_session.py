@@ -1,0 +1,176 @@
+"""The streaming world session: it replays a recording exactly as the evaluation's rollout,
+integrates actions into poses, retrieves memory from its pool as the training windows do,
+and refuses bad input without changing its state."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import random_poses
+from matrixgame.data.windows import WindowConfig, retrieve_memory
+from matrixgame.geometry.frustum import ViewVolume
+from matrixgame.inference.memory import MemoryPool
+from matrixgame.inference.rollout import RolloutConfig, rollout
+from matrixgame.inference.session import Start, WorldSession, replay
+from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+from matrixgame.models.vae import VAE_PRESETS, WanVAE
+
+H = W = 64  # the tiny VAE: 16x -> 4x4 latents
+
+
+def _world(current: int = 2, sink: bool = False):
+    torch.manual_seed(0)
+    dit = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
+    vae = WanVAE(VAE_PRESETS["tiny"]).eval()
+    window = WindowConfig(past=2, current=current, memory=2, sink=sink)
+    return SimpleNamespace(dit=dit, vae=vae, window=window, height=H, width=W, meta={})
+
+
+def _clip(latents: int = 12, seed: int = 0) -> dict:
+    """A latent clip: random latents and a smooth walk (so views overlap), random actions."""
+    g = torch.Generator().manual_seed(seed)
+    n = 1 + 4 * (latents - 1)
+    yaw = torch.cumsum(torch.randn(n, generator=g, dtype=torch.float64) * 8, 0)
+    from matrixgame.geometry import pose_from_angles
+
+    pos = torch.cumsum(torch.randn(n, 3, generator=g, dtype=torch.float64), 0)
+    pos[:, 2] = 0
+    frame_c2w = pose_from_angles(pos, yaw, torch.zeros(n, dtype=torch.float64)).float()
+    return {
+        "latents": torch.randn(16, latents, 4, 4, generator=g),
+        "c2w": frame_c2w[[0] + [4 * j for j in range(1, latents)]],
+        "frame_c2w": frame_c2w,
+        "keyboard": (torch.rand(n, 6, generator=g) > 0.7).float(),
+        "mouse": torch.randn(n, 2, generator=g) * 0.1,
+        "K": torch.tensor([32.0, 32.0, 32.0, 32.0]),
+    }
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink):
+    world, clip = _world(sink=sink), _clip()
+    context, total = 5, 11
+    reference = rollout(world.dit, clip, context, total, world.window, H, W, 1.0,
+                        RolloutConfig(steps=2, shift=3.0, seed=3))  # fmt: skip
+    session = WorldSession(world, steps=2, shift=3.0, seed=3, metres_per_unit=1.0, decode=False)
+    latents = replay(session, Start.from_clip(clip, context), clip, total)
+    assert torch.equal(latents, reference.latents)
+    session_off = WorldSession(world, steps=2, shift=3.0, seed=3, memory=False,
+                               metres_per_unit=1.0, decode=False)  # fmt: skip
+    off = rollout(world.dit, clip, context, total, world.window, H, W, 1.0,
+                  RolloutConfig(steps=2, shift=3.0, memory=False, seed=3))  # fmt: skip
+    assert torch.equal(replay(session_off, Start.from_clip(clip, context), clip, total),
+                       off.latents)  # fmt: skip
+
+
+def test_steps_decode_in_stream_what_the_whole_sequence_decodes_to():
+    world, clip = _world(), _clip()
+    session = WorldSession(world, steps=2, metres_per_unit=1.0)
+    frames = [session.reset(Start.from_clip(clip, 3))]
+    for _ in range(3):
+        seg = session.step(torch.zeros(8, 6), torch.zeros(8, 2))
+        assert seg.frames.shape == (8, H, W, 3) and seg.frames.dtype == np.uint8
+        frames.append(seg.frames)
+    with torch.no_grad():
+        whole = world.vae.decode(session.state.latents[None])[0]
+    from matrixgame.train.vae_task import to_uint8
+
+    expected = to_uint8(whole.permute(1, 2, 3, 0)).numpy()
+    np.testing.assert_array_equal(np.concatenate(frames), expected)
+
+
+def test_actions_are_integrated_into_poses_with_momentum():
+    world = _world(current=1)
+    session = WorldSession(world, steps=1, decode=False)  # doom kinematics
+    clip = _clip()
+    clip["keyboard"].zero_()  # standing still at the start
+    clip["mouse"].zero_()
+    session.reset(Start.from_clip(clip, 3))
+    start = session.state.frame_c2w[-1].clone()
+    forward = torch.zeros(4, 6)
+    forward[:, 0] = 1  # W held
+    first = session.step(forward, torch.zeros(4, 2)).c2w
+    second = session.step(forward, torch.zeros(4, 2)).c2w
+    steps = torch.cat([start[None], first, second])[:, :3, 3].diff(dim=0).norm(dim=1)
+    assert steps[0] == 0  # the first new frame follows the context's last action (none)
+    assert (steps[2:].diff() > 0).all()  # Doom's momentum: the speed builds up
+    view = start[:3, 2]  # camera z (forward) in the world
+    moved = second[-1, :3, 3] - start[:3, 3]
+    assert torch.dot(moved, view) > 0.99 * moved.norm()  # straight ahead
+
+
+def test_bad_input_is_refused_and_leaves_the_state_unchanged():
+    world, clip = _world(), _clip()
+    session = WorldSession(world, steps=1, metres_per_unit=1.0)
+    with pytest.raises(ValueError, match="reset"):
+        session.step(torch.zeros(8, 6), torch.zeros(8, 2))
+    session.reset(Start.from_clip(clip, 3))
+    before = session.state
+    latents = before.latents.clone()
+    bad = [
+        (torch.zeros(4, 6), torch.zeros(4, 2), "keyboard \\[8, 6\\]"),
+        (torch.zeros(8, 6), torch.full((8, 2), float("nan")), "NaN|finite"),
+        (torch.full((8, 6), 0.5), torch.zeros(8, 2), "0 or 1"),
+        (torch.zeros(8, 6), torch.full((8, 2), 1e6), "mouse deltas"),
+        ("left", torch.zeros(8, 2), "."),
+    ]
+    for keyboard, mouse, message in bad:
+        with pytest.raises(ValueError, match=message):
+            session.step(keyboard, mouse)
+        assert session.state is before and torch.equal(session.state.latents, latents)
+    with pytest.raises(ValueError, match="Start"):
+        session.reset("E1M1")
+    with pytest.raises(ValueError, match="this world takes"):
+        session.reset(Start.from_clip({**clip, "latents": torch.randn(16, 12, 2, 2)}, 3))
+    with pytest.raises(ValueError, match="1..12 latents"):
+        Start.from_clip(clip, 13)
+    assert session.state is before
+
+
+def test_an_image_start_generates_without_memory():
+    world = _world()
+    session = WorldSession(world, steps=1)
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    start = Start.from_image(world.vae, image, torch.tensor([32.0, 32.0, 32.0, 32.0]), H, W)
+    assert session.reset(start).shape == (1, H, W, 3)
+    seg = session.step(torch.zeros(8, 6), torch.zeros(8, 2))
+    assert seg.memory_index == [] and seg.frames.shape == (8, H, W, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        Start.from_image(world.vae, image.astype(np.float32), torch.ones(4), H, W)
+
+
+def test_pool_retrieval_equals_the_training_windows_selection():
+    g = torch.Generator().manual_seed(4)
+    c2w = random_poses(300, g, extent=6.0)
+    view = ViewVolume.from_fov(64, 64, 90.0, 0.1, 8.0)
+    pool = MemoryPool(view)
+    for start in range(0, 300, 7):  # added in uneven pieces, as a session does
+        pool.add(torch.zeros(1, min(7, 300 - start), 1, 1), c2w[start : start + 7], start)
+    for s, last in ((50, 52), (120, 125), (299, 299)):
+        expected = retrieve_memory(c2w, s, last, 5, view)
+        assert torch.equal(pool.retrieve(c2w[last], s, 5), expected)
+
+
+def test_pool_cap_and_deduplication():
+    g = torch.Generator().manual_seed(5)
+    view = ViewVolume.from_fov(64, 64, 90.0, 0.1, 8.0)
+    pool = MemoryPool(view, cap=10)
+    c2w = random_poses(25, g, extent=4.0)
+    pool.add(torch.arange(25.0).view(1, 25, 1, 1), c2w, 0)
+    assert pool.positions.tolist() == [0, *range(16, 25)]  # the first, then the latest
+    assert pool.latent(torch.tensor([0, 20]))[0, :, 0, 0].tolist() == [0.0, 20.0]
+    with pytest.raises(ValueError, match="not all in the pool"):
+        pool.latent(torch.tensor([3]))
+    same = torch.eye(4, dtype=torch.float64).repeat(6, 1, 1)  # six copies of one view
+    same[3:, 0, 3] = 2.0  # three copies of a view beside it (partly overlapping)
+    dup = MemoryPool(view)
+    dup.add(torch.zeros(1, 6, 1, 1), same, 0)
+    plain = dup.retrieve(same[1], 6, 2)
+    unique = dup.retrieve(same[1], 6, 2, dedup=0.9)
+    assert len(plain) == len(unique) == 2
+    assert (same[plain][:, 0, 3] == 0).all()  # plain top-k: two copies of the same view
+    assert sorted(same[unique][:, 0, 3].tolist()) == [0.0, 2.0]  # one of each view
+    with pytest.raises(ValueError, match="cap"):
+        MemoryPool(view, cap=1)
