@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The library itself only asks for a range (pyproject.toml).
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo world test lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 # The most complete job so far: record a small Doom dataset (exact poses and actions),
 # check it and draw a contact sheet, walk an action script through the geometry core, then
-# run the training pipeline briefly (VAE, latent cache, world model) with sample strips, and
-# evaluate that world model on held-out trajectories (a report with plots and strips).
+# run the training pipeline briefly (VAE, latent cache, world model) with sample strips,
+# evaluate that world model on held-out trajectories (a report with plots and strips), and
+# list the shipped default world with its held-out figures.
 demo: setup
 	$(BIN)/matrixgame record --out runs/demo-data --maps E1M1 --frames 4096 --clip-frames 1024 --workers 2
 	$(BIN)/matrixgame inspect runs/demo-data --sheet runs/demo-data/sheet.png
@@ -33,6 +34,13 @@ demo: setup
 	$(BIN)/matrixgame record --out runs/demo-eval-data --maps E1M1 --frames 1200 --clip-frames 400 --loop-fraction 0.5 --heldout-every 1 --seed 1
 	$(BIN)/matrixgame train idm --data runs/demo-data --out runs/demo-idm --steps 300 --height 48 --width 64 --checkpoint-every 100
 	$(BIN)/matrixgame eval runs/demo-dit --data runs/demo-eval-data --idm runs/demo-idm --out runs/demo-report --seconds 12 --clips 1
+	$(BIN)/matrixgame world list
+
+# The default world's recipe (record, autoencoder, latents, decoder, world model, evaluation,
+# shipping into worlds/doom-e1m1/); resumable: `make world HOURS=2` trains two more hours.
+HOURS ?=
+world: setup
+	$(BIN)/matrixgame world build --world doom-e1m1 $(if $(HOURS),--hours $(HOURS))
 
 test: setup lint
 	$(BIN)/python -m pytest -q

@@ -41,7 +41,10 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    from matrixgame.accel.capability import cpu_capability
+
+    info = {"cpu": cpu, "capability": cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}  # fmt: skip
     if torch.cuda.is_available():
         info["cuda"] = torch.cuda.get_device_name()
     return info

@@ -37,6 +37,9 @@ CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     build.add_argument("--work", default="runs/world", help="folder of the stages' runs")
     build.add_argument("--hours", type=float, help="stop this call after this long (resume later)")
     build.add_argument("--until", default="ship", choices=STAGES, help="last stage to run")
+    build.add_argument("--only", choices=STAGES,
+                       help="run just this stage (its inputs done): e.g. the decoder and the "
+                            "world model side by side, one process each")  # fmt: skip
     build.add_argument("--vae-steps", type=int, help="autoencoder steps (target)")
     build.add_argument("--decoder-steps", type=int, help="decoder fine-tuning steps (target)")
     build.add_argument("--dit-steps", type=int, help="world-model steps (target)")
@@ -62,7 +65,7 @@ def _run_build(args: argparse.Namespace) -> None:
     spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
                      dit_steps=args.dit_steps, frames=args.frames)  # fmt: skip
     recipe = Recipe(spec, args.work, args.hours, args.workers, args.ship_to)
-    state = recipe.run(args.until)
+    state = recipe.run(args.until, args.only)
     for stage, info in state["stages"].items():
         step = f" step {info['step']}" if "step" in info else ""
         print(f"{stage:8s} {'done' if info.get('done') else 'partial'}{step}")

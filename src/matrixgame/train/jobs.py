@@ -133,7 +133,9 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
                        latent_noise=job.latent_noise)  # fmt: skip
     meta = {"model": "vae", "stage": "decoder", "encoder_run": str(job.vae),
             "weights_prefix": "vae.", **_vae_meta(job.vae), "task": asdict(task)}  # fmt: skip
-    trainer = Trainer(model, task, data, _train_config(job), meta)
+    # no joint gradient clipping: the discriminator's gradients (norm ~100) would scale the
+    # decoder's down with them; Adam normalises each parameter's step anyway
+    trainer = Trainer(model, task, data, _train_config(job, grad_clip=float("inf")), meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)
     probe = data[0]["frames"][None]

@@ -1,6 +1,7 @@
 """The model card of a shipped world (``worlds/<name>/README.md``): what it was trained on,
 how long, its held-out figures against the goals and baselines, strips, a rollout GIF, the
-training log (a row per recipe call that trained), and the command that reproduces it."""
+people's notes (``NOTES.md``, kept as written), the training log (a row per recipe call that
+trained), and the command that reproduces it."""
 
 from __future__ import annotations
 
@@ -130,6 +131,9 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
     if (folder / "rollout.gif").exists():
         lines += ["", "**A 60-s rollout of a held-out trajectory (left: real, right: generated; "
                   "every second frame)**", "", "![rollout](rollout.gif)"]  # fmt: skip
+    notes = folder / "NOTES.md"  # written by people, kept across recipe runs
+    if notes.exists():
+        lines += ["", "## Notes", "", notes.read_text().strip()]
     lines += ["", "## Training log", "",
               "| date | device | threads | hours | trained (to step) | VAE / decoder / DiT steps "
               "| PSNR | SSIM |", "|---|---|---:|---:|---|---|---:|---:|"]  # fmt: skip

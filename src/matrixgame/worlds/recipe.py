@@ -27,6 +27,11 @@ from matrixgame.io import atomic_write_text
 from matrixgame.worlds import shipped
 
 STAGES = ("record", "vae", "latents", "decoder", "dit", "idm", "eval", "ship")
+PREREQUISITES = {
+    "record": (), "vae": ("record",), "latents": ("record", "vae"),
+    "decoder": ("record", "vae", "latents"), "dit": ("record", "vae", "latents"),
+    "idm": ("record",), "eval": ("dit", "idm"), "ship": ("eval",),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,9 +141,15 @@ class Recipe:
     def _save_state(self) -> None:
         atomic_write_text(self.work / "recipe.json", json.dumps(self.state, indent=1))
 
-    def _mark(self, stage: str, **info) -> None:
-        self.state["stages"].setdefault(stage, {}).update(info)
+    def _update(self, change) -> None:
+        """Apply ``change(state)`` to the state as it is on disk now (another process may be
+        running another stage, `--only`), then save it."""
+        self.state = self._load_state()
+        change(self.state)
         self._save_state()
+
+    def _mark(self, stage: str, **info) -> None:
+        self._update(lambda state: state["stages"].setdefault(stage, {}).update(info))
 
     def done(self, stage: str) -> bool:
         return bool(self.state["stages"].get(stage, {}).get("done"))
@@ -156,14 +167,24 @@ class Recipe:
 
     # -- the stages ------------------------------------------------------------------------
 
-    def run(self, until: str = "ship") -> dict:
-        """Run the stages up to ``until``; returns the state (``stages``: per stage what
-        was done). Stops early, with everything checkpointed, at the deadline."""
-        if until not in STAGES:
-            raise ValueError(f"unknown stage {until!r}; choose from {STAGES}")
+    def run(self, until: str = "ship", only: str | None = None) -> dict:
+        """Run the stages up to ``until`` (or just ``only``, whose earlier stages must be
+        done: the decoder and the world model can then train side by side, one process
+        each); returns the state (``stages``: per stage what was done). Stops early, with
+        everything checkpointed, at the deadline."""
+        for name in (until, only):
+            if name is not None and name not in STAGES:
+                raise ValueError(f"unknown stage {name!r}; choose from {STAGES}")
         self.work.mkdir(parents=True, exist_ok=True)
+        stages = STAGES[: STAGES.index(until) + 1]
+        if only is not None:
+            needed = [s for s in STAGES[: STAGES.index(only)] if s in PREREQUISITES[only]]
+            missing = [s for s in needed if not self.done(s)]
+            if missing:
+                raise ValueError(f"--only {only} needs the stages {missing} done first")
+            stages = (only,)
         start, trained = time.monotonic(), {}
-        for stage in STAGES[: STAGES.index(until) + 1]:
+        for stage in stages:
             if self.out_of_time():
                 self.progress(f"[{stage}] out of time: rerun to continue")
                 break
@@ -356,6 +377,22 @@ class Recipe:
             frame_skip=s.frame_skip, maps=list(s.maps),
         )  # fmt: skip
         shipped.write_config(folder, config)
+        shipped.save_starts(folder, self.starts())
+
+    def starts(self, count: int = 4) -> list:
+        """Session starts from the held-out trajectories: each one's first full window of
+        context (past + memory + 1 latents), from the cached held-out latents."""
+        from matrixgame.inference.session import Start
+        from matrixgame.train.latents import LatentClips
+
+        clips = LatentClips(self.work / "eval-latents", split=None)
+        need = self.spec.past + self.spec.memory + 1
+        out = []
+        for clip, meta in zip(clips.clips, clips.meta, strict=True):
+            if clip["latents"].shape[1] >= need and len(out) < count:
+                name = f"{meta.get('map', '?')} {meta.get('agent', 'trajectory')} {len(out)}"
+                out.append(Start.from_clip(clip, need, name))
+        return out
 
     def rollout_gif(self, seconds: float = 60.0) -> Path:
         """A GIF of the longest held-out explore clip rolled out for ``seconds``: real left,
@@ -383,8 +420,7 @@ class Recipe:
                "device": _device_name(), "threads": torch.get_num_threads(), "trained": trained,
                "steps": {k: self._step(k) for k in ("vae", "decoder", "dit")},
                "figures": self.state["stages"].get("ship", {}).get("figures")}  # fmt: skip
-        self.state["sessions"].append(row)
-        self._save_state()
+        self._update(lambda state: state["sessions"].append(row))
 
 
 class HeldoutStop:

@@ -21,6 +21,7 @@ from matrixgame.io import atomic_path, atomic_write_text
 
 WORLD_FORMAT = "matrixgame-world/1"
 COMPONENTS = ("vae", "dit", "discriminator")
+START_KEYS = ("latents", "c2w", "frame_c2w", "keyboard", "mouse", "K")
 
 
 def worlds_root() -> Path:
@@ -144,3 +145,42 @@ def open_world(path: str | Path, name: str | None = None):
     world = load_world(path)
     world.name = name or world.name
     return world
+
+
+def save_starts(folder: str | Path, starts: list) -> Path:
+    """``starts.safetensors``: session starts (:class:`matrixgame.inference.session.Start`),
+    the context latents and poses of held-out trajectories, so a fresh clone can play."""
+    tensors, names = {}, []
+    for i, start in enumerate(starts):
+        for key in START_KEYS:
+            value = getattr(start, key)
+            tensors[f"{i}.{key}"] = (value.to(torch.bfloat16) if key == "latents"
+                                     else value.float()).contiguous()  # fmt: skip
+        names.append(start.name)
+    path = Path(folder) / "starts.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"format": WORLD_FORMAT, "names": json.dumps(names)})
+    return path
+
+
+def load_starts(folder: str | Path) -> list:
+    """The shipped starts of a world (an empty list when it ships none)."""
+    from safetensors import safe_open
+
+    from matrixgame.inference.session import Start
+
+    path = world_folder(folder) / "starts.safetensors"
+    if not path.exists():
+        return []
+    with safe_open(str(path), framework="pt") as f:
+        names = json.loads((f.metadata() or {}).get("names", "[]"))
+        starts = []
+        for i, name in enumerate(names):
+            try:
+                parts = {k: f.get_tensor(f"{i}.{k}") for k in START_KEYS}
+            except Exception as err:  # a missing or renamed key: say which file
+                raise ValueError(f"{path}: start {i} is incomplete ({err})") from err
+            parts = {k: v.float() if k in ("latents", "keyboard", "mouse", "K") else v.double()
+                     for k, v in parts.items()}  # fmt: skip
+            starts.append(Start(**parts, name=name))
+    return starts

@@ -1,0 +1,111 @@
+"""Real time on the CPU: a streaming WorldSession of the default world, end to end (DiT, memory
+retrieval, streaming decode), with memory pools of 1k and 10k latents, and the report's
+ablation of batched retrieval (a per-candidate Python loop like the release's).
+
+    python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20]
+
+The pool is filled with latents along a random walk before timing, so retrieval scores the
+whole pool every segment. Rows name the CPU capability (AVX2-only machines: see
+benchmarks/vae_decode.py for the emulation flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import median_ms, print_table, write_json
+from matrixgame.accel.capability import cpu_capability
+from matrixgame.geometry import pose_from_angles
+from matrixgame.geometry.frustum import overlap_sampled
+from matrixgame.inference.session import Start, WorldSession
+from matrixgame.worlds import load
+
+
+def walk(n: int, seed: int = 0) -> torch.Tensor:
+    """``[n, 4, 4]`` poses of a random walk on a floor (Doom units)."""
+    g = torch.Generator().manual_seed(seed)
+    yaw = torch.cumsum(torch.randn(n, generator=g, dtype=torch.float64) * 5, 0)
+    pos = torch.cumsum(torch.randn(n, 3, generator=g, dtype=torch.float64) * 8, 0)
+    pos[:, 2] = 41.0
+    return pose_from_angles(pos, yaw, torch.zeros(n, dtype=torch.float64))
+
+
+def session_with_pool(world, pool: int, steps: int) -> WorldSession:
+    """A session reset from a start of ``pool`` random latents along a walk."""
+    f = world.vae.config.spatial_factor
+    h, w = world.height // f, world.width // f
+    z = world.dit.config.in_dim
+    c2w = walk(pool)
+    frames = 1 + 4 * (pool - 1)
+    frame_c2w = c2w[torch.arange(frames).div(4, rounding_mode="ceil").clamp(max=pool - 1)]
+    K = torch.tensor([world.width / 2, world.width / 2 * 1.2, world.width / 2, world.height / 2])
+    start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
+                  torch.zeros(frames, 2), K)  # fmt: skip
+    session = WorldSession(world, steps=steps, decode=True)
+    session.world.vae, vae = None, session.world.vae  # skip decoding the whole start
+    session.reset(start)
+    session.world.vae = vae
+    return session
+
+
+def loop_retrieval(pool, query, before: int, k: int):
+    """The release's way: one overlap call (and a .item()) per candidate."""
+    rows = pool.candidates(before)
+    scores = [overlap_sampled(query, pool.frusta[r : r + 1], pool.view).item() for r in rows]
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:k]
+    return sorted(int(pool.positions[rows[i]]) for i in order)
+
+
+def retrieval_ms(session: WorldSession) -> tuple[float, float]:
+    """Milliseconds of one segment's memory retrieval: batched, and looped per candidate."""
+    st, window = session.state, session.window
+    before, query = st.latents.shape[1] - window.past, st.c2w[-1]
+    batched = median_ms(lambda: st.pool.retrieve(query, before, window.memory), 20)
+    looped = median_ms(lambda: loop_retrieval(st.pool, query, before, window.memory), 1, 0)
+    return batched, looped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", default="doom-e1m1")
+    parser.add_argument("--steps", type=int, default=3, help="denoising steps per segment")
+    parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    world = load(args.world)
+    rows = []
+    for pool in args.pools:
+        session = session_with_pool(world, pool, args.steps)
+        n = session.frames_per_step
+        keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
+        keys[:, 0] = 1
+        session.step(keys, mouse)  # warm-up
+        dit, decode, total = [], [], []
+        for _ in range(args.segments):
+            start = time.perf_counter()
+            seg = session.step(keys, mouse)
+            total.append(time.perf_counter() - start)
+            dit.append(seg.dit_seconds)
+            decode.append(seg.decode_seconds)
+        batched, looped = retrieval_ms(session)
+        seg_ms = 1e3 * sorted(total)[len(total) // 2]
+        rows.append({
+            "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
+            "steps": args.steps, "frames_per_segment": n,
+            "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),
+            "dit_ms": round(1e3 * sorted(dit)[len(dit) // 2], 1),
+            "decode_ms": round(1e3 * sorted(decode)[len(decode) // 2], 1),
+            "retrieval_ms": round(batched, 2),
+            "retrieval_loop_ms": round(looped, 1),
+            "fps_with_loop_retrieval": round(n / (seg_ms - batched + looped) * 1e3, 1),
+        })  # fmt: skip
+    print_table(rows, list(rows[0]))
+    print(write_json("realtime", {"rows": rows, "world": args.world}))
+
+
+if __name__ == "__main__":
+    main()
