@@ -1,2 +1,3 @@
-"""Acceleration kept apart from the models: what the CPU can do fast (``capability``) and
-INT8 attention/FFN projections swapped into the DiT (``int8``)."""
+"""Acceleration kept apart from the models: what the CPU can do fast (``capability``),
+INT8 attention/FFN projections swapped into the DiT (``int8``), and light decoders pruned
+from a trained one and distilled against it (``light_vae``)."""

@@ -1,5 +1,5 @@
-"""`matrixgame train vae | decoder | latents | dit | idm`: parse the options, run the job
-(:mod:`matrixgame.train.jobs`)."""
+"""`matrixgame train vae | decoder | light-vae | latents | dit | idm`: parse the options, run
+the job (:mod:`matrixgame.train.jobs`; light-vae: :mod:`matrixgame.accel.light_vae`)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,38 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                      help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
     dec.add_argument("--seed", type=int, default=0)
     dec.set_defaults(run_command=_run_train_decoder)
+
+    light = what.add_parser(
+        "light-vae",
+        help="a light decoder: a trained decoder pruned by 50%% or 75%%, then distilled",
+        description=(
+            "Prune the decoder of a VAE (a `train vae` / `train decoder` run, or a Wan2.2 "
+            "VAE .pth) as MG-LightVAE: every layer keeps the teacher's channels of largest "
+            "filter L1 norm (--rate 0.5 keeps half, 0.75 a quarter), consistently through "
+            "residual and shortcut paths, and the student decoder is then distilled against "
+            "the teacher's on the latents of the dataset's frames (L1 + L2, optionally "
+            "stage features). The encoder stays the teacher's; the result is a VAE run "
+            "like any other (`train latents` and the world model read it); resumable."
+        ),
+    )
+    light.add_argument("--data", required=True, help="dataset folder")
+    light.add_argument("--vae", required=True, help="the teacher: a VAE run, or a Wan2.2 .pth")
+    light.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    light.add_argument("--rate", type=float, required=True,
+                       help="share of decoder channels pruned: 0.5 or 0.75")  # fmt: skip
+    light.add_argument("--steps", type=int, default=2000)
+    light.add_argument("--batch-size", type=int, default=4)
+    light.add_argument("--frames", type=int, default=9, help="frames per sample (1 + 4k)")
+    light.add_argument("--height", type=int, help="frame height (default: the teacher run's)")
+    light.add_argument("--width", type=int, help="frame width (default: the teacher run's)")
+    light.add_argument("--lr", type=float, default=1e-4)
+    light.add_argument("--features", type=float, default=0.0,
+                       help="weight of the stage-feature loss on the kept channels")  # fmt: skip
+    light.add_argument("--checkpoint-every", type=int, default=200)
+    light.add_argument("--cpu-bf16", action="store_true",
+                       help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
+    light.add_argument("--seed", type=int, default=0)
+    light.set_defaults(run_command=_run_train_light_vae)
 
     lat = what.add_parser(
         "latents",
@@ -170,6 +202,15 @@ def _run_train_decoder(args: argparse.Namespace) -> None:
 
     trainer = train_decoder(_job(DecoderJob, args))
     print(f"step {trainer.step}: psnr {trainer.last_logs.get('psnr', 0.0):.2f} dB")
+
+
+def _run_train_light_vae(args: argparse.Namespace) -> None:
+    from matrixgame.accel.light_vae import LightVAEJob, train_light_vae
+
+    trainer = train_light_vae(_job(LightVAEJob, args))
+    logs = trainer.last_logs
+    print(f"step {trainer.step}: psnr against the teacher {logs.get('psnr_teacher', 0.0):.2f} "
+          f"dB, against the frames {logs.get('psnr', 0.0):.2f} dB")  # fmt: skip
 
 
 def _run_train_latents(args: argparse.Namespace) -> None:

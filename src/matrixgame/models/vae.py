@@ -57,6 +57,7 @@ class VAEConfig:
     spatial_downsample: tuple[bool, ...] | None = None
     patch_size: int = 2  # pixels folded into channels at both ends (3 p^2 channels)
     pruning_rate: float = 0.0  # MG-LightVAE: decoder (and encoder) widths scaled by 1 - rate
+    prune_encoder: bool = True  # False: only the decoder is pruned (accel/light_vae.py)
     latent_mean: tuple[float, ...] | None = field(default=WAN22_LATENT_MEAN, repr=False)
     latent_std: tuple[float, ...] | None = field(default=WAN22_LATENT_STD, repr=False)
 
@@ -469,7 +470,7 @@ class WanVAE(nn.Module):
         super().__init__()
         self.config = config
         keep = 1.0 - config.pruning_rate
-        dim = max(1, round(config.dim * keep))
+        dim = max(1, round(config.dim * keep)) if config.prune_encoder else config.dim
         dec_dim = max(1, round(config.dec_dim * keep))
         z = config.z_dim
         down_t, down_s = config.temporal_downsample, config.down_spatial

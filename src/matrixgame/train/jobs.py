@@ -156,9 +156,12 @@ def _vae_meta(run: str) -> dict:
 
     vae, (height, width) = trained_vae(run)
     _, config = latest_weights(run, model="vae")
-    return {"preset": config["preset"], "height": height, "width": width,
+    meta = {"preset": config["preset"], "height": height, "width": width,
             "latent_mean": vae.latent_mean.flatten().tolist(),
             "latent_std": vae.latent_std.flatten().tolist()}  # fmt: skip
+    if vae.config.pruning_rate:  # a light decoder run
+        meta["pruning_rate"] = vae.config.pruning_rate
+    return meta
 
 
 # -- latent cache ------------------------------------------------------------------------------

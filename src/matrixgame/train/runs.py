@@ -29,7 +29,7 @@ def latest_weights(run: str | Path, prefix: str = "ema.",
 
 
 def trained_vae(run: str | Path):
-    """The EMA VAE of a `train vae` run (or of its adversarial decoder stage), with the
+    """The EMA VAE of a `train vae` run (or of its adversarial or light decoder stage), with the
     training size (height, width); latents normalised by the run's statistics when it has
     them (``latent_stats.json``, or the decoder stage's config)."""
     from dataclasses import replace
@@ -46,6 +46,8 @@ def trained_vae(run: str | Path):
     if "latent_mean" in config:
         preset = replace(preset, latent_mean=tuple(config["latent_mean"]),
                          latent_std=tuple(config["latent_std"]))  # fmt: skip
+    if config.get("pruning_rate"):  # a light decoder (accel/light_vae.py): the full encoder
+        preset = replace(preset, pruning_rate=config["pruning_rate"], prune_encoder=False)
     vae = WanVAE(preset).eval()
     vae.load_state_dict(state)
     return vae, (config["height"], config["width"])

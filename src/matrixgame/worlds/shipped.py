@@ -92,6 +92,8 @@ def build_vae(config: dict):
     spec = config["vae"]
     preset = replace(VAE_PRESETS[spec["preset"]], latent_mean=tuple(spec["latent_mean"]),
                      latent_std=tuple(spec["latent_std"]))  # fmt: skip
+    if spec.get("pruning_rate"):  # a light decoder beside the full encoder
+        preset = replace(preset, pruning_rate=spec["pruning_rate"], prune_encoder=False)
     return WanVAE(preset).eval()
 
 
@@ -127,7 +129,9 @@ def world_config(name: str, vae_meta: dict, vae_step: int, dit_meta: dict, dit_s
     return {
         "name": name,
         "vae": {"preset": vae_meta["preset"], "latent_mean": vae_meta["latent_mean"],
-                "latent_std": vae_meta["latent_std"], "step": vae_step},
+                "latent_std": vae_meta["latent_std"], "step": vae_step,
+                **({"pruning_rate": vae_meta["pruning_rate"]} if "pruning_rate" in vae_meta
+                   else {})},
         "dit": {"preset": dit_meta["preset"], "step": dit_step,
                 "error_buffer": dit_meta.get("error_buffer", 1.0)},
         "height": vae_meta["height"], "width": vae_meta["width"], "fps": fps,
