@@ -109,6 +109,22 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert decoder[0] > shipped_decoder and decoder[-1] == 6
 
 
+@pytest.mark.slow
+def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
+    """--hours: the world model trains until the training deadline (a quarter of the call is
+    kept for evaluation), then the call evaluates and ships what it has."""
+    work, ship = built["work"], built["ship"]
+    more = ("--dit-steps", "100000", "--hours", "0.02")
+    done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((work / "recipe.json").read_text())
+    dit = state["stages"]["dit"]
+    assert 8 < dit["step"] < 100000 and not dit["done"] and dit["stopped"] == "deadline"
+    assert state["stages"]["eval"]["dit_step"] == dit["step"]  # evaluated what it trained
+    assert state["stages"]["ship"]["done"]
+    assert state["sessions"][-1]["trained"]["dit"] == dit["step"]
+
+
 def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):
     from matrixgame.worlds.recipe import HeldoutStop
 

@@ -30,8 +30,13 @@ STAGES = ("record", "vae", "latents", "decoder", "dit", "idm", "eval", "ship")
 PREREQUISITES = {
     "record": (), "vae": ("record",), "latents": ("record", "vae"),
     "decoder": ("record", "vae", "latents"), "dit": ("record", "vae", "latents"),
-    "idm": ("record",), "eval": ("dit", "idm"), "ship": ("eval",),
+    "idm": ("record",), "eval": ("latents", "idm"), "ship": ("eval",),
 }  # fmt: skip
+STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "dit": "dit_steps",
+                "idm": "idm_steps"}  # fmt: skip
+# training stages that the evaluation can take as they are when a call runs out of time
+CONTINUED = ("decoder", "dit")
+EVAL_RESERVE_S = 1200.0  # at most this much of a bounded call is kept for eval and ship
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class Recipe:
             Path(self.ship_to) if self.ship_to else shipped.worlds_root() / self.spec.name
         )
         self.deadline = None if self.hours is None else time.monotonic() + 3600 * self.hours
+        self.train_deadline = self.deadline
         self.state = self._load_state()
 
     # -- state -----------------------------------------------------------------------------
@@ -152,7 +158,18 @@ class Recipe:
         self._update(lambda state: state["stages"].setdefault(stage, {}).update(info))
 
     def done(self, stage: str) -> bool:
-        return bool(self.state["stages"].get(stage, {}).get("done"))
+        """Finished: a training stage reached its (current) step target or stopped early;
+        a larger target reopens it, except the autoencoder once latents exist (they, and
+        everything trained on them, depend on its encoder)."""
+        info = self.state["stages"].get(stage, {})
+        if not info.get("done"):
+            return False
+        target = STEP_TARGETS.get(stage)
+        if target is None or info.get("stopped") == "stop" or info.get("from_shipped"):
+            return True
+        if stage == "vae" and self.state["stages"].get("latents", {}).get("done"):
+            return True
+        return info.get("step", 0) >= getattr(self.spec, target)
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -183,20 +200,28 @@ class Recipe:
             if missing:
                 raise ValueError(f"--only {only} needs the stages {missing} done first")
             stages = (only,)
-        start, trained = time.monotonic(), {}
+        start = time.monotonic()
+        self.trained: dict[str, int] = {}  # stage -> step reached, for the training log
+        self.train_deadline = self.deadline
+        if self.deadline is not None and "eval" in stages:  # keep time to evaluate and ship
+            left = self.deadline - start
+            self.train_deadline = self.deadline - min(0.25 * left, EVAL_RESERVE_S)
         for stage in stages:
-            if self.out_of_time():
-                self.progress(f"[{stage}] out of time: rerun to continue")
-                break
             if self.done(stage) and not self._stale(stage):
                 continue
+            late = self.train_deadline is not None and time.monotonic() >= self.train_deadline
+            if stage in CONTINUED and late:
+                self.progress(f"[{stage}] out of training time: the next call continues it")
+                continue
+            # past the training deadline only the short stages that evaluate and ship go on
+            if stage not in ("idm", "eval", "ship") and (late or self.out_of_time()):
+                self.progress(f"[{stage}] out of time: rerun to continue")
+                break
             self.progress(f"[{stage}] ...")
             result = getattr(self, f"stage_{stage}")()
-            if result is False:  # the stage ran out of time
+            if result is False and stage not in CONTINUED:  # ran out of time mid-stage
                 break
-            if isinstance(result, dict):
-                trained.update(result)
-        self._log_session(trained, time.monotonic() - start)
+        self._log_session(self.trained, time.monotonic() - start)
         return self.state
 
     def stage_record(self) -> None:
@@ -226,7 +251,7 @@ class Recipe:
                      height=s.height, width=s.width, lr=s.vae_lr,
                      checkpoint_every=s.checkpoint_every, cpu_bf16=self.cpu_bf16)  # fmt: skip
         stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
-        trainer = train_vae(job, self.deadline, stop)
+        trainer = train_vae(job, self.train_deadline, stop)
         return self._finish("vae", trainer, s.vae_steps)
 
     def stage_latents(self) -> None:
@@ -253,7 +278,7 @@ class Recipe:
                          latent_noise=s.decoder_latent_noise, init=init,
                          start_step=start, cpu_bf16=self.cpu_bf16)  # fmt: skip
         stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
-        trainer = train_decoder(job, self.deadline, stop)
+        trainer = train_decoder(job, self.train_deadline, stop)
         return self._finish("decoder", trainer, s.decoder_steps)
 
     def stage_dit(self):
@@ -270,7 +295,7 @@ class Recipe:
                      init=init, start_step=start, cpu_bf16=self.cpu_bf16)  # fmt: skip
         heldout = self.work / "eval-latents"
         stop = HeldoutStop(out, s.patience, lambda: dit_heldout_loss(out, heldout))
-        trainer = train_dit(job, self.deadline, stop)
+        trainer = train_dit(job, self.train_deadline, stop)
         return self._finish("dit", trainer, s.dit_steps)
 
     def stage_idm(self):
@@ -281,11 +306,15 @@ class Recipe:
         trainer = train_idm(job, self.deadline)
         return self._finish("idm", trainer, self.spec.idm_steps)
 
-    def stage_eval(self) -> None:
+    def stage_eval(self) -> bool | None:
         from matrixgame.eval.idm import trained_idm
         from matrixgame.eval.protocols import evaluate
         from matrixgame.eval.report import write_report
 
+        missing = [s for s in ("dit", "idm") if not _has_checkpoint(self.path(s))]
+        if missing:
+            self.progress(f"[eval] no {' or '.join(missing)} checkpoint yet: nothing to evaluate")
+            return False
         world = self.world()
         config = self.eval_config()
         results = evaluate([world], self.heldout, config,
@@ -326,8 +355,8 @@ class Recipe:
         done = trainer.step >= target or trainer.stopped == "stop"
         self._mark(stage, done=done, step=trainer.step, stopped=trainer.stopped,
                    logs=_scalars(trainer.last_logs))  # fmt: skip
-        trained = {stage: trainer.step}
-        return trained if trainer.stopped != "deadline" else False
+        self.trained[stage] = trainer.step
+        return False if trainer.stopped == "deadline" else None
 
     def _stale(self, stage: str) -> bool:
         """The evaluation (and shipping) are redone when a model trained since."""
