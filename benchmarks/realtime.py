@@ -1,6 +1,8 @@
 """Real time on the CPU: a streaming WorldSession of the default world, end to end (DiT, memory
-retrieval, streaming decode), with memory pools of 1k and 10k latents, and the report's
-ablation of batched retrieval (a per-candidate Python loop like the release's).
+retrieval, streaming decode), with memory pools of 1k and 10k latents, as the report's
+ablation: the full stack (INT8 attention projections where the CPU has fast int8), minus
+INT8, and minus batched retrieval (a per-candidate Python loop like the release's). The
+light decoder and compile rows join when the world ships a light decoder / compile exists.
 
     python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20]
 
@@ -18,6 +20,7 @@ import torch
 
 from common import median_ms, print_table, write_json
 from matrixgame.accel.capability import cpu_capability
+from matrixgame.accel.int8 import quantize_dit
 from matrixgame.geometry import pose_from_angles
 from matrixgame.geometry.frustum import overlap_sampled
 from matrixgame.inference.session import Start, WorldSession
@@ -40,7 +43,7 @@ def session_with_pool(world, pool: int, steps: int) -> WorldSession:
     z = world.dit.config.in_dim
     c2w = walk(pool)
     frames = 1 + 4 * (pool - 1)
-    frame_c2w = c2w[torch.arange(frames).div(4, rounding_mode="ceil").clamp(max=pool - 1)]
+    frame_c2w = c2w[(torch.arange(frames) + 3).div(4, rounding_mode="floor").clamp(max=pool - 1)]
     K = torch.tensor([world.width / 2, world.width / 2 * 1.2, world.width / 2, world.height / 2])
     start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
                   torch.zeros(frames, 2), K)  # fmt: skip
@@ -76,35 +79,48 @@ def main() -> None:
     parser.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
     args = parser.parse_args()
     torch.manual_seed(0)
-    world = load(args.world)
+    fp32 = load(args.world)
+    int8 = load(args.world)
+    report = quantize_dit(int8.dit)
     rows = []
     for pool in args.pools:
-        session = session_with_pool(world, pool, args.steps)
-        n = session.frames_per_step
-        keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
-        keys[:, 0] = 1
-        session.step(keys, mouse)  # warm-up
-        dit, decode, total = [], [], []
-        for _ in range(args.segments):
-            start = time.perf_counter()
-            seg = session.step(keys, mouse)
-            total.append(time.perf_counter() - start)
-            dit.append(seg.dit_seconds)
-            decode.append(seg.decode_seconds)
-        batched, looped = retrieval_ms(session)
-        seg_ms = 1e3 * sorted(total)[len(total) // 2]
-        rows.append({
-            "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
-            "steps": args.steps, "frames_per_segment": n,
-            "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),
-            "dit_ms": round(1e3 * sorted(dit)[len(dit) // 2], 1),
-            "decode_ms": round(1e3 * sorted(decode)[len(decode) // 2], 1),
-            "retrieval_ms": round(batched, 2),
-            "retrieval_loop_ms": round(looped, 1),
-            "fps_with_loop_retrieval": round(n / (seg_ms - batched + looped) * 1e3, 1),
-        })  # fmt: skip
+        for name, world in (("full", int8), ("minus INT8", fp32)):
+            if name == "full" and not report.quantized:
+                continue  # no fast int8 here: "full" is the fp32 row (the report says why)
+            rows.append(measure(world, pool, args, name, report))
+    print(f"int8: {report.backend} ({report.reason})")
     print_table(rows, list(rows[0]))
-    print(write_json("realtime", {"rows": rows, "world": args.world}))
+    print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason}))
+
+
+def measure(world, pool: int, args, name: str, report) -> dict:
+    """One configuration's row: segment time and FPS as measured, its parts, and the FPS with
+    the retrieval looped per candidate instead of batched."""
+    session = session_with_pool(world, pool, args.steps)
+    n = session.frames_per_step
+    keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
+    keys[:, 0] = 1
+    session.step(keys, mouse)  # warm-up
+    dit, decode, total = [], [], []
+    for _ in range(args.segments):
+        start = time.perf_counter()
+        seg = session.step(keys, mouse)
+        total.append(time.perf_counter() - start)
+        dit.append(seg.dit_seconds)
+        decode.append(seg.decode_seconds)
+    batched, looped = retrieval_ms(session)
+    seg_ms = 1e3 * sorted(total)[len(total) // 2]
+    return {
+        "stack": name, "int8": report.backend if name == "full" else "none",
+        "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
+        "steps": args.steps, "frames_per_segment": n,
+        "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),
+        "dit_ms": round(1e3 * sorted(dit)[len(dit) // 2], 1),
+        "decode_ms": round(1e3 * sorted(decode)[len(decode) // 2], 1),
+        "retrieval_ms": round(batched, 2),
+        "retrieval_loop_ms": round(looped, 1),
+        "fps_minus_device_retrieval": round(n / (seg_ms - batched + looped) * 1e3, 1),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -174,3 +174,20 @@ def test_pool_cap_and_deduplication():
     assert sorted(same[unique][:, 0, 3].tolist()) == [0.0, 2.0]  # one of each view
     with pytest.raises(ValueError, match="cap"):
         MemoryPool(view, cap=1)
+
+
+def test_a_session_outgrows_the_rope_table():
+    """Past ``rope_positions`` latents the window's positions shift down together (RoPE is
+    relative), so a long session keeps stepping."""
+    from dataclasses import replace
+
+    world = _world(current=2)
+    world.dit = MatrixGameDiT(replace(DIT_PRESETS["tiny"], rope_positions=12)).eval()
+    session = WorldSession(world, steps=1, metres_per_unit=1.0, decode=False)
+    session.reset(Start.from_clip(_clip(), 5))
+    for _ in range(6):  # to 17 latents, beyond the table of 12
+        seg = session.step(torch.zeros(8, 6), torch.zeros(8, 2))
+        assert torch.isfinite(seg.latents).all()
+    assert session.state.latents.shape[1] == 17
+    memory, first = session._positions(torch.tensor([1, 9]), 14, 18)
+    assert memory.tolist() == [0, 3] and first == 8

@@ -44,6 +44,7 @@ CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     build.add_argument("--decoder-steps", type=int, help="decoder fine-tuning steps (target)")
     build.add_argument("--dit-steps", type=int, help="world-model steps (target)")
     build.add_argument("--frames", type=int, help="training frames to record")
+    build.add_argument("--eval-clips", type=int, help="held-out clips per evaluation protocol")
     build.add_argument("--workers", type=int, default=2, help="recording processes")
     build.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     build.add_argument("--ship-to", help="shipped world folder (default: worlds/NAME)")
@@ -63,7 +64,8 @@ def _run_build(args: argparse.Namespace) -> None:
     if args.hours is not None and args.hours <= 0:
         raise ValueError("--hours must be positive")
     spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
-                     dit_steps=args.dit_steps, frames=args.frames)  # fmt: skip
+                     dit_steps=args.dit_steps, frames=args.frames,
+                     eval_clips=args.eval_clips)  # fmt: skip
     recipe = Recipe(spec, args.work, args.hours, args.workers, args.ship_to)
     state = recipe.run(args.until, args.only)
     for stage, info in state["stages"].items():

@@ -197,10 +197,11 @@ class WorldSession:
             if self.window.sink:
                 chosen = torch.cat([torch.zeros(1, dtype=torch.long), chosen])
         frames = slice(4 * s - 3 if s else 0, 4 * (L + c - 1) + 1)
+        memory_index, first = self._positions(chosen, s, L + c)
         item = assemble_window(
             st.pool.latent(chosen) if len(chosen) else st.latents[:, :0],
-            latent_c2w[chosen], chosen, st.latents[:, s:], st.latents[:, :0],
-            latent_c2w[s:], seq_keyboard[frames], seq_mouse[frames], st.K, s,
+            latent_c2w[chosen], memory_index, st.latents[:, s:], st.latents[:, :0],
+            latent_c2w[s:], seq_keyboard[frames], seq_mouse[frames], st.K, first,
             self.height, self.width,
         )  # fmt: skip
         batch = {k: v[None] for k, v in item.items()}
@@ -215,6 +216,15 @@ class WorldSession:
                                   frame_c2w, seq_keyboard, seq_mouse, velocity, st.pool,
                                   decoder, st.context, st.K)  # fmt: skip
         return Segment(decoded, new, chosen.tolist(), poses, dit_seconds, decode_seconds)
+
+    def _positions(self, chosen: Tensor, first: int, end: int) -> tuple[Tensor, int]:
+        """Temporal RoPE positions of the window's memory and first latent. RoPE attends by
+        position differences, so once the sequence outgrows the model's table
+        (``rope_positions``) every index is shifted down by the same amount (exact), and
+        memory older than the table reaches is placed at its far end (as "long ago")."""
+        table = self.world.dit.config.rope_positions
+        shift = max(0, end - table)
+        return (chosen - shift).clamp(min=0), first - shift
 
     def _require_state(self) -> SessionState:
         if self.state is None:

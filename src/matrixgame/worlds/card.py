@@ -130,7 +130,7 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
             lines += ["", f"**{title}**", "", f"![{name}](strip_{name}.png)"]
     if (folder / "rollout.gif").exists():
         lines += ["", "**A 60-s rollout of a held-out trajectory (left: real, right: generated; "
-                  "every second frame)**", "", "![rollout](rollout.gif)"]  # fmt: skip
+                  "every fourth frame)**", "", "![rollout](rollout.gif)"]  # fmt: skip
     notes = folder / "NOTES.md"  # written by people, kept across recipe runs
     if notes.exists():
         lines += ["", "## Notes", "", notes.read_text().strip()]
