@@ -60,9 +60,7 @@ def figures_of(report: dict, name: str) -> dict:
 def goals(f: dict) -> list[tuple[str, str, bool | None]]:
     """(goal, measured, met) rows of the default-world issue's goals."""
 
-    def get(k):
-        return f.get(k)
-
+    get = f.get
     rows = []
 
     def row(goal, measured, met):
