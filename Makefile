@@ -1,5 +1,6 @@
-# Two entry points for a fresh machine: `make demo` (set up, run the main job) and
-# `make test` (set up, lint, run the tests). Everything lives in .venv.
+# Two entry points for a fresh machine: `make play` (set up, walk the shipped default world
+# in the browser) and `make test` (set up, lint, run the tests). `make demo` tours the
+# pipeline. Everything lives in .venv.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 # The library itself only asks for a range (pyproject.toml).
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo world test lint format bench clean
+.PHONY: setup play demo world browser test lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The most complete job so far: record a small Doom dataset (exact poses and actions),
+# The main job: the shipped default world in your browser (W/A/S/D, the mouse), served on
+# 127.0.0.1:$(PORT).
+PORT ?= 8000
+play: setup
+	$(BIN)/matrixgame play --world doom-e1m1 --port $(PORT)
+
+# The pipeline tour: record a small Doom dataset (exact poses and actions),
 # check it and draw a contact sheet, walk an action script through the geometry core, then
 # run the training pipeline briefly (VAE, latent cache, world model) with sample strips,
 # evaluate that world model on held-out trajectories (a report with plots and strips), and
@@ -42,7 +49,15 @@ HOURS ?=
 world: setup
 	$(BIN)/matrixgame world build --world doom-e1m1 $(if $(HOURS),--hours $(HOURS))
 
-test: setup lint
+# Debian's Chromium for the browser test (Playwright drives it; no browser is downloaded).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+browser:
+	@test -x $(CHROMIUM) || $(APT) install -y -q --no-install-recommends chromium \
+		|| { $(APT) update -q && $(APT) install -y -q --no-install-recommends chromium; }
+
+test: setup lint browser
 	$(BIN)/python -m pytest -q
 
 lint: setup
@@ -59,4 +74,4 @@ bench: setup
 	$(BIN)/python benchmarks/annotation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts

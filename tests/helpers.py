@@ -1,5 +1,6 @@
 """Shared test inputs: random rigid poses and the golden reference tensors."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -64,4 +65,41 @@ def make_dataset(root: Path, clips: int = 2, frames: int = 24, height: int = 48,
         sha = write_clip(root / name, clip)
         manifest.shards[name] = {"sha256": sha, "frames": frames, "split": "train"}
     manifest.save()
+    return root
+
+
+def make_world_folder(root: Path, starts: int = 2, current: int = 1, fps: float = 17.5) -> Path:
+    """A shipped-world folder of random tiny models (64x64 frames, 4x4x16 latents) with
+    ``starts`` session starts along a short walk, as `world build` would ship one."""
+    from matrixgame.data.windows import WindowConfig
+    from matrixgame.inference.session import Start
+    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+    from matrixgame.models.vae import VAE_PRESETS, WanVAE
+    from matrixgame.worlds import shipped
+
+    torch.manual_seed(0)
+    vae, dit = WanVAE(VAE_PRESETS["tiny"]), MatrixGameDiT(DIT_PRESETS["tiny"])
+    shipped.save_component(root, "vae", vae.state_dict())
+    shipped.save_component(root, "dit", dit.state_dict())
+    window = WindowConfig(past=2, current=current, memory=2)
+    meta = {"preset": "tiny", "latent_mean": [0.0] * 16, "latent_std": [1.0] * 16,
+            "height": 64, "width": 64}  # fmt: skip
+    dit_meta = {"preset": "tiny", "window": asdict(window)}
+    config = shipped.world_config("tiny-test", meta, 1, dit_meta, 1, fps, "doom",
+                                  {"name": "euler", "steps": 2, "shift": 3.0},
+                                  frame_skip=2)  # fmt: skip
+    shipped.write_config(root, config)
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(starts):
+        latents = 3
+        n = 1 + 4 * (latents - 1)
+        pos = torch.zeros(n, 3, dtype=torch.float64)
+        pos[:, 0] = torch.arange(n) * 4.0 + 100 * i
+        pos[:, 2] = 41.0
+        frame_c2w = pose_from_angles(pos, torch.zeros(n, dtype=torch.float64) + 30 * i)
+        out.append(Start(torch.randn(16, latents, 4, 4, generator=g),
+                         frame_c2w[[0, 4, 8]], frame_c2w, torch.zeros(n, 6), torch.zeros(n, 2),
+                         torch.tensor([32.0, 32.0, 32.0, 32.0]), name=f"spawn {i}"))  # fmt: skip
+    shipped.save_starts(root, out)
     return root

@@ -10,7 +10,7 @@ import torch
 
 from helpers import random_poses
 from matrixgame.data.windows import WindowConfig, retrieve_memory
-from matrixgame.geometry.frustum import ViewVolume
+from matrixgame.geometry.frustum import Frusta, ViewVolume
 from matrixgame.inference.memory import MemoryPool
 from matrixgame.inference.rollout import RolloutConfig, rollout
 from matrixgame.inference.session import Start, WorldSession, replay
@@ -68,13 +68,15 @@ def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink):
 def test_steps_decode_in_stream_what_the_whole_sequence_decodes_to():
     world, clip = _world(), _clip()
     session = WorldSession(world, steps=2, metres_per_unit=1.0)
-    frames = [session.reset(Start.from_clip(clip, 3))]
+    start = Start.from_clip(clip, 3)
+    frames, latents = [session.reset(start)], [start.latents]
     for _ in range(3):
         seg = session.step(torch.zeros(8, 6), torch.zeros(8, 2))
         assert seg.frames.shape == (8, H, W, 3) and seg.frames.dtype == np.uint8
         frames.append(seg.frames)
+        latents.append(seg.latents)
     with torch.no_grad():
-        whole = world.vae.decode(session.state.latents[None])[0]
+        whole = world.vae.decode(torch.cat(latents, 1)[None])[0]
     from matrixgame.train.vae_task import to_uint8
 
     expected = to_uint8(whole.permute(1, 2, 3, 0)).numpy()
@@ -159,7 +161,10 @@ def test_pool_cap_and_deduplication():
     pool = MemoryPool(view, cap=10)
     c2w = random_poses(25, g, extent=4.0)
     pool.add(torch.arange(25.0).view(1, 25, 1, 1), c2w, 0)
-    assert pool.positions.tolist() == [0, *range(16, 25)]  # the first, then the latest
+    # the first, then the latest: down to 7/8 of the cap at once
+    assert pool.positions.tolist() == [0, *range(17, 25)]
+    pool.add(torch.full((1, 1, 1, 1), 25.0), random_poses(1, g, extent=4.0), 25)
+    assert pool.positions.tolist() == [0, *range(17, 26)]  # up to the cap again
     assert pool.latent(torch.tensor([0, 20]))[0, :, 0, 0].tolist() == [0.0, 20.0]
     with pytest.raises(ValueError, match="not all in the pool"):
         pool.latent(torch.tensor([3]))
@@ -188,6 +193,27 @@ def test_a_session_outgrows_the_rope_table():
     for _ in range(6):  # to 17 latents, beyond the table of 12
         seg = session.step(torch.zeros(8, 6), torch.zeros(8, 2))
         assert torch.isfinite(seg.latents).all()
-    assert session.state.latents.shape[1] == 17
+    assert session.state.length == 17 and session.state.latents.shape[1] == 2  # the tail
     memory, first = session._positions(torch.tensor([1, 9]), 14, 18)
     assert memory.tolist() == [0, 3] and first == 8
+
+
+def test_a_pool_grown_one_latent_at_a_time_equals_one_built_at_once():
+    g = torch.Generator().manual_seed(6)
+    view = ViewVolume.from_fov(64, 64, 90.0, 0.1, 8.0)
+    c2w = random_poses(70, g, extent=4.0)
+    latents = torch.randn(3, 70, 2, 2, generator=g)
+    for cap in (None, 40):
+        whole, grown = MemoryPool(view, cap), MemoryPool(view, cap)
+        whole.add(latents, c2w, 0)
+        for i in range(70):
+            grown.add(latents[:, i : i + 1], c2w[i : i + 1], i)
+        assert len(grown) <= (cap or 70)
+        keep = grown.positions
+        assert torch.equal(grown.latent(keep), latents[:, keep])
+        assert torch.equal(grown.pose(keep), c2w[keep])
+        reference = Frusta.from_poses(c2w[keep], view)
+        assert torch.equal(grown.frusta.planes, reference.planes)
+        if cap is None:
+            assert torch.equal(grown.latents, whole.latents)
+            assert torch.equal(grown.retrieve(c2w[-1], 70, 4), whole.retrieve(c2w[-1], 70, 4))

@@ -1,6 +1,6 @@
 """The `matrixgame` command: one module per verb group, each only parsing its arguments and
 calling the library (data: trajectory, record, import, inspect; train; evaluate: eval;
-world: build, list)."""
+world: build, list; play: play, generate)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from matrixgame import __version__
-from matrixgame.cli import data, evaluate, train, world
+from matrixgame.cli import data, evaluate, play, train, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_train(sub)
     evaluate.add_eval(sub)
     world.add_world(sub)
+    play.add_play(sub)
+    play.add_generate(sub)
     return parser
 
 

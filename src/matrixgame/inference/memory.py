@@ -6,8 +6,9 @@ Retrieval scores all candidates at once (:func:`overlap_sampled`) and takes the 
 same selection the training windows make (:func:`matrixgame.data.windows.retrieve_memory`);
 optional de-duplication skips a candidate that overlaps an already chosen one by more than
 ``dedup`` (near-identical views waste memory slots). Cap policy: beyond ``cap`` latents the
-oldest are dropped, except the first (the scene's anchor, the report's sink); a dropped
-latent can no longer be recalled.
+oldest are dropped, except the first (the scene's anchor, the report's sink), an eighth of
+the cap at a time (so the pool holds 7/8 cap .. cap); a dropped latent can no longer be
+recalled. The pool's buffers grow by doubling: a step costs the same at any pool size.
 """
 
 from __future__ import annotations
@@ -20,19 +21,42 @@ Tensor = torch.Tensor
 
 
 class MemoryPool:
+    """Latents ``[z, N, h, w]`` with their sequence ``positions [N]``, poses ``c2w [N, 4, 4]``
+    and ``frusta``, in buffers that grow by doubling, so adding a latent costs the same at
+    any pool size (no copy of the whole pool per step)."""
+
     def __init__(self, view: ViewVolume, cap: int | None = None, device=None) -> None:
         if cap is not None and cap < 2:
             raise ValueError(f"the memory cap must be >= 2 latents, got {cap}")
         self.view, self.cap = view, cap
         self.device = torch.device(device or "cpu")
-        self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # [N]
-        self.latents: Tensor | None = None  # [z, N, h, w]
-        self.c2w = torch.zeros(0, 4, 4, dtype=torch.float64, device=self.device)
-        f64 = {"dtype": torch.float64, "device": self.device}
-        self.frusta = Frusta(torch.zeros(0, 6, 4, **f64), torch.zeros(0, 8, 3, **f64))
+        self.n = 0
+        self._buffers: dict[str, Tensor] = {}  # name -> [capacity, ...], rows 0..n-1 in use
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return self.n
+
+    def _view(self, name: str, shape: tuple, dtype) -> Tensor:
+        if name not in self._buffers:
+            return torch.zeros(0, *shape, dtype=dtype, device=self.device)
+        return self._buffers[name][: self.n]
+
+    @property
+    def positions(self) -> Tensor:  # [N]
+        return self._view("positions", (), torch.long)
+
+    @property
+    def c2w(self) -> Tensor:  # [N, 4, 4] float64
+        return self._view("c2w", (4, 4), torch.float64)
+
+    @property
+    def frusta(self) -> Frusta:
+        return Frusta(self._view("planes", (6, 4), torch.float64),
+                      self._view("corners", (8, 3), torch.float64))  # fmt: skip
+
+    @property
+    def latents(self) -> Tensor | None:  # [z, N, h, w]
+        return self._buffers["latents"][: self.n].movedim(0, 1) if self.n else None
 
     def add(self, latents: Tensor, c2w: Tensor, first_position: int) -> None:
         """Append latents ``[z, n, h, w]`` at sequence positions ``first_position ..`` with
@@ -44,23 +68,36 @@ class MemoryPool:
             raise ValueError(f"position {first_position} does not follow {int(self.positions[-1])}")
         c2w = c2w.to(self.device, torch.float64)
         new = Frusta.from_poses(c2w, self.view)
-        pos = torch.arange(first_position, first_position + n, device=self.device)
-        latents = latents.to(self.device)
-        self.latents = latents if self.latents is None else torch.cat([self.latents, latents], 1)
-        self.positions = torch.cat([self.positions, pos])
-        self.c2w = torch.cat([self.c2w, c2w])
-        self.frusta = Frusta(torch.cat([self.frusta.planes, new.planes]),
-                             torch.cat([self.frusta.corners, new.corners]))  # fmt: skip
+        rows = {
+            "positions": torch.arange(first_position, first_position + n, device=self.device),
+            "latents": latents.to(self.device).movedim(1, 0),  # stored [N, z, h, w]
+            "c2w": c2w, "planes": new.planes, "corners": new.corners,
+        }  # fmt: skip
+        for name, value in rows.items():
+            self._append(name, value)
+        self.n += n
         self._evict()
 
+    def _append(self, name: str, rows: Tensor) -> None:
+        buffer = self._buffers.get(name)
+        need = self.n + len(rows)
+        if buffer is None or len(buffer) < need:
+            grown = torch.empty(max(need, 2 * (0 if buffer is None else len(buffer)), 16),
+                                *rows.shape[1:], dtype=rows.dtype, device=self.device)  # fmt: skip
+            if buffer is not None:
+                grown[: self.n] = buffer[: self.n]
+            self._buffers[name] = buffer = grown
+        buffer[self.n : need] = rows
+
     def _evict(self) -> None:
-        if self.cap is None or len(self) <= self.cap:
+        """Beyond the cap, keep the first latent and the latest ones: down to ``cap - cap //
+        8`` at once, so the compaction (a copy of the pool) happens once per cap / 8 steps."""
+        if self.cap is None or self.n <= self.cap:
             return
-        latest = torch.arange(len(self) - self.cap + 1, len(self))
-        keep = torch.cat([torch.zeros(1, dtype=torch.long), latest]).to(self.device)
-        self.positions, self.c2w = self.positions[keep], self.c2w[keep]
-        self.latents = self.latents[:, keep]
-        self.frusta = self.frusta[keep]
+        keep = self.cap - self.cap // 8
+        for buffer in self._buffers.values():
+            buffer[1:keep] = buffer[self.n - keep + 1 : self.n].clone()
+        self.n = keep
 
     def candidates(self, before: int) -> Tensor:
         """Pool rows of positions 1 .. before - 1 (memory never takes the first latent, the
@@ -98,10 +135,18 @@ class MemoryPool:
         chosen += [i for i in order if i not in chosen][: k - len(chosen)]  # always k, as trained
         return torch.tensor(chosen, dtype=torch.long, device=self.device)
 
+    def _rows(self, positions: Tensor) -> Tensor:
+        positions = positions.to(self.device)
+        rows = torch.searchsorted(self.positions, positions)
+        if (rows >= len(self)).any() or (self.positions[rows.clamp(max=len(self) - 1)]
+                                         != positions).any():  # fmt: skip
+            raise ValueError(f"positions {positions.tolist()} are not all in the pool")
+        return rows
+
     def latent(self, positions: Tensor) -> Tensor:
         """Latents ``[z, len(positions), h, w]`` at sequence positions still in the pool."""
-        rows = torch.searchsorted(self.positions, positions.to(self.device))
-        if (rows >= len(self)).any() or (self.positions[rows.clamp(max=len(self) - 1)]
-                                         != positions.to(self.device)).any():  # fmt: skip
-            raise ValueError(f"positions {positions.tolist()} are not all in the pool")
-        return self.latents[:, rows]
+        return self._buffers["latents"][self._rows(positions)].movedim(0, 1)
+
+    def pose(self, positions: Tensor) -> Tensor:
+        """Poses ``[len(positions), 4, 4]`` (float64) of latents still in the pool."""
+        return self.c2w[self._rows(positions)]

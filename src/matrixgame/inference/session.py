@@ -87,7 +87,7 @@ class Start:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"a start image must be uint8 [H, W, 3], got {image.dtype} "
                              f"{list(image.shape)}")  # fmt: skip
-        x = frames_to_model(torch.as_tensor(image)[None, None], height, width)
+        x = frames_to_model(torch.tensor(image)[None, None], height, width)
         with torch.no_grad():
             latents = vae.encode(x)[0]
         pose = (torch.eye(4, dtype=torch.float64) if c2w is None else c2w.double())[None]
@@ -98,13 +98,17 @@ class Start:
 @dataclass
 class SessionState:
     """Everything a session carries between steps (explicit, so a step that fails changes
-    nothing: it builds the next state and swaps it in)."""
+    nothing: it builds the next state and swaps it in). Only what the next window reads is
+    kept, the last ``past`` latents with their poses and frames, so a step costs the same at
+    any length; the memory pool holds every latent."""
 
-    latents: Tensor  # [z, L, h, w] the sequence: context, then generated
-    c2w: Tensor  # [L, 4, 4] float64: pose of each latent's last frame
-    frame_c2w: Tensor  # [N, 4, 4] every frame's pose
-    keyboard: Tensor  # [N, 6] every frame's action (action t moves frame t to t + 1)
-    mouse: Tensor  # [N, 2]
+    length: int  # latents in the sequence so far
+    latents: Tensor  # [z, P, h, w] its last P = min(past, length) latents
+    c2w: Tensor  # [P, 4, 4] float64: pose of each of those latents' last frame
+    first_frame: int  # sequence index of frame_c2w[0]
+    frame_c2w: Tensor  # [F, 4, 4] the poses of frames first_frame .. (to the last)
+    keyboard: Tensor  # [F, 6] their actions (action t moves frame t to t + 1)
+    mouse: Tensor  # [F, 2]
     velocity: Tensor  # [2] kinematic momentum after the last frame
     pool: MemoryPool
     decoder: FeatureCache
@@ -167,10 +171,11 @@ class WorldSession:
         pool.add(start.latents, start.c2w, 0)
         frames, decoder = self._decode(start.latents, FeatureCache())
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.state = SessionState(start.latents.clone(), start.c2w.clone(),
-                                  start.frame_c2w.clone(), start.keyboard.clone(),
-                                  start.mouse.clone(), start.velocity.clone(), pool, decoder,
-                                  start.latents.shape[1], start.K.clone())  # fmt: skip
+        L = start.latents.shape[1]
+        self.state = self._trimmed(L, start.latents, start.c2w.double(), 0,
+                                   start.frame_c2w.double(), start.keyboard.float(),
+                                   start.mouse.float(), start.velocity.clone(), pool, decoder,
+                                   L, start.K.clone())  # fmt: skip
         return frames
 
     # -- step ---------------------------------------------------------------------------------
@@ -187,21 +192,22 @@ class WorldSession:
         seq_mouse = torch.cat([st.mouse, mouse])
         frame_c2w = torch.cat([st.frame_c2w, poses])
         c = self.window.current
-        latent_c2w = torch.cat([st.c2w, poses[3::4]])  # each new latent's last frame
-        L = st.latents.shape[1]
-        past = min(self.window.past, L)
+        L = st.length
+        window_c2w = torch.cat([st.c2w, poses[3::4]])  # the past latents', then the new ones'
+        past = st.latents.shape[1]
         s = L - past  # the window's first latent
         chosen = torch.zeros(0, dtype=torch.long)
         if self.memory and past == self.window.past:  # short context: image-only, no memory
-            chosen = st.pool.retrieve(latent_c2w[L + c - 1], s, self.window.memory)
+            chosen = st.pool.retrieve(window_c2w[-1], s, self.window.memory)
             if self.window.sink:
                 chosen = torch.cat([torch.zeros(1, dtype=torch.long), chosen])
-        frames = slice(4 * s - 3 if s else 0, 4 * (L + c - 1) + 1)
+        lo = (4 * s - 3 if s else 0) - st.first_frame  # the window's frames in the tail
+        frames = slice(lo, lo + 4 * (L + c - 1) + 1 - (4 * s - 3 if s else 0))
         memory_index, first = self._positions(chosen, s, L + c)
         item = assemble_window(
             st.pool.latent(chosen) if len(chosen) else st.latents[:, :0],
-            latent_c2w[chosen], memory_index, st.latents[:, s:], st.latents[:, :0],
-            latent_c2w[s:], seq_keyboard[frames], seq_mouse[frames], st.K, first,
+            st.pool.pose(chosen), memory_index, st.latents, st.latents[:, :0],
+            window_c2w, seq_keyboard[frames], seq_mouse[frames], st.K, first,
             self.height, self.width,
         )  # fmt: skip
         batch = {k: v[None] for k, v in item.items()}
@@ -211,11 +217,24 @@ class WorldSession:
         start = time.perf_counter()
         decoded, decoder = self._decode(new, st.decoder)
         decode_seconds = time.perf_counter() - start
-        st.pool.add(new, latent_c2w[L:], L)
-        self.state = SessionState(torch.cat([st.latents, new.to(st.latents)], 1), latent_c2w,
-                                  frame_c2w, seq_keyboard, seq_mouse, velocity, st.pool,
-                                  decoder, st.context, st.K)  # fmt: skip
+        st.pool.add(new, window_c2w[past:], L)
+        self.state = self._trimmed(L + c, torch.cat([st.latents, new.to(st.latents)], 1),
+                                   window_c2w, st.first_frame, frame_c2w, seq_keyboard,
+                                   seq_mouse, velocity, st.pool, decoder, st.context,
+                                   st.K)  # fmt: skip
         return Segment(decoded, new, chosen.tolist(), poses, dit_seconds, decode_seconds)
+
+    def _trimmed(self, length: int, latents: Tensor, c2w: Tensor, first_frame: int,
+                 frame_c2w: Tensor, keyboard: Tensor, mouse: Tensor,
+                 *rest) -> SessionState:  # fmt: skip
+        """The state keeping the tails the next window reads: its past latents, their poses,
+        their frames (from the first past latent's first frame)."""
+        keep = min(self.window.past, length)
+        s = length - keep
+        f = (4 * s - 3 if s else 0) - first_frame
+        return SessionState(length, latents[:, latents.shape[1] - keep :],
+                            c2w[len(c2w) - keep :], first_frame + f, frame_c2w[f:],
+                            keyboard[f:], mouse[f:], *rest)  # fmt: skip
 
     def _positions(self, chosen: Tensor, first: int, end: int) -> tuple[Tensor, int]:
         """Temporal RoPE positions of the window's memory and first latent. RoPE attends by

@@ -14,6 +14,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -188,3 +189,47 @@ def load_starts(folder: str | Path) -> list:
                      for k, v in parts.items()}  # fmt: skip
             starts.append(Start(**parts, name=name))
     return starts
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def choose_start(starts: list, spec: str | int | None, world=None):
+    """One session start: a shipped start by index or name (default: the first), or an image
+    file (``world`` needed to encode it), placed at the first shipped start's last pose and
+    intrinsics (the map's spawn), or at the origin with a 90-degree view."""
+    from matrixgame.inference.session import Start
+
+    names = [s.name for s in starts]
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
+        index = 0 if spec is None else spec
+        if not starts:
+            raise ValueError("this world ships no starts; start from an image file instead")
+        if not 0 <= index < len(starts):
+            raise ValueError(f"start {index} does not exist; this world has starts 0.."
+                             f"{len(starts) - 1}")  # fmt: skip
+        return starts[index]
+    spec = str(spec)
+    if spec.isdigit():
+        return choose_start(starts, int(spec), world)
+    if spec in names:
+        return starts[names.index(spec)]
+    path = Path(spec)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"no start {spec!r}: give an index 0..{len(starts) - 1}, a name "
+                         f"({names}) or an image file ({', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
+    if world is None:
+        raise ValueError("a start from an image needs the world (to encode it)")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+    if starts:
+        K, c2w = starts[0].K, starts[0].frame_c2w[-1]
+    else:
+        K, c2w = torch.tensor([world.width / 2, world.width / 2, world.width / 2,
+                               world.height / 2]), None  # fmt: skip
+    return Start.from_image(world.vae, pixels, K, world.height, world.width, c2w, name=path.name)

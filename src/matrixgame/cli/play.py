@@ -1,0 +1,129 @@
+"""`matrixgame play | generate`: walk a shipped world in the browser, or turn an action script
+into an MP4."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _world_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", default="doom-e1m1",
+                   help="a shipped world's name or folder (default: doom-e1m1)")  # fmt: skip
+    p.add_argument("--steps", type=int, help="sampler steps per segment (default: the world's)")
+    p.add_argument("--int8", choices=("auto", "off"), default="auto",
+                   help="INT8 attention projections where this CPU/GPU has fast int8 "
+                        "(auto) or never (off)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the session")
+
+
+def add_play(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "play",
+        help="walk a world in your browser (W/A/S/D and the mouse)",
+        description="Serve a local web page that streams a world model's frames for your keys "
+        "and mouse (pointer lock), with FPS, key-to-frame latency, restarts from the world's "
+        "starts, the memory retrieved, a top-down trail with revisits marked, and MP4 "
+        "recording. Binds to 127.0.0.1 unless --host says otherwise.",
+    )
+    _world_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-sessions", type=int, default=2,
+                   help="players at once; one more is told the server is busy")  # fmt: skip
+    p.add_argument("--idle-timeout", type=float, default=120.0,
+                   help="seconds without a message before a connection is closed")  # fmt: skip
+    p.add_argument("--no-browser", action="store_true", help="do not open the page")
+    p.set_defaults(run_command=_run_play)
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="an action script (JSON) into an H.264 MP4 of the world",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Walk an action script through a world from a start and write the frames as an H.264 MP4
+(the start's own frames first, then one segment per step). The script (see README):
+
+  {"segments": [{"frames": 40, "keys": "W"},
+                {"frames": 12, "mouse": [0.0, 0.5]},
+                {"frames": 40, "keys": "WD", "mouse": [0.0, -0.1]}]}
+
+keys: any of W, S, A, D held for the segment; mouse: (pitch, yaw) per frame in mouse units
+(the world's kinematics: 15 degrees per unit in Doom); positive looks down / turns right.""",
+    )
+    p.add_argument("script", help="action script (JSON)")
+    p.add_argument("--out", required=True, help="the video (.mp4)")
+    _world_arguments(p)
+    p.add_argument("--start", help="a shipped start (index or name; default 0) or an image file")
+    p.add_argument("--poses", help="also write the frames' poses and each step's retrieved "
+                                   "memory as JSON here")  # fmt: skip
+    p.set_defaults(run_command=_run_generate)
+
+
+def _open(args: argparse.Namespace):
+    """The world with its starts, INT8 applied where it pays, and what was chosen."""
+    import torch
+
+    from matrixgame.accel.capability import cpu_capability
+    from matrixgame.worlds.shipped import load_starts, load_world, world_folder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steps is not None and not 1 <= args.steps <= 100:
+        raise ValueError(f"--steps must lie in 1..100, got {args.steps}")
+    folder = world_folder(args.world)
+    world = load_world(folder)
+    info = {"capability": cpu_capability(), "int8": "off"}
+    if args.int8 == "auto":
+        from matrixgame.accel.int8 import quantize_dit
+
+        report = quantize_dit(world.dit)
+        info["int8"] = (f"{report.backend}, {len(report.replaced)} layers" if report.quantized
+                        else f"off ({report.reason})")  # fmt: skip
+    return world, load_starts(folder), info
+
+
+def _run_play(args: argparse.Namespace) -> None:
+    from matrixgame.serve.app import PlayServer, ServeConfig, run
+
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must lie in 1..65535, got {args.port}")
+    world, starts, info = _open(args)
+    config = ServeConfig(max_sessions=args.max_sessions, idle_s=args.idle_timeout,
+                         steps=args.steps)  # fmt: skip
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"matrixgame play: listening on {args.host}: anyone who reaches this address "
+              "can play (and use this machine's CPU)")  # fmt: skip
+    print(f"matrixgame play: {world.name} ({info['capability']}; int8: {info['int8']})")
+    run(PlayServer(world, starts, config, info), args.host, args.port, not args.no_browser)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from matrixgame.data.action_script import load_action_script
+    from matrixgame.inference.generate import check_script, generate, write_log
+    from matrixgame.inference.session import WorldSession
+    from matrixgame.media import Mp4Writer
+    from matrixgame.worlds.shipped import choose_start
+
+    script = load_action_script(args.script)
+    if not args.out.lower().endswith(".mp4"):
+        raise ValueError(f"--out {args.out}: the video is written as MP4; name it *.mp4")
+    world, starts, info = _open(args)
+    session = WorldSession(world, steps=args.steps, seed=args.seed)
+    check_script(script, session, world.meta.get("kinematics"))
+    start = choose_start(starts, args.start, world)
+    fps = float(world.meta.get("fps", 17.5))
+    with Mp4Writer(args.out, fps) as video, \
+            tqdm(total=len(script), desc="generate", unit="frame") as bar:  # fmt: skip
+        log = generate(session, start, script, video.write, bar.update)
+    print(f"{args.out}: {log['frames']} frames ({log['context_frames']} from the start "
+          f"{start.name!r}, {len(script)} generated) at {fps:g} fps, "
+          f"{world.width}x{world.height}")  # fmt: skip
+    if args.poses:
+        write_log(args.poses, log, fps)
+        print(f"{args.poses}: per-frame poses and each step's memory")
