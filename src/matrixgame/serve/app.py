@@ -386,8 +386,11 @@ def run(server: PlayServer, host: str = "127.0.0.1", port: int = 8000,
     threading.Thread(target=announce, daemon=True).start()
     try:
         web.run()
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C
+        pass
     finally:
         server.close()
+    print("matrixgame play: stopped", flush=True)
 
 
 def start_in_thread(server: PlayServer, host: str = "127.0.0.1", port: int = 0):

@@ -3,8 +3,9 @@ motion, and what the page shows beside the frames: the pose, the memory latents 
 (as thumbnails with their age), revisits, and an optional MP4 recording.
 
 A revisit is a step whose memory reaches back at least ``revisit_after_s`` seconds to a
-latent the player has walked ``revisit_metres`` away from since: memory recalled from a
-place left and come back to, not from standing still.
+latent whose place the player left and came back to: the path walked since is at least
+``revisit_metres`` longer than the straight line from there to here (walking straight on,
+or standing still, recalls old memory too, and is not a revisit).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Player:
         self.segment = 0
         self.thumbs: OrderedDict[int, np.ndarray] = OrderedDict()
         self.travelled: list[float] = []  # metres walked up to each latent
+        self.places: list = []  # each latent's position, metres
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -48,7 +50,7 @@ class Player:
             raise ValueError(f"start {index} does not exist (0..{len(self.starts) - 1})")
         start = self.starts[index]
         frames = self.session.reset(start)
-        self.segment, self.thumbs, self.travelled = 0, OrderedDict(), []
+        self.segment, self.thumbs, self.travelled, self.places = 0, OrderedDict(), [], []
         positions = [0] + [4 * j for j in range(1, start.latents.shape[1])]
         self._remember(list(range(start.latents.shape[1])), frames[positions])
         self._walked(start.c2w)
@@ -85,8 +87,7 @@ class Player:
         now = len(self.travelled) - 1
         seconds = 4 / self.fps  # one latent
         ages = [round((now - p) * seconds, 2) for p in memory]
-        revisit = any(age >= self.revisit_after_s and
-                      self.travelled[now] - self.travelled[p] >= self.revisit_metres
+        revisit = any(age >= self.revisit_after_s and self._detour(p, now) >= self.revisit_metres
                       for p, age in zip(memory, ages, strict=True))  # fmt: skip
         x, y = (float(v) for v in pose.position[0, :2])
         metres = self.session.metres_per_unit
@@ -106,15 +107,19 @@ class Player:
             del self.thumbs[oldest]
 
     def _walked(self, c2w) -> None:
+        """Note each new latent's place (metres) and the path length walked up to it."""
         metres = self.session.metres_per_unit
         for pose in c2w:
-            here = pose[:3, 3].double()
-            if self.travelled:
-                step = float((here - self._last).norm()) * metres
-                self.travelled.append(self.travelled[-1] + (step if math.isfinite(step) else 0))
-            else:
-                self.travelled.append(0.0)
-            self._last = here
+            here = pose[:3, 3].double() * metres
+            step = float((here - self.places[-1]).norm()) if self.places else 0.0
+            self.travelled.append((self.travelled[-1] if self.travelled else 0.0) +
+                                  (step if math.isfinite(step) else 0.0))  # fmt: skip
+            self.places.append(here)
+
+    def _detour(self, then: int, now: int) -> float:
+        """Metres walked from latent ``then`` to ``now`` beyond the straight line between."""
+        straight = float((self.places[now] - self.places[then]).norm())
+        return self.travelled[now] - self.travelled[then] - straight
 
     # -- recording ------------------------------------------------------------------------------
 

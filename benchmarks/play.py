@@ -1,0 +1,110 @@
+"""Play, measured from the browser: `matrixgame play`'s server on the shipped world, Debian's
+Chromium (headless, Playwright) playing for a fixed time with a scripted player, and the
+page's own figures: frames drawn per second, key press to the first frame generated with
+that key, frames dropped, how many frames wait in the page's queue (a growing queue would
+be growing lag), and the server's DiT and decode time per segment.
+
+    python benchmarks/play.py [--world doom-e1m1] [--seconds 300] [--int8 auto|off]
+
+The player holds W for 2 s, lets go for 1 s, turns with the mouse, and repeats; each key
+press is a latency sample. FPS and queue are sampled every 5 s; the table compares the
+first and the last minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common import machine, print_table, write_json
+from matrixgame.serve.app import PlayServer, ServeConfig, start_in_thread
+from matrixgame.worlds.shipped import load_starts, load_world
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+def play(page, seconds: float) -> list[dict]:
+    """Drive the page for ``seconds``; samples of its stats every 5 s."""
+    page.click("#screen")
+    page.wait_for_function("window.matrixgame.stats().locked")
+    samples, began, next_sample = [], time.monotonic(), 5.0
+    while (elapsed := time.monotonic() - began) < seconds:
+        page.keyboard.down("w")
+        page.wait_for_timeout(2000)
+        page.keyboard.up("w")
+        for _ in range(5):
+            page.mouse.move(600, 300)
+            page.mouse.move(615, 300)
+            page.wait_for_timeout(40)
+        page.wait_for_timeout(800)
+        if elapsed >= next_sample:
+            stats = page.evaluate("window.matrixgame.stats()")
+            samples.append({"t": round(elapsed, 1), "fps": stats["fps"], "queued": stats["queued"],
+                            "frames": stats["frames"], "dropped": stats["dropped"],
+                            "server_dropped": stats["serverDropped"]})  # fmt: skip
+            next_sample += 5.0
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", default="doom-e1m1")
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--int8", choices=("auto", "off"), default="auto")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = load_world(args.world)
+    int8 = "off"
+    if args.int8 == "auto":
+        from matrixgame.accel.int8 import quantize_dit
+
+        report = quantize_dit(world.dit)
+        int8 = report.backend if report.quantized else f"off ({report.reason})"
+    server = PlayServer(world, load_starts(args.world), ServeConfig(max_sessions=1))
+    url, stop = start_in_thread(server)
+    from playwright.sync_api import sync_playwright
+
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 640})
+            page.goto(url)
+            page.wait_for_function("window.matrixgame.stats().frames > 0", timeout=120_000)
+            samples = play(page, args.seconds)
+            stats = page.evaluate("window.matrixgame.stats()")
+            segment = page.inner_text("#segment-ms")
+            browser.close()
+    finally:
+        stop()
+    lat = sorted(stats["latencies"])
+    minute = min(60.0, args.seconds / 3)
+    first = [s for s in samples if s["t"] <= minute]
+    last = [s for s in samples if s["t"] >= samples[-1]["t"] - minute]
+    rows = [{"window": f"{name} {minute:.0f} s",
+             "FPS": f"{statistics.median(s['fps'] for s in part):.1f}",
+             "queued frames": max(s["queued"] for s in part)}
+            for name, part in (("first", first), ("last", last))]  # fmt: skip
+    print(f"{args.world}: {args.seconds:.0f} s in Chromium, world at {server.fps} fps, "
+          f"int8 {int8}, last segment {segment}")  # fmt: skip
+    print_table(rows, ["window", "FPS", "queued frames"])
+    p90 = lat[int(0.9 * (len(lat) - 1))] if lat else None
+    print(f"key press -> frame: median {statistics.median(lat):.0f} ms, p90 {p90:.0f} ms, "
+          f"max {lat[-1]:.0f} ms over the last {len(lat)} presses; frames drawn "
+          f"{stats['frames']}, dropped {stats['dropped']} (page) + "
+          f"{stats['serverDropped']} segments (server)")  # fmt: skip
+    write_json("play", {"machine": machine(), "world": args.world, "seconds": args.seconds,
+                        "world_fps": server.fps, "int8": int8, "samples": samples,
+                        "latencies_ms": lat, "rows": rows, "frames": stats["frames"],
+                        "dropped_frames": stats["dropped"],
+                        "dropped_segments": stats["serverDropped"]})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
