@@ -200,7 +200,7 @@ def test_eval_command_writes_the_report(doom, tmp_path, capsys):
     )
     assert main(["eval", str(runs / "dit"), "--data", str(train), "--out", str(report)]) == 2
     err = capsys.readouterr().err
-    assert "expected a `train dit` run" in err and "no clips in split 'heldout'" in err
+    assert "expected a `train dit` or `distill` run" in err and "no clips in split 'heldout'" in err
 
 
 def test_eval_help_explains_each_protocol(capsys):

@@ -10,6 +10,7 @@ from matrixgame.diffusion.samplers import (
     distilled_schedule,
     get_sampler,
     sample_euler,
+    sample_renoise,
     sample_unipc,
     sigma_schedule,
 )
@@ -121,8 +122,8 @@ def test_distilled_schedule_reproduces_the_warped_timesteps():
 
 def test_registry_and_argument_errors():
     assert get_sampler("euler") is sample_euler and get_sampler("unipc") is sample_unipc
-    assert set(SAMPLERS) == {"euler", "unipc"}
-    with pytest.raises(ValueError, match="euler, unipc"):
+    assert set(SAMPLERS) == {"euler", "unipc", "renoise"}
+    with pytest.raises(ValueError, match="euler, renoise, unipc"):
         get_sampler("heun")
     with pytest.raises(ValueError, match="steps must be >= 1"):
         sigma_schedule(0)
@@ -131,3 +132,23 @@ def test_registry_and_argument_errors():
         sample_unipc(lambda x, s: x, x, sigma_schedule(3), order=0)
     with pytest.raises(ValueError, match="fall strictly"):
         sample_unipc(lambda x, s: x, x, torch.tensor([1.0, 0.5, 0.5, 0.0]))
+
+
+def test_renoise_sampling_lands_on_the_data_and_redraws_noise_between_levels():
+    x0 = torch.tensor([0.3, -1.2, 2.0])
+    exact = lambda x, s: (x - x0) / s  # noqa: E731 - a single data point's velocity
+    eps = torch.randn(3, generator=torch.Generator().manual_seed(0))
+    for levels in (sigma_schedule(1), distilled_schedule(), sigma_schedule(3, 5.0)):
+        out = sample_renoise(exact, eps, levels, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(out, x0, atol=1e-6)
+    seen = []
+
+    def record(x, s):
+        seen.append((s, x.clone()))
+        return torch.zeros_like(x)  # predicts x_0 = x: the re-noised input shows the noise
+
+    g = torch.Generator().manual_seed(2)
+    sample_renoise(record, torch.zeros(1000), torch.tensor([1.0, 0.5, 0.0]), generator=g)
+    (_, first), (s, second) = seen
+    assert s == 0.5 and abs(float(second.std()) - 0.5) < 0.05  # (1 - s) 0 + s eps
+    assert not torch.equal(first, second)

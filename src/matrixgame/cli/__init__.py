@@ -1,5 +1,5 @@
 """The `matrixgame` command: one module per verb group, each only parsing its arguments and
-calling the library (data: trajectory, record, import, inspect; train; evaluate: eval;
+calling the library (data: trajectory, record, import, inspect; train; distill; evaluate: eval;
 world: build, list; play: play, generate)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from matrixgame import __version__
-from matrixgame.cli import data, evaluate, play, train, world
+from matrixgame.cli import data, distill, evaluate, play, train, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_import(sub)
     data.add_inspect(sub)
     train.add_train(sub)
+    distill.add_distill(sub)
     evaluate.add_eval(sub)
     world.add_world(sub)
     play.add_play(sub)

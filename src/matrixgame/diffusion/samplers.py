@@ -7,6 +7,11 @@ noise (1) towards data (usually ending at 0).
 - ``sample_unipc``: UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework
   for Fast Sampling of Diffusion Models"), multistep UniP predictor + UniC corrector on the
   data prediction, B(h) = e^h - 1 ("bh2"), as Wan's ``FlowUniPCMultistepScheduler`` samples.
+- ``sample_renoise``: few-step sampling of a distilled student (multistep consistency
+  sampling, Song et al. 2023, as DMD2 and Self-Forcing sample): predict x_0, re-noise it to
+  the next level with fresh noise, and return the last x_0.
+
+Every sampler takes an optional ``generator`` (only ``sample_renoise`` draws noise).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def distilled_schedule(shift: float = 5.0) -> Tensor:
 
 
 @torch.no_grad()
-def sample_euler(velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor) -> Tensor:
+def sample_euler(velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor, generator=None) -> Tensor:
     """Euler's method on the probability-flow ODE dx/ds = v (rectified flow)."""
     for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
         x = x + (s_next - s) * velocity_fn(x, s)
@@ -117,7 +122,12 @@ def _unipc_update(
 
 @torch.no_grad()
 def sample_unipc(
-    velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor, order: int = 2, corrector: bool = True
+    velocity_fn: VelocityFn,
+    x: Tensor,
+    sigmas: Tensor,
+    generator=None,
+    order: int = 2,
+    corrector: bool = True,
 ) -> Tensor:
     """UniPC-p (Zhao et al. 2023) on the data prediction x_0 = x - sigma v, bh2, one model call
     per step, as Wan's ``FlowUniPCMultistepScheduler``.
@@ -148,7 +158,31 @@ def sample_unipc(
     return x
 
 
-SAMPLERS: dict[str, Sampler] = {"euler": sample_euler, "unipc": sample_unipc}
+def renoise_step(x0: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """x_0 taken back to noise level ``sigma`` with fresh noise: (1 - s) x_0 + s eps."""
+    if sigma <= 0:
+        return x0
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    return (1 - sigma) * x0 + sigma * eps
+
+
+@torch.no_grad()
+def sample_renoise(
+    velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1), the distilled student's:
+    at each level x_0 = x - s v, then x = renoise(x_0, next level); returns the last x_0."""
+    sig = sigmas.tolist()
+    for s, s_next in zip(sig[:-1], sig[1:], strict=True):
+        x = renoise_step(x - s * velocity_fn(x, s), s_next, generator)
+    return x
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "euler": sample_euler,
+    "unipc": sample_unipc,
+    "renoise": sample_renoise,
+}
 
 
 def get_sampler(name: str) -> Sampler:

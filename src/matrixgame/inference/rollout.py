@@ -16,7 +16,7 @@ import torch
 
 from matrixgame.data.windows import WindowConfig, window_inputs, window_kwargs
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
-from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
+from matrixgame.diffusion.samplers import get_sampler, sigma_schedule
 from matrixgame.train.vae_task import to_uint8
 
 Tensor = torch.Tensor
@@ -32,9 +32,12 @@ class RolloutConfig:
 
 @torch.no_grad()
 def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: float = 3.0,
-                   generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-    """``current`` latents ``[B, z, current, h, w]`` sampled with Euler from noise, given a
-    collated window ``batch`` (memory, past, actions, camera; see :func:`window_inputs`)."""
+                   generator: torch.Generator | None = None, sampler: str = "euler",
+                   sigmas: Tensor | None = None) -> Tensor:  # fmt: skip
+    """``current`` latents ``[B, z, current, h, w]`` sampled from noise (Euler by default;
+    any sampler of :mod:`matrixgame.diffusion.samplers`, with ``sigmas`` or ``steps`` shifted
+    levels), given a collated window ``batch`` (memory, past, actions, camera; see
+    :func:`window_inputs`)."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
     shape = (b, past.shape[1], current, *past.shape[3:])
@@ -45,7 +48,8 @@ def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: floa
         t = torch.cat([torch.zeros(b, k), torch.full((b, current), NUM_TIMESTEPS * sigma)], 1)
         return model(torch.cat([past, x], 2), t.to(x), None, **cond)[:, :, k:]
 
-    return sample_euler(velocity, noise, sigma_schedule(steps, shift))
+    levels = sigma_schedule(steps, shift) if sigmas is None else sigmas
+    return get_sampler(sampler)(velocity, noise, levels, generator=generator)
 
 
 @dataclass

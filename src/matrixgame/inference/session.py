@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from matrixgame.data.windows import assemble_window
+from matrixgame.diffusion.samplers import get_sampler
 from matrixgame.geometry.kinematics import (
     KinematicsConfig,
     Trajectory,
@@ -128,6 +129,23 @@ class Segment:
     decode_seconds: float
 
 
+@dataclass
+class Window:
+    """A prepared step (:meth:`WorldSession.prepare`): the model inputs ``batch`` (collated
+    ``[1, ...]``: memory, past, actions, camera rays; see ``assemble_window``), the memory
+    positions chosen, the new frames' poses, and what :meth:`WorldSession.commit` needs."""
+
+    batch: dict
+    chosen: Tensor
+    poses: Tensor  # [4 C, 4, 4]
+    velocity: Tensor
+    window_c2w: Tensor  # [P + C, 4, 4]
+    frame_c2w: Tensor
+    keyboard: Tensor
+    mouse: Tensor
+    state: SessionState
+
+
 class WorldSession:
     """A world model streaming frames for actions. ``world`` holds ``dit``, ``vae``,
     ``window`` (:class:`WindowConfig`), ``height``, ``width`` and ``meta`` (its config:
@@ -143,6 +161,11 @@ class WorldSession:
         self.height, self.width = world.height, world.width
         self.steps = steps or sampler.get("steps", 4)
         self.shift = shift or sampler.get("shift", 3.0)
+        self.sampler = sampler.get("name", "euler")
+        get_sampler(self.sampler)  # an unknown name fails here, not at the first step
+        # a distilled student's exact schedule, unless steps or shift are chosen here
+        given = "sigmas" in sampler and steps is None and shift is None
+        self.sigmas = torch.tensor(sampler["sigmas"], dtype=torch.float64) if given else None
         self.memory, self.seed, self.pool_cap, self.decode = memory, seed, pool_cap, decode
         self.kinematics = kinematics or _kinematics(meta)
         self.metres_per_unit = metres_per_unit or self.kinematics.metres_per_unit
@@ -185,12 +208,23 @@ class WorldSession:
         [4C, 6]`` multi-hot W, S, A, D + 2 spare; ``mouse [4C, 2]`` pitch/yaw deltas).
         ``c2w [4C, 4, 4]`` gives the frames' poses (a recorded trajectory) instead of
         integrating the actions. Bad input raises ValueError and leaves the state as it was."""
+        return self.generate(self.prepare(keyboard, mouse, c2w))
+
+    def generate(self, window: Window) -> Segment:
+        """Sample a prepared window's latents with the world's sampler, then commit them."""
+        start = time.perf_counter()
+        new = denoise_window(self.world.dit, window.batch, self.window.current, self.steps,
+                             self.shift, self.generator, self.sampler, self.sigmas)[0]  # fmt: skip
+        return self.commit(window, new, time.perf_counter() - start)
+
+    def prepare(self, keyboard, mouse, c2w: Tensor | None = None) -> Window:
+        """The next step's window (its model inputs, collated ``[1, ...]``), assembled but
+        not generated; the state is unchanged until :meth:`commit`."""
         st = self._require_state()
         keyboard, mouse = self._check(keyboard, mouse)
         poses, velocity = self._poses(st, keyboard, mouse, c2w)
         seq_keyboard = torch.cat([st.keyboard, keyboard])
         seq_mouse = torch.cat([st.mouse, mouse])
-        frame_c2w = torch.cat([st.frame_c2w, poses])
         c = self.window.current
         L = st.length
         window_c2w = torch.cat([st.c2w, poses[3::4]])  # the past latents', then the new ones'
@@ -211,18 +245,32 @@ class WorldSession:
             self.height, self.width,
         )  # fmt: skip
         batch = {k: v[None] for k, v in item.items()}
-        start = time.perf_counter()
-        new = denoise_window(self.world.dit, batch, c, self.steps, self.shift, self.generator)[0]
-        dit_seconds = time.perf_counter() - start
+        return Window(batch, chosen, poses, velocity, window_c2w,
+                      torch.cat([st.frame_c2w, poses]), seq_keyboard, seq_mouse, st)  # fmt: skip
+
+    def commit(self, window: Window, new: Tensor, dit_seconds: float = 0.0) -> Segment:
+        """Take the generated latents ``[z, C, h, w]`` of a prepared window: decode them,
+        add them to the memory pool, advance the state."""
+        st = window.state
+        if st is not self.state:
+            raise ValueError("this window was prepared for an earlier state of the session")
+        c = self.window.current
+        if new.shape != (st.latents.shape[0], c, *st.latents.shape[2:]):
+            raise ValueError(f"a step generates latents [{st.latents.shape[0]}, {c}, "
+                             f"{st.latents.shape[2]}, {st.latents.shape[3]}], got "
+                             f"{list(new.shape)}")  # fmt: skip
+        new = new.detach()
         start = time.perf_counter()
         decoded, decoder = self._decode(new, st.decoder)
         decode_seconds = time.perf_counter() - start
-        st.pool.add(new, window_c2w[past:], L)
+        past, L = st.latents.shape[1], st.length
+        st.pool.add(new, window.window_c2w[past:], L)
         self.state = self._trimmed(L + c, torch.cat([st.latents, new.to(st.latents)], 1),
-                                   window_c2w, st.first_frame, frame_c2w, seq_keyboard,
-                                   seq_mouse, velocity, st.pool, decoder, st.context,
-                                   st.K)  # fmt: skip
-        return Segment(decoded, new, chosen.tolist(), poses, dit_seconds, decode_seconds)
+                                   window.window_c2w, st.first_frame, window.frame_c2w,
+                                   window.keyboard, window.mouse, window.velocity, st.pool,
+                                   decoder, st.context, st.K)  # fmt: skip
+        return Segment(decoded, new, window.chosen.tolist(), window.poses, dit_seconds,
+                       decode_seconds)  # fmt: skip
 
     def _trimmed(self, length: int, latents: Tensor, c2w: Tensor, first_frame: int,
                  frame_c2w: Tensor, keyboard: Tensor, mouse: Tensor,

@@ -78,19 +78,33 @@ class World:
 
 
 def trained_world(run: str | Path, name: str | None = None) -> World:
-    """The EMA DiT of a `train dit` run with its VAE (found through the run's latent cache)."""
+    """The EMA DiT of a `train dit` run with its VAE (found through the run's latent cache),
+    or the EMA student of a `matrixgame distill` run (its config names its few-step
+    sampler)."""
     import torch
 
     from matrixgame.data.windows import WindowConfig
     from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
 
-    state, config = latest_weights(run, model="dit")
+    state, config = latest_weights(run)
+    if config.get("model") == "dmd":
+        state = {k[8:]: v for k, v in state.items() if k.startswith("student.")}
+    elif config.get("model") != "dit":
+        raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train dit` or "
+                         f"`distill` run")  # fmt: skip
     dit = MatrixGameDiT(DIT_PRESETS[config["preset"]]).eval()
     dit.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    window = WindowConfig(**config["window"])
+    step = int((Path(run) / "checkpoints" / "latest").read_text())
+    if config.get("model") == "dmd":  # the teacher's VAE and frame size
+        from matrixgame.worlds.shipped import open_world
+
+        teacher = open_world(config["teacher"])
+        meta = {**(teacher.meta or {}), **config}
+        return World(name or Path(run).name, dit, teacher.vae, window, teacher.height,
+                     teacher.width, step, meta)  # fmt: skip
     cache = Manifest.load(config["latents"]).config
     if not cache.get("vae"):
         raise ValueError(f"{run}: its latent cache {config['latents']} names no VAE run")
     vae, (height, width) = trained_vae(cache["vae"])
-    window = WindowConfig(**config["window"])
-    step = int((Path(run) / "checkpoints" / "latest").read_text())
     return World(name or Path(run).name, dit, vae, window, height, width, step, config)

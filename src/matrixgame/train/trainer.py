@@ -87,12 +87,20 @@ class Trainer:
                 fully_shard(block)
             fully_shard(self.model)
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # a model of several parts (distillation's student and critic) may give each its own
+        # learning rate and betas, and is clipped per part
+        groups = getattr(self.model, "param_groups", None)
+        params = groups() if groups else [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
         )
+        for group in self.optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        # a model that runs several forwards per step (distillation) averages its gradients
+        # itself after backward instead of DDP's hooks
+        self.manual_sync = bool(getattr(self.model, "manual_gradient_sync", False))
         self.wrapped = model
-        if self.world > 1 and not self.sharded:
+        if self.world > 1 and not self.sharded and not self.manual_sync:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
@@ -155,7 +163,9 @@ class Trainer:
             batch = _to(next(data), self.device)
             self._seed_step()
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup))
+                group["lr"] = group.get("base_lr", cfg.lr) * min(
+                    1.0, (self.step + 1) / max(1, cfg.warmup)
+                )
             cuda = self.device.type == "cuda"
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=cfg.bf16 if cuda else cfg.cpu_bf16
@@ -166,7 +176,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             else:
                 loss.backward()
-                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if self.manual_sync and self.world > 1:
+                    self._average_gradients()
+                norm = max(
+                    nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip)
+                    for group in self.optimizer.param_groups
+                )
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._update_ema()
@@ -197,6 +212,14 @@ class Trainer:
         bar.close()
         self.last_logs = logs
         return logs
+
+    def _average_gradients(self) -> None:
+        """Mean of every gradient over the processes (the model's parts leave the same
+        gradients unset on every process: the task draws its per-step choices from the step)."""
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
 
     def _seed_step(self) -> None:
         """Per-step randomness (torch's: noise, dropout) from the seed and step alone, so a
