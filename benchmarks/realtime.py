@@ -1,8 +1,9 @@
 """Real time on the CPU: a streaming WorldSession of the default world, end to end (DiT, memory
 retrieval, streaming decode), with memory pools of 1k and 10k latents, as the report's
 ablation: the full stack (INT8 attention projections where the CPU has fast int8), minus
-INT8, and minus batched retrieval (a per-candidate Python loop like the release's). The
-light decoder and compile rows join when the world ships a light decoder / compile exists.
+INT8, minus batched retrieval (a per-candidate Python loop like the release's), and with
+the decoder compiled (off in the full stack: it did not pay on the CPUs measured). The light
+decoder row joins when the world ships a light decoder.
 
     python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20]
 
@@ -36,7 +37,7 @@ def walk(n: int, seed: int = 0) -> torch.Tensor:
     return pose_from_angles(pos, yaw, torch.zeros(n, dtype=torch.float64))
 
 
-def session_with_pool(world, pool: int, steps: int) -> WorldSession:
+def session_with_pool(world, pool: int, steps: int, compile: str | None = None) -> WorldSession:
     """A session reset from a start of ``pool`` random latents along a walk."""
     f = world.vae.config.spatial_factor
     h, w = world.height // f, world.width // f
@@ -47,7 +48,7 @@ def session_with_pool(world, pool: int, steps: int) -> WorldSession:
     K = torch.tensor([world.width / 2, world.width / 2 * 1.2, world.width / 2, world.height / 2])
     start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
                   torch.zeros(frames, 2), K)  # fmt: skip
-    session = WorldSession(world, steps=steps, decode=True)
+    session = WorldSession(world, steps=steps, decode=True, compile=compile)
     session.world.vae, vae = None, session.world.vae  # skip decoding the whole start
     session.reset(start)
     session.world.vae = vae
@@ -65,7 +66,7 @@ def loop_retrieval(pool, query, before: int, k: int):
 def retrieval_ms(session: WorldSession) -> tuple[float, float]:
     """Milliseconds of one segment's memory retrieval: batched, and looped per candidate."""
     st, window = session.state, session.window
-    before, query = st.latents.shape[1] - window.past, st.c2w[-1]
+    before, query = st.length - window.past, st.c2w[-1]
     batched = median_ms(lambda: st.pool.retrieve(query, before, window.memory), 20)
     looped = median_ms(lambda: loop_retrieval(st.pool, query, before, window.memory), 1, 0)
     return batched, looped
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="denoising steps per segment")
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled row")
     args = parser.parse_args()
     torch.manual_seed(0)
     fp32 = load(args.world)
@@ -88,19 +90,23 @@ def main() -> None:
             if name == "full" and not report.quantized:
                 continue  # no fast int8 here: "full" is the fp32 row (the report says why)
             rows.append(measure(world, pool, args, name, report))
+    if not args.no_compile:  # the decoder compiled after the first segments (inductor)
+        rows.append(measure(int8, args.pools[0], args, "full + compiled decoder", report,
+                            compile="inductor"))  # fmt: skip
     print(f"int8: {report.backend} ({report.reason})")
     print_table(rows, list(rows[0]))
     print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason}))
 
 
-def measure(world, pool: int, args, name: str, report) -> dict:
+def measure(world, pool: int, args, name: str, report, compile: str | None = None) -> dict:
     """One configuration's row: segment time and FPS as measured, its parts, and the FPS with
     the retrieval looped per candidate instead of batched."""
-    session = session_with_pool(world, pool, args.steps)
+    session = session_with_pool(world, pool, args.steps, compile)
     n = session.frames_per_step
     keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
     keys[:, 0] = 1
-    session.step(keys, mouse)  # warm-up
+    for _ in range(4 if compile else 1):  # warm-up (and the compile, after the first chunks)
+        session.step(keys, mouse)
     dit, decode, total = [], [], []
     for _ in range(args.segments):
         start = time.perf_counter()
@@ -111,7 +117,7 @@ def measure(world, pool: int, args, name: str, report) -> dict:
     batched, looped = retrieval_ms(session)
     seg_ms = 1e3 * sorted(total)[len(total) // 2]
     return {
-        "stack": name, "int8": report.backend if name == "full" else "none",
+        "stack": name, "int8": report.backend if name.startswith("full") else "none",
         "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
         "steps": args.steps, "frames_per_segment": n,
         "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),

@@ -1,3 +1,4 @@
 """Acceleration kept apart from the models: what the CPU can do fast (``capability``),
-INT8 attention/FFN projections swapped into the DiT (``int8``), and light decoders pruned
-from a trained one and distilled against it (``light_vae``)."""
+INT8 attention/FFN projections swapped into the DiT (``int8``), light decoders pruned
+from a trained one and distilled against it (``light_vae``), and the compiled streaming
+decoder (``compile``)."""

@@ -154,7 +154,8 @@ class WorldSession:
     def __init__(self, world, steps: int | None = None, shift: float | None = None,
                  memory: bool = True, seed: int = 0, pool_cap: int | None = None,
                  kinematics: KinematicsConfig | None = None, decode: bool = True,
-                 metres_per_unit: float | None = None) -> None:  # fmt: skip
+                 metres_per_unit: float | None = None,
+                 compile: str | None = None) -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -171,6 +172,11 @@ class WorldSession:
         self.metres_per_unit = metres_per_unit or self.kinematics.metres_per_unit
         self.state: SessionState | None = None
         self.generator = torch.Generator().manual_seed(seed)
+        self.decoder = None  # the compiled streaming decoder (``compile``: its backend)
+        if compile and decode and world.vae is not None:
+            from matrixgame.accel.compile import CompiledDecoder
+
+            self.decoder = CompiledDecoder(world.vae, compile)
 
     @property
     def frames_per_step(self) -> int:
@@ -343,7 +349,7 @@ class WorldSession:
             return None, cache
         cache = _copy_cache(cache)
         with torch.no_grad():
-            video = self.world.vae.decode(latents[None].float(), cache)[0]  # [3, T, H, W]
+            video = self.world.vae.decode(latents[None].float(), cache, self.decoder)[0]
         return to_uint8(video.permute(1, 2, 3, 0)).numpy(), cache
 
 

@@ -162,6 +162,7 @@ class CausalConv3d(nn.Conv3d):
 def _onednn_inference(x: Tensor) -> bool:
     return (
         ONEDNN_CONV3D
+        and not torch.compiler.is_compiling()  # a compiled decoder lowers convolutions itself
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
@@ -525,16 +526,18 @@ class WanVAE(nn.Module):
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def decode(self, latents: Tensor, cache: FeatureCache | None = None) -> Tensor:
+    def decode(self, latents: Tensor, cache: FeatureCache | None = None,
+               decoder=None) -> Tensor:  # fmt: skip
         """Frames ``[B, 3, T, H, W]`` (unclamped) of normalised latents ``[B, z, L, h, w]``:
         T = 1 + 4(L-1) for a clip's first piece, 4L for later pieces decoded with the same
-        ``cache``."""
+        ``cache``. ``decoder(chunk, cache)`` replaces ``self.decoder`` per chunk (a compiled
+        one: ``accel/compile.py``)."""
         cache = cache or FeatureCache()
         z = latents * self.latent_std.to(latents) + self.latent_mean.to(latents)
         x = self.conv2(z)
         out = []
         for i in range(x.shape[2]):
             cache.start_chunk()
-            out.append(self.decoder(x[:, :, i : i + 1], cache))
+            out.append((decoder or self.decoder)(x[:, :, i : i + 1], cache))
             cache.end_chunk()
         return unpatchify(torch.cat(out, 2), self.config.patch_size)
