@@ -135,3 +135,27 @@ def test_mismatches_are_listed(release_dir, tmp_path):
     (folder / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="does not know: \\['attention_mode'\\]"):
         load_dit(folder)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_malicious_pickle_is_refused_with_our_message(tmp_path):
+    from matrixgame.eval.external import load_lpips
+    from matrixgame.models.loading import read_pth
+
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(2), "x": _RunsCode()}, path)
+    for load in (read_pth, load_lpips):
+        with pytest.raises(ValueError) as err:
+            load(path)
+        message = str(err.value)
+        assert str(path) in message and "system" in message and "refused" in message
+        assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle at all")
+    with pytest.raises(ValueError, match="junk.pth"):
+        read_pth(tmp_path / "junk.pth")

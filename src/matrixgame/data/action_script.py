@@ -105,8 +105,10 @@ def parse_action_script(obj, source: str = "action script") -> ActionScript:
         raise _fail(source, "top level", "expected a JSON object with a 'segments' list")
     _check_fields(obj, {"preset", "start", "segments"}, source, "top level")
     preset = obj.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise _fail(source, "preset", f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
+        raise _fail(
+            source, "preset", f"unknown preset {preset!r:.60}; choose from {sorted(PRESETS)}"
+        )
     segments = obj.get("segments")
     if not isinstance(segments, list) or not segments:
         raise _fail(source, "segments", "expected a non-empty list of segments")

@@ -21,6 +21,7 @@ real-world data.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,24 +106,33 @@ def read_nerfstudio(transforms: str | Path) -> PosedFrames:
         raise ValueError(f"cannot read {transforms}: {err.strerror or err}") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{transforms}: not valid JSON: {err}") from err
-    frames = data.get("frames")
+    frames = data.get("frames") if isinstance(data, dict) else None
     if not isinstance(frames, list) or len(frames) < 2:
         raise ValueError(f"{transforms}: needs a 'frames' list of at least 2 entries")
     c2w, K, images = [], [], []
+    root = transforms.parent.resolve()
     for i, fr in enumerate(frames):
         where = f"{transforms}: frames[{i}]"
+        if not isinstance(fr, dict):
+            raise ValueError(f"{where}: expected an object, got {type(fr).__name__}")
 
         def intr(key, fr=fr, where=where):
             value = fr.get(key, data.get(key))
-            if value is None:
-                raise ValueError(f"{where}: missing intrinsic {key!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not math.isfinite(value):  # fmt: skip
+                raise ValueError(f"{where}: intrinsic {key!r} must be a finite number, got "
+                                 f"{value!r:.40}")  # fmt: skip
             return float(value)
 
         try:
             m = np.array(fr["transform_matrix"], dtype=np.float64)
+            if not isinstance(fr["file_path"], str) or not fr["file_path"]:
+                raise TypeError("file_path")
             path = transforms.parent / fr["file_path"]
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: needs transform_matrix (4x4) and file_path") from err
+        if root not in path.resolve().parents:
+            raise ValueError(f"{where}: image {fr['file_path']!r} lies outside {root}")
         if m.shape != (4, 4) or not np.isfinite(m).all():
             raise ValueError(f"{where}: transform_matrix must be 4x4 finite numbers")
         if not path.suffix and not path.exists():

@@ -152,11 +152,20 @@ class Manifest:
             return cls(root)
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: damaged manifest ({err})") from err
-        if data.get("format") != MANIFEST_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"{path}: not a {MANIFEST_FORMAT} manifest")
-        return cls(root, data.get("config", {}), data.get("shards", {}))
+        config, shards = data.get("config", {}), data.get("shards", {})
+        if not isinstance(config, dict) or not isinstance(shards, dict):
+            raise ValueError(f"{path}: 'config' and 'shards' must be objects")
+        for name, entry in shards.items():
+            # a shard is a file in this folder: no path may lead out of it
+            if "/" in name or "\\" in name or name.startswith(".") or not name:
+                raise ValueError(f"{path}: shard name {name!r:.80} is not a file name here")
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}: shard {name!r:.80} must be an object")
+        return cls(root, config, shards)
 
     def save(self) -> None:
         data = {"format": MANIFEST_FORMAT, "config": self.config, "shards": self.shards}

@@ -344,7 +344,11 @@ def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
         if p.suffix == ".safetensors":
             sd = load_file(str(p), device="cpu")
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            from matrixgame.models.loading import load_pth
+
+            sd = load_pth(p)
+    except ValueError:
+        raise
     except Exception as e:  # any reader failure is the same user error: a bad file
         raise ValueError(f"could not read weights from {p}: {e}") from e
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):

@@ -201,13 +201,31 @@ def normalise_vae_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def load_pth(path: str | Path, map_location="cpu"):
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A file that asks
+    to import anything else (a pickle that would run code) is refused with the file's name
+    and what it tried to import, and no advice to turn the guard off."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = found.group(1) if found else "an object that is not a tensor"
+        raise ValueError(f"{path}: refused to load: the file asks to import {what}; only "
+                         f"tensors and plain containers are read from .pth files. Convert "
+                         f"trusted weights to safetensors instead.") from None  # fmt: skip
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: not a readable .pth file ({str(err)[:200]})") from None
+
+
 def read_pth(path: str | Path) -> dict[str, Tensor]:
     """A foreign ``.pth`` state dict, read with ``weights_only=True`` (never unpickled
-    freely), unwrapped from ``state_dict`` / ``gen_model`` / ``generator`` as the release."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ValueError(f"{path} does not exist") from err
+    freely, :func:`load_pth`), unwrapped from ``state_dict`` / ``gen_model`` / ``generator``
+    as the release."""
+    data = load_pth(path)
     for key in ("state_dict", "gen_model", "generator"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

@@ -54,7 +54,66 @@ def read_config(folder: str | Path) -> dict:
     for key in ("vae", "dit", "height", "width", "fps", "window", "sampler"):
         if key not in config:
             raise ValueError(f"{path}: missing {key!r}")
+    _check_config(config, path)
     return config
+
+
+def _check_config(config: dict, path: Path) -> None:
+    """Types and ranges of every field a world is built from (a clear error, not a KeyError
+    from deep inside the model constructors)."""
+    import math
+
+    from matrixgame.data.windows import WindowConfig
+    from matrixgame.diffusion.samplers import SAMPLERS
+    from matrixgame.models.dit import DIT_PRESETS
+    from matrixgame.models.vae import VAE_PRESETS
+
+    def fail(message: str) -> ValueError:
+        return ValueError(f"{path}: {message}")
+
+    def number(value, name: str, low: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value) or value <= low:  # fmt: skip
+            raise fail(f"{name} must be a finite number above {low:g}, got {value!r:.40}")
+        return value
+
+    vae, dit = config["vae"], config["dit"]
+    if not isinstance(vae, dict) or vae.get("preset") not in VAE_PRESETS:
+        raise fail(f"vae.preset must be one of {sorted(VAE_PRESETS)}")
+    if not isinstance(dit, dict) or dit.get("preset") not in DIT_PRESETS:
+        raise fail(f"dit.preset must be one of {sorted(DIT_PRESETS)}")
+    z = VAE_PRESETS[vae["preset"]].z_dim
+    for key in ("latent_mean", "latent_std"):
+        stats = vae.get(key)
+        if not isinstance(stats, list) or len(stats) != z:
+            raise fail(f"vae.{key} must list {z} numbers")
+        for v in stats:
+            number(v, f"vae.{key}", -math.inf if key == "latent_mean" else 0.0)
+    for key in ("height", "width"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 4096:
+            raise fail(f"{key} must be an integer in 1..4096, got {value!r:.40}")
+    number(config["fps"], "fps")
+    window, sampler = config["window"], config["sampler"]
+    try:
+        w = WindowConfig(**window)
+    except TypeError as err:
+        raise fail(f"window must hold WindowConfig fields ({err})") from None
+    for key, low in (("past", 0), ("current", 1), ("memory", 0), ("stride", 1)):
+        value = getattr(w, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 64:
+            raise fail(f"window.{key} must be an integer in {low}..64, got {value!r:.40}")
+    number(w.near_m, "window.near_m")
+    if number(w.far_m, "window.far_m") <= w.near_m or not isinstance(w.sink, bool):
+        raise fail("window.far_m must exceed near_m, and window.sink be true or false")
+    if not isinstance(sampler, dict) or sampler.get("name", "euler") not in SAMPLERS:
+        raise fail(f"sampler.name must be one of {sorted(SAMPLERS)}")
+    steps = sampler.get("steps", 4)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise fail(f"sampler.steps must be an integer in 1..1000, got {steps!r:.40}")
+    number(sampler.get("shift", 3.0), "sampler.shift")
+    if not isinstance(config.get("kinematics", "doom"), str | None):
+        raise fail("kinematics must be a preset name")
 
 
 def component_weights(folder: str | Path, component: str) -> dict[str, torch.Tensor] | None:
