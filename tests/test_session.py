@@ -10,7 +10,7 @@ import torch
 
 from helpers import random_poses
 from matrixgame.data.windows import WindowConfig, retrieve_memory
-from matrixgame.geometry.frustum import Frusta, ViewVolume
+from matrixgame.geometry.frustum import Frusta, ViewVolume, frustum_samples
 from matrixgame.inference.memory import MemoryPool
 from matrixgame.inference.rollout import RolloutConfig, rollout
 from matrixgame.inference.session import Start, WorldSession, replay
@@ -217,3 +217,26 @@ def test_a_pool_grown_one_latent_at_a_time_equals_one_built_at_once():
         if cap is None:
             assert torch.equal(grown.latents, whole.latents)
             assert torch.equal(grown.retrieve(c2w[-1], 70, 4), whole.retrieve(c2w[-1], 70, 4))
+
+
+def test_the_releases_reference_scheme_equals_its_per_frame_selection():
+    from matrixgame.geometry.frustum import select_memory_reference
+
+    g = torch.Generator().manual_seed(7)
+    view = ViewVolume.from_fov(64, 64, 90.0, 0.1, 8.0)
+    c2w = random_poses(40, g, extent=3.0)
+    pool = MemoryPool(view)
+    pool.add(torch.randn(2, 40, 1, 1, generator=g), c2w, 0)
+    refs = random_poses(5, g, extent=3.0)
+    chosen = pool.retrieve_by_reference(refs, 30)
+    everything = torch.cat([c2w, refs])
+    reference, _ = select_memory_reference(everything, list(range(40, 45)), list(range(1, 30)),
+                                           view, frustum_samples(view))  # fmt: skip
+    assert chosen.tolist() == reference
+    world, clip = _world(), _clip()
+    session = WorldSession(world, steps=1, metres_per_unit=1.0, decode=False,
+                           retrieval="reference")  # fmt: skip
+    latents = replay(session, Start.from_clip(clip, 5), clip, 11)
+    assert latents.shape[1] == 11 and torch.isfinite(latents).all()
+    with pytest.raises(ValueError, match="retrieval"):
+        WorldSession(world, retrieval="nearest")

@@ -3,7 +3,9 @@ view volume, precomputed once when it is added, so retrieval is one batched over
 the pool's device (the report's GPU retrieval; its ablation without it drops 40 -> 6.6 FPS).
 
 Retrieval scores all candidates at once (:func:`overlap_sampled`) and takes the top k, the
-same selection the training windows make (:func:`matrixgame.data.windows.retrieve_memory`);
+same selection the training windows make (:func:`matrixgame.data.windows.retrieve_memory`),
+or, as an option, the release's scheme: one latent per reference frame of the segment
+(:meth:`MemoryPool.retrieve_by_reference`);
 optional de-duplication skips a candidate that overlaps an already chosen one by more than
 ``dedup`` (near-identical views waste memory slots). Cap policy: beyond ``cap`` latents the
 oldest are dropped, except the first (the scene's anchor, the report's sink), an eighth of
@@ -117,6 +119,19 @@ class MemoryPool:
         else:
             idx = self._deduplicated(query, rows, k, dedup)
         return self.positions[rows[idx]].sort().values.cpu()
+
+    def retrieve_by_reference(self, references: Tensor, before: int,
+                              samples: Tensor | None = None) -> Tensor:  # fmt: skip
+        """The release's scheme (``select_memory_reference``): for each reference pose
+        ``[R, 4, 4]`` (frames of the segment being generated), the latent before ``before``
+        its view overlaps most (the earliest of equal ones; duplicates allowed), scored in one
+        batched call. Sequence positions ``[R]`` in reference order; none when no candidate."""
+        rows = self.candidates(before)
+        if len(rows) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        refs = references.to(self.device, torch.float64)
+        score = overlap_sampled(refs, self.frusta[rows], self.view, samples)  # [R, N]
+        return self.positions[rows[score.argmax(1)]].cpu()
 
     def _deduplicated(self, query: Tensor, rows: Tensor, k: int, dedup: float) -> Tensor:
         """Greedy top-k: best first (ties to the recent), skipping candidates whose view

@@ -154,8 +154,8 @@ class WorldSession:
     def __init__(self, world, steps: int | None = None, shift: float | None = None,
                  memory: bool = True, seed: int = 0, pool_cap: int | None = None,
                  kinematics: KinematicsConfig | None = None, decode: bool = True,
-                 metres_per_unit: float | None = None,
-                 compile: str | None = None) -> None:  # fmt: skip
+                 metres_per_unit: float | None = None, compile: str | None = None,
+                 retrieval: str = "topk") -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -170,6 +170,9 @@ class WorldSession:
         self.memory, self.seed, self.pool_cap, self.decode = memory, seed, pool_cap, decode
         self.kinematics = kinematics or _kinematics(meta)
         self.metres_per_unit = metres_per_unit or self.kinematics.metres_per_unit
+        if retrieval not in ("topk", "reference"):
+            raise ValueError(f"retrieval must be 'topk' or 'reference', got {retrieval!r}")
+        self.retrieval = retrieval  # "reference": the release's one latent per segment frame
         self.state: SessionState | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.decoder = None  # the compiled streaming decoder (``compile``: its backend)
@@ -238,7 +241,12 @@ class WorldSession:
         s = L - past  # the window's first latent
         chosen = torch.zeros(0, dtype=torch.long)
         if self.memory and past == self.window.past:  # short context: image-only, no memory
-            chosen = st.pool.retrieve(window_c2w[-1], s, self.window.memory)
+            m = self.window.memory
+            if self.retrieval == "reference":  # the segment's frames, evenly spaced
+                refs = poses[torch.linspace(len(poses) - 1, 0, m).round().long().flip(0)]
+                chosen = st.pool.retrieve_by_reference(refs, s).sort().values
+            else:
+                chosen = st.pool.retrieve(window_c2w[-1], s, m)
             if self.window.sink:
                 chosen = torch.cat([torch.zeros(1, dtype=torch.long), chosen])
         lo = (4 * s - 3 if s else 0) - st.first_frame  # the window's frames in the tail
