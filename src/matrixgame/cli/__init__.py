@@ -42,4 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"matrixgame: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: the state before is kept
+        print(f"matrixgame: error: {err}", file=sys.stderr)
+        return 1
     return 0

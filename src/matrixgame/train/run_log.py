@@ -10,6 +10,13 @@ class RunLog:
     def __init__(self, folder: str | Path, tensorboard: bool = True) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        probe = self.folder / ".write-test"  # a read-only or full folder fails here, clearly
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise OSError(f"cannot write to the run folder {self.folder}: "
+                          f"{err.strerror or err}") from None  # fmt: skip
         self.writer = None
         if tensorboard:
             try:

@@ -252,14 +252,28 @@ class Trainer:
         final = root / f"{self.step:08d}"
         tmp = root / f".{self.step:08d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write_checkpoint(tmp, final, root, model_state, optimizer_state, ema)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # the last whole checkpoint stays latest
+            raise
+        return final
+
+    def _write_checkpoint(self, tmp: Path, final: Path, root: Path, model_state: dict,
+                          optimizer_state: dict, ema: dict) -> None:  # fmt: skip
         tmp.mkdir(parents=True)
         weights = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model_state.items()}
         weights.update({f"ema.{k}": v.contiguous().cpu() for k, v in ema.items()})
-        save_file(weights, tmp / "weights.safetensors")
-        torch.save(
-            {"optimizer": optimizer_state, "step": self.step, "skipped": self.skipped},
-            tmp / "state.pt",
-        )
+        try:
+            save_file(weights, tmp / "weights.safetensors")
+            torch.save(
+                {"optimizer": optimizer_state, "step": self.step, "skipped": self.skipped},
+                tmp / "state.pt",
+            )
+        except OSError:
+            raise
+        except Exception as err:  # safetensors and torch report a full disk as their own errors
+            raise OSError(f"cannot write the checkpoint {tmp}: {err}") from None
         (tmp / "config.json").write_text(
             json.dumps({"train": asdict(self.cfg), **self.meta}, indent=1)
         )
@@ -273,10 +287,13 @@ class Trainer:
             : -self.cfg.keep_checkpoints
         ]:
             shutil.rmtree(old, ignore_errors=True)
-        return final
 
     def resume(self) -> bool:
-        """Continue from ``<out>/checkpoints/latest`` if there is one."""
+        """Continue from ``<out>/checkpoints/latest`` if there is one (first removing what a
+        killed run left half-written: temporary folders and files)."""
+        if self.rank == 0:
+            for stale in (self.out / "checkpoints").glob(".*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
         latest = self.out / "checkpoints" / "latest"
         if not latest.exists():
             return False
