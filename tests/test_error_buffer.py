@@ -40,3 +40,20 @@ def test_injection_adds_banked_residuals_at_the_configured_scale():
 def test_bad_settings():
     with pytest.raises(ValueError, match="bins"):
         ErrorBuffer(bins=0)
+
+
+def test_the_buffer_round_trips_through_its_state():
+    buffer = ErrorBuffer(bins=4, capacity=3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(2, 4, 3, 2, 2, generator=g)
+        buffer.add(x + 0.1, x, torch.rand(2, generator=g))
+    copy = ErrorBuffer(bins=4, capacity=3)
+    copy.load_state_dict(buffer.state_dict())
+    assert copy.next == buffer.next and len(copy) == len(buffer)
+    assert all(torch.equal(a, b) for s, t in zip(copy.store, buffer.store, strict=True)
+               for a, b in zip(s, t, strict=True))  # fmt: skip
+    like = torch.zeros(4, 2, 2)
+    a = copy.sample(5, like, torch.Generator().manual_seed(1))
+    b = buffer.sample(5, like, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)

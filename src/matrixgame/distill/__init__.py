@@ -1,1 +1,3 @@
-"""Distillation objectives: the DMD distribution-matching loss and its critic's loss."""
+"""Distillation into a few-step student: the DMD objective and its critic's loss (``dmd``),
+multi-segment self rollouts through the world session (``rollout``), the trainer's step
+(``task``) and the `matrixgame distill` job (``job``)."""

@@ -1,1 +1,4 @@
-"""Training: the error buffer now; the trainer, memory sampling and checkpoints next."""
+"""Training: one trainer for every model (``trainer``), the tasks that supply its losses
+(``vae_task``, ``adversarial``, ``dit_task`` with the ``error_buffer``), latent caches
+(``latents``), training samples (``memory_sampling``), the jobs the CLI and the world
+recipe run (``jobs``), run logs and sample strips, and reading finished runs (``runs``)."""

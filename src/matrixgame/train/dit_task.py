@@ -39,6 +39,13 @@ class DiTTask:
     drop_actions: float = 0.1
     buffer: ErrorBuffer = field(default_factory=ErrorBuffer)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """What the task carries between steps (the error buffer), for checkpoints."""
+        return {f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.buffer.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("buffer.")})
+
     def loss(self, model, batch: dict, step: int) -> tuple[Tensor, dict]:
         past, current, memory = batch["past"], batch["current"], batch["memory"]
         b, p, c = current.shape[0], past.shape[2], current.shape[2]

@@ -73,6 +73,18 @@ class ErrorBuffer:
         noise = self.sample(b * f, latents[:, :, 0], generator)  # [B*F, C, H, W]
         return latents + gamma * noise.view(b, f, *noise.shape[1:]).transpose(1, 2)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The banked residuals per bin ``[n, C, H, W]`` and the ring positions, so a resumed
+        run replays what the unbroken one would have."""
+        state = {f"bin{k}": torch.stack(b) for k, b in enumerate(self.store) if b}
+        state["next"] = torch.tensor(self.next, dtype=torch.long)
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.store = [list(state[f"bin{k}"].unbind(0)) if f"bin{k}" in state else []
+                      for k in range(self.bins)]  # fmt: skip
+        self.next = [int(v) for v in state["next"]]
+
     def corrupt(
         self, past: Tensor, memory: Tensor | None, generator: torch.Generator | None = None
     ):

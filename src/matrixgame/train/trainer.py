@@ -4,7 +4,9 @@ with fast bf16), DDP under ``torchrun``,
 and atomic checkpoints from which ``resume`` continues bit for bit.
 
 A task supplies the loss: ``task.loss(model, batch, step) -> (loss, logs)``; the trainer
-knows nothing about diffusion or VAEs.
+knows nothing about diffusion or VAEs. A task that carries state between steps (the DiT
+objective's error buffer) gives ``state_dict`` / ``load_state_dict``, saved with each
+checkpoint (process 0's under DDP, where each process banks its own residuals).
 """
 
 from __future__ import annotations
@@ -266,6 +268,9 @@ class Trainer:
         weights.update({f"ema.{k}": v.contiguous().cpu() for k, v in ema.items()})
         try:
             save_file(weights, tmp / "weights.safetensors")
+            if hasattr(self.task, "state_dict"):  # e.g. the DiT objective's error buffer
+                task = {k: v.contiguous().cpu() for k, v in self.task.state_dict().items()}
+                save_file(task, tmp / "task.safetensors")
             torch.save(
                 {"optimizer": optimizer_state, "step": self.step, "skipped": self.skipped},
                 tmp / "state.pt",
@@ -326,6 +331,8 @@ class Trainer:
             self.ema = {
                 k[4:]: v.to(self.device) for k, v in weights.items() if k.startswith("ema.")
             }
+        if (folder / "task.safetensors").exists() and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(load_file(folder / "task.safetensors"))
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         return True
 
