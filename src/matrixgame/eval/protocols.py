@@ -31,7 +31,8 @@ import torch
 from matrixgame.data.shards import Clip, Manifest, read_clip
 from matrixgame.eval import metrics
 from matrixgame.geometry.frustum import ViewVolume, overlap_sampled
-from matrixgame.inference.rollout import RolloutConfig, decode_frames, rollout
+from matrixgame.inference.rollout import decode_frames
+from matrixgame.inference.session import Start, WorldSession, replay
 from matrixgame.train.latents import latent_clip
 from matrixgame.train.runs import World
 from matrixgame.train.vae_task import frames_to_model, to_uint8
@@ -135,6 +136,16 @@ def context_latents(world: World, config: EvalConfig) -> int:
     return config.context or (w.past + w.memory + 1)
 
 
+def eval_session(world: World, config: EvalConfig, memory: bool,
+                 metres_per_unit: float) -> WorldSession:  # fmt: skip
+    """The session a rollout replays through: a distilled world keeps its own few-step
+    sampler; any other runs ``config.steps`` Euler steps at ``config.shift``."""
+    distilled = ((getattr(world, "meta", None) or {}).get("sampler") or {}).get("distilled")
+    steps, shift = (None, None) if distilled else (config.steps, config.shift)
+    return WorldSession(world, steps=steps, shift=shift, memory=memory, seed=config.seed,
+                        decode=False, metres_per_unit=metres_per_unit)  # fmt: skip
+
+
 def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = True,
              cache: dict | None = None) -> Run:  # fmt: skip
     """Roll ``world`` out over ``clip`` (up to ``config.seconds``) and decode it. ``cache``
@@ -142,6 +153,7 @@ def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = Tr
     ctx = context_latents(world, config)
     frames = min(len(clip.clip), int(round(config.seconds * clip.fps)) + 1)
     total = 1 + (frames - 1) // 4
+    total -= (total - ctx) % world.window.current  # whole session steps
     if total <= ctx:
         raise ValueError(f"{clip.name}: {len(clip.clip)} frames leave nothing after the context")
     key = (id(world.vae), world.height, world.width, clip.name, total)
@@ -150,17 +162,17 @@ def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = Tr
         lat = latent_clip(world.vae, clip.clip, world.height, world.width, 1 + 4 * (total - 1))
         cache[key] = (lat, decode_frames(world.vae, lat["latents"]))
     lat, reconstructed = cache[key]
-    cfg = RolloutConfig(config.steps, config.shift, memory, config.seed)
-    out = rollout(world.dit, lat, ctx, total, world.window, world.height, world.width,
-                  clip.metres_per_unit, cfg)  # fmt: skip
+    session = eval_session(world, config, memory, clip.metres_per_unit)
+    timings: list[float] = []
+    latents = replay(session, Start.from_clip(lat, ctx), lat, total, timings)
     start = time.perf_counter()
-    generated = decode_frames(world.vae, out.latents)
+    generated = decode_frames(world.vae, latents)
     decode = time.perf_counter() - start
     real = _resized(clip.clip.frames[: len(generated)], world.height, world.width)
     w, mpu = world.window, clip.metres_per_unit
     view = ViewVolume(tuple(lat["K"].tolist()), world.width, world.height, w.near_m / mpu,
                       w.far_m / mpu)  # fmt: skip
-    return Run(clip, real, generated, reconstructed, 1 + 4 * (ctx - 1), view, out.seconds,
+    return Run(clip, real, generated, reconstructed, 1 + 4 * (ctx - 1), view, sum(timings),
                decode)  # fmt: skip
 
 

@@ -375,7 +375,8 @@ def _kinematics(meta: dict) -> KinematicsConfig:
     return get_preset(name)
 
 
-def replay(session: WorldSession, start: Start, clip: dict, total: int) -> Tensor:
+def replay(session: WorldSession, start: Start, clip: dict, total: int,
+           timings: list[float] | None = None) -> Tensor:  # fmt: skip
     """Latents ``[z, total, h, w]``: ``start``'s context, then the session stepped with a
     latent clip's recorded actions and poses up to latent ``total - 1`` (the evaluation's
     rollout). A last, shorter segment is not generated: ``total`` - context must be a
@@ -392,4 +393,6 @@ def replay(session: WorldSession, start: Start, clip: dict, total: int) -> Tenso
         seg = session.step(clip["keyboard"][frames], clip["mouse"][frames],
                            clip["frame_c2w"][frames])  # fmt: skip
         out.append(seg.latents)
+        if timings is not None:
+            timings.append(seg.dit_seconds)
     return torch.cat(out, 1)
