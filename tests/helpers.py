@@ -103,3 +103,15 @@ def make_world_folder(root: Path, starts: int = 2, current: int = 1, fps: float 
                          torch.tensor([32.0, 32.0, 32.0, 32.0]), name=f"spawn {i}"))  # fmt: skip
     shipped.save_starts(root, out)
     return root
+
+
+def make_world_and_latents(root: Path) -> Path:
+    """``root/world`` (a tiny world, one latent per step) and ``root/latents``: its VAE's
+    latent cache of two synthetic 41-frame clips (11 latents each)."""
+    from matrixgame.train.latents import cache_latents
+    from matrixgame.worlds.shipped import load_world
+
+    world = make_world_folder(root / "world", current=1)
+    data = make_dataset(root / "data", clips=2, frames=41, height=64, width=64)
+    cache_latents(data, load_world(world).vae, root / "latents", 64, 64, progress=False)
+    return root

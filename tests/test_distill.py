@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_dataset, make_world_folder
+from helpers import make_world_and_latents
 from matrixgame.cli import main
 from matrixgame.data.windows import WindowConfig
 from matrixgame.diffusion.samplers import sigma_schedule
@@ -16,7 +16,6 @@ from matrixgame.distill.job import DistillJob, train_distill
 from matrixgame.distill.rollout import mask_window, self_rollout
 from matrixgame.geometry import pose_from_angles
 from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
-from matrixgame.train.latents import cache_latents
 from matrixgame.train.memory_sampling import EpisodeDataset
 from matrixgame.train.trainer import _collate
 from matrixgame.worlds.shipped import load_world
@@ -103,11 +102,8 @@ def test_masks_drop_the_past_and_the_memory_consistently():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    world = make_world_folder(root / "world", current=1)
-    data = make_dataset(root / "data", clips=2, frames=41, height=64, width=64)
-    cache_latents(data, load_world(world).vae, root / "latents", 64, 64, progress=False)
-    return world, root / "latents"
+    root = make_world_and_latents(tmp_path_factory.mktemp("distill"))
+    return root / "world", root / "latents"
 
 
 def _job(setup, out, **kw):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import make_dataset, make_world_folder
+from helpers import make_world_and_latents
 from matrixgame.data.shards import Manifest
 
 pytestmark = pytest.mark.slow
@@ -69,14 +69,7 @@ def assert_checkpoints_whole(run: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
-    from matrixgame.train.latents import cache_latents
-    from matrixgame.worlds.shipped import load_world
-
-    root = tmp_path_factory.mktemp("faults")
-    world = make_world_folder(root / "world", current=1)
-    data = make_dataset(root / "data", clips=2, frames=41, height=64, width=64)
-    cache_latents(data, load_world(world).vae, root / "latents", 64, 64, progress=False)
-    return root
+    return make_world_and_latents(tmp_path_factory.mktemp("faults"))
 
 
 def _dit(latents: Path, out: Path, steps: int = 40) -> list[str]:
