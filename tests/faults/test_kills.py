@@ -72,7 +72,7 @@ def latents(tmp_path_factory):
     return make_world_and_latents(tmp_path_factory.mktemp("faults"))
 
 
-def _dit(latents: Path, out: Path, steps: int = 40) -> list[str]:
+def _dit(latents: Path, out: Path, steps: int = 24) -> list[str]:
     return [*CLI, "train", "dit", "--latents", str(latents / "latents"), "--out", str(out),
             "--steps", str(steps), "--batch-size", "2", "--checkpoint-every", "2", "--past",
             "2", "--current", "1", "--memory", "2"]  # fmt: skip
@@ -84,17 +84,17 @@ def test_train_dit_killed_six_times_equals_the_unbroken_run(latents, tmp_path):
                    env=ENV)  # fmt: skip
     broken = tmp_path / "broken"
     latest = broken / "checkpoints" / "latest"
-    landed = kill_repeatedly(_dit(latents, broken), 6, rng, 2.5, 5.0)
+    landed = kill_repeatedly(_dit(latents, broken), 6, rng, 2.5, 4.0)
     assert landed == 6
     a, b = assert_checkpoints_whole(tmp_path / "straight"), assert_checkpoints_whole(broken)
-    assert int(latest.read_text()) == 40
+    assert int(latest.read_text()) == 24
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_recording_killed_eight_times_keeps_every_finished_shard(tmp_path):
     rng = random.Random(2)
     out = tmp_path / "ds"
-    cmd = [*CLI, "record", "--out", str(out), "--maps", "MAP01", "--frames", "6000",
+    cmd = [*CLI, "record", "--out", str(out), "--maps", "MAP01", "--frames", "3600",
            "--clip-frames", "150", "--loop-fraction", "0", "--workers", "1"]  # fmt: skip
     seen: dict[str, int] = {}
 
@@ -104,10 +104,10 @@ def test_recording_killed_eight_times_keeps_every_finished_shard(tmp_path):
                 seen.setdefault(name, (out / name).stat().st_mtime_ns)
         return True
 
-    landed = kill_repeatedly(cmd, 8, rng, 2.0, 4.5, progress)
+    landed = kill_repeatedly(cmd, 8, rng, 2.0, 3.5, progress)
     assert landed == 8
     final = Manifest.load(out)
-    assert len(final.shards) == 40 and all(final.verified(n) for n in final.shards)
+    assert len(final.shards) == 24 and all(final.verified(n) for n in final.shards)
     assert all((out / n).stat().st_mtime_ns == t for n, t in seen.items())  # not redone
     assert not list(out.glob(".*.tmp")), "a killed write's temporary file was left behind"
     straight = tmp_path / "straight"
@@ -133,12 +133,12 @@ def test_distill_killed_four_times_equals_the_unbroken_run(latents, tmp_path):
 
     def cmd(out):
         return [*CLI, "distill", "--teacher", str(latents / "world"), "--latents",
-                str(latents / "latents"), "--out", str(out), "--steps", "16", "--batch-size",
+                str(latents / "latents"), "--out", str(out), "--steps", "12", "--batch-size",
                 "1", "--history", "3", "--sampler-steps", "2", "--checkpoint-every", "2",
                 "--stage", "multi", "--segments", "2", "--student-every", "2"]  # fmt: skip
 
     subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True, env=ENV)
-    landed = kill_repeatedly(cmd(tmp_path / "broken"), 4, rng, 3.0, 7.0)
+    landed = kill_repeatedly(cmd(tmp_path / "broken"), 4, rng, 3.0, 6.0)
     assert landed == 4
     a = assert_checkpoints_whole(tmp_path / "straight")
     b = assert_checkpoints_whole(tmp_path / "broken")
