@@ -20,7 +20,7 @@ import time
 import torch
 
 from common import machine, print_table, write_json
-from matrixgame.serve.app import PlayServer, ServeConfig, start_in_thread
+from matrixgame.serve.app import PlayServer, ServeConfig, start_in_thread, torch_thread
 from matrixgame.worlds.shipped import load_starts, load_world
 
 CHROMIUM = "/usr/bin/chromium"
@@ -51,6 +51,18 @@ def play(page, seconds: float) -> list[dict]:
     return samples
 
 
+def prepare(args) -> tuple:
+    """The world, with INT8 where it pays (on the server's torch thread)."""
+    world = load_world(args.world)
+    int8 = "off"
+    if args.int8 == "auto":
+        from matrixgame.accel.int8 import quantize_dit
+
+        report = quantize_dit(world.dit)
+        int8 = report.backend if report.quantized else f"off ({report.reason})"
+    return world, int8
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="doom-e1m1")
@@ -60,13 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = load_world(args.world)
-    int8 = "off"
-    if args.int8 == "auto":
-        from matrixgame.accel.int8 import quantize_dit
-
-        report = quantize_dit(world.dit)
-        int8 = report.backend if report.quantized else f"off ({report.reason})"
+    world, int8 = torch_thread().submit(prepare, args).result()  # as `matrixgame play` does
     server = PlayServer(world, load_starts(args.world), ServeConfig(max_sessions=1))
     url, stop = start_in_thread(server)
     from playwright.sync_api import sync_playwright

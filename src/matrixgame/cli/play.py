@@ -87,11 +87,12 @@ def _open(args: argparse.Namespace):
 
 
 def _run_play(args: argparse.Namespace) -> None:
-    from matrixgame.serve.app import PlayServer, ServeConfig, run
+    from matrixgame.serve.app import PlayServer, ServeConfig, run, torch_thread
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must lie in 1..65535, got {args.port}")
-    world, starts, info = _open(args)
+    # loaded on the thread that will step it (see serve.app.torch_thread)
+    world, starts, info = torch_thread().submit(_open, args).result()
     config = ServeConfig(max_sessions=args.max_sessions, idle_s=args.idle_timeout,
                          steps=args.steps)  # fmt: skip
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -76,6 +76,21 @@ class Bucket:
         return True
 
 
+_TORCH_THREAD: ThreadPoolExecutor | None = None
+
+
+def torch_thread() -> ThreadPoolExecutor:
+    """The one thread that runs every torch call of the play server, loading included.
+    torch work on two threads (the model loaded on the main thread, stepped on a worker)
+    ran the DiT at half speed here (two OpenMP thread teams on 2 cores: 620 vs 270 ms a
+    segment); on one thread it runs as fast as in-process. Sessions take turns on it, each
+    step using all cores."""
+    global _TORCH_THREAD
+    if _TORCH_THREAD is None:
+        _TORCH_THREAD = ThreadPoolExecutor(1, "matrixgame-torch")
+    return _TORCH_THREAD
+
+
 class PlayServer:
     """The app and what its connections share: the world, its starts, the worker threads,
     the session cap and the recordings."""
@@ -90,7 +105,7 @@ class PlayServer:
         self.info = info or {}
         self.active = 0
         self.served = 0
-        self.executor = ThreadPoolExecutor(self.config.max_sessions, "matrixgame-world")
+        self.executor = torch_thread()
         self._own_records = record_dir is None
         self.record_dir = Path(record_dir or tempfile.mkdtemp(prefix="matrixgame-recordings-"))
         self.recordings: dict[str, Path] = {}
@@ -167,7 +182,6 @@ class PlayServer:
         return token, self.record_dir / f"{token}.mp4"
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
         if self._own_records:
             shutil.rmtree(self.record_dir, ignore_errors=True)
 
