@@ -113,7 +113,6 @@ class SessionState:
     velocity: Tensor  # [2] kinematic momentum after the last frame
     pool: MemoryPool
     decoder: FeatureCache
-    context: int  # latents given by the start
     K: Tensor
 
 
@@ -207,7 +206,7 @@ class WorldSession:
         self.state = self._trimmed(L, start.latents, start.c2w.double(), 0,
                                    start.frame_c2w.double(), start.keyboard.float(),
                                    start.mouse.float(), start.velocity.clone(), pool, decoder,
-                                   L, start.K.clone())  # fmt: skip
+                                   start.K.clone())  # fmt: skip
         return frames
 
     # -- step ---------------------------------------------------------------------------------
@@ -282,7 +281,7 @@ class WorldSession:
         self.state = self._trimmed(L + c, torch.cat([st.latents, new.to(st.latents)], 1),
                                    window.window_c2w, st.first_frame, window.frame_c2w,
                                    window.keyboard, window.mouse, window.velocity, st.pool,
-                                   decoder, st.context, st.K)  # fmt: skip
+                                   decoder, st.K)  # fmt: skip
         return Segment(decoded, new, window.chosen.tolist(), window.poses, dit_seconds,
                        decode_seconds)  # fmt: skip
 

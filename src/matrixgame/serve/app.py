@@ -92,7 +92,7 @@ def torch_thread() -> ThreadPoolExecutor:
 
 
 class PlayServer:
-    """The app and what its connections share: the world, its starts, the worker threads,
+    """The app and what its connections share: the world, its starts, the torch thread,
     the session cap and the recordings."""
 
     def __init__(self, world, starts: list, config: ServeConfig | None = None,
@@ -102,9 +102,7 @@ class PlayServer:
             raise ValueError("the world has no starts to play from")
         self.world, self.starts = world, starts
         self.config = config or ServeConfig()
-        self.info = info or {}
         self.active = 0
-        self.served = 0
         self.executor = torch_thread()
         self._own_records = record_dir is None
         self.record_dir = Path(record_dir or tempfile.mkdtemp(prefix="matrixgame-recordings-"))
@@ -112,9 +110,11 @@ class PlayServer:
         meta = getattr(world, "meta", {}) or {}
         self.fps = float(meta.get("fps", 17.5))
         self.pitch = meta.get("kinematics", "doom") != "doom"  # Doom recordings keep it level
+        self.hello = self._hello(info or {})
         self.app = self._build()
 
-    def world_info(self) -> dict:
+    def _hello(self, info: dict) -> dict:
+        """What a page is told when it connects (and what ``/api/world`` answers)."""
         session = WorldSession(self.world, steps=self.config.steps)
         return {
             "type": "hello", "world": getattr(self.world, "name", "world"), "fps": self.fps,
@@ -122,7 +122,7 @@ class PlayServer:
             "frames_per_step": session.frames_per_step, "sampler_steps": session.steps,
             "starts": [s.name for s in self.starts], "max_sessions": self.config.max_sessions,
             "pitch": self.pitch, "degrees_per_pixel": self.config.degrees_per_pixel,
-            "idle_s": self.config.idle_s, **self.info,
+            "idle_s": self.config.idle_s, **info,
         }  # fmt: skip
 
     def _build(self):
@@ -142,7 +142,7 @@ class PlayServer:
 
         @app.get("/api/world")
         async def world() -> dict:
-            return {**self.world_info(), "active": self.active}
+            return {**self.hello, "active": self.active}
 
         @app.get("/recordings/{token}")
         async def recording(token: str):
@@ -171,7 +171,6 @@ class PlayServer:
             await ws.close(code=1013, reason="busy")
             return
         self.active += 1
-        self.served += 1
         try:
             await Connection(self, ws).run()
         finally:
@@ -219,7 +218,7 @@ class Connection:
         self.recording_token: str | None = None
 
     async def run(self) -> None:
-        self.say(self.server.world_info())
+        self.say(self.server.hello)
         tasks = [asyncio.create_task(c) for c in (self.receive(), self.produce(), self.send())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -366,6 +365,17 @@ class Connection:
                     return
 
 
+def _uvicorn(server: PlayServer, host: str, port: int):
+    """The uvicorn server both ways of serving use: protocol-level frames over 1 MB close the
+    connection (1009; messages over 4 KB get an error from the app), pings find dead peers."""
+    import uvicorn
+
+    config = uvicorn.Config(server.app, host=host, port=port, log_level="warning",
+                            ws_max_size=1 << 20, timeout_graceful_shutdown=3,
+                            ws_ping_interval=20, ws_ping_timeout=20)  # fmt: skip
+    return uvicorn.Server(config)
+
+
 def run(server: PlayServer, host: str = "127.0.0.1", port: int = 8000,
         open_browser: bool = True, on_ready=None) -> None:  # fmt: skip
     """Serve until Ctrl-C (uvicorn); opens the page in the user's browser once listening."""
@@ -373,18 +383,13 @@ def run(server: PlayServer, host: str = "127.0.0.1", port: int = 8000,
     import threading
     import webbrowser
 
-    import uvicorn
-
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as err:
             raise ValueError(f"cannot listen on {host}:{port} ({err.strerror}); is another "
                              f"server running? pass --port") from None  # fmt: skip
-    config = uvicorn.Config(server.app, host=host, port=port, log_level="warning",
-                            ws_max_size=1 << 20, timeout_graceful_shutdown=3,
-                            ws_ping_interval=20, ws_ping_timeout=20)  # fmt: skip
-    web = uvicorn.Server(config)
+    web = _uvicorn(server, host, port)
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
 
     def announce() -> None:
@@ -412,11 +417,7 @@ def start_in_thread(server: PlayServer, host: str = "127.0.0.1", port: int = 0):
     function that stops the server. Port 0 picks a free one."""
     import threading
 
-    import uvicorn
-
-    config = uvicorn.Config(server.app, host=host, port=port, log_level="warning",
-                            ws_max_size=1 << 20, timeout_graceful_shutdown=2)  # fmt: skip
-    web = uvicorn.Server(config)
+    web = _uvicorn(server, host, port)
     thread = threading.Thread(target=web.run, name="matrixgame-play", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -51,8 +51,8 @@ class Player:
         start = self.starts[index]
         frames = self.session.reset(start)
         self.segment, self.thumbs, self.travelled, self.places = 0, OrderedDict(), [], []
-        positions = [0] + [4 * j for j in range(1, start.latents.shape[1])]
-        self._remember(list(range(start.latents.shape[1])), frames[positions])
+        # latent 0 is frame 0, latent j ends at frame 4 j: the start's frames [::4]
+        self._remember(list(range(start.latents.shape[1])), frames[::4])
         self._walked(start.c2w)
         self._record(frames)
         return self._header(start.c2w[-1], [], -1, reset=True, start=index), frames, []
