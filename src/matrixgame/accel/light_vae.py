@@ -29,7 +29,7 @@ from matrixgame.models.vae import (
 )
 from matrixgame.train.jobs import Stop
 from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
-from matrixgame.train.vae_task import frames_to_model, psnr
+from matrixgame.train.vae_task import frames_to_model, psnr, reconstruction_loss
 
 Tensor = torch.Tensor
 LIGHT_RATES = (0.5, 0.75)  # MG-LightVAE.pth and MG-LightVAE_v2.pth
@@ -374,7 +374,7 @@ class LightDecoderTask:
         x = frames_to_model(batch["frames"], self.height, self.width)
         out = model(x, features=self.features > 0)
         err = out["student"].float() - out["teacher"].float()
-        distill = self.l1 * err.abs().mean() + self.l2 * err.pow(2).mean()
+        distill = reconstruction_loss(err, self.l1, self.l2)
         feature = torch.zeros((), device=x.device)
         for s, t in out["features"]:  # each stage relative to its power, then averaged
             power = t.float().pow(2).mean().clamp(min=1e-8)

@@ -141,13 +141,12 @@ def _strip(world, trainer: Trainer, data, sigmas: torch.Tensor, job: DistillJob)
     from matrixgame.inference.rollout import denoise_window
     from matrixgame.inference.session import WorldSession
     from matrixgame.models.dit import MatrixGameDiT
+    from matrixgame.train.runs import sub_state
     from matrixgame.train.samples import strip
     from matrixgame.train.trainer import _collate
 
     student = MatrixGameDiT(trainer.model.student.config).eval()
-    prefix = "student."
-    student.load_state_dict({k[len(prefix) :]: v.float() for k, v in trainer.ema.items()
-                             if k.startswith(prefix)})  # fmt: skip
+    student.load_state_dict({k: v.float() for k, v in sub_state(trainer.ema, "student.").items()})
     item = _collate([data[len(data) - 1]])
     session = WorldSession(world, decode=False, metres_per_unit=float(item["metres_per_unit"][0]))
     start = episode_start(item, 0)

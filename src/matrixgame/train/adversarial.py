@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from matrixgame.models.vae import WanVAE
-from matrixgame.train.vae_task import frames_to_model, psnr
+from matrixgame.train.vae_task import frames_to_model, psnr, reconstruction_loss
 
 Tensor = torch.Tensor
 
@@ -114,7 +114,7 @@ class DecoderTask:
         out = model(x, noise)
         inner = getattr(model, "module", model)
         err = out["recon"].float() - x
-        rec = self.l1 * err.abs().mean() + self.l2 * err.pow(2).mean()
+        rec = reconstruction_loss(err, self.l1, self.l2)
         g_adv = -out["g_logits"].float().mean()
         fm = feature_matching_loss(out["g_features"], out["real_features"])
         weight = self.adaptive_weight(rec, g_adv, inner.vae.decoder.head[-1].weight)

@@ -11,6 +11,12 @@ from pathlib import Path
 from matrixgame.data.shards import Manifest
 
 
+def sub_state(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under ``prefix`` (``"ema."``, ``"student."``), renamed
+    without it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def latest_weights(run: str | Path, prefix: str = "ema.",
                    model: str | None = None) -> tuple[dict, dict]:  # fmt: skip
     """(state dict, config) of a training run's latest checkpoint; ``model`` ("vae", "dit",
@@ -25,7 +31,7 @@ def latest_weights(run: str | Path, prefix: str = "ema.",
     config = json.loads((folder / "config.json").read_text())
     if model is not None and config.get("model") != model:
         raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train {model}` run")
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, config
+    return sub_state(weights, prefix), config
 
 
 def trained_vae(run: str | Path):
@@ -38,7 +44,7 @@ def trained_vae(run: str | Path):
 
     state, config = latest_weights(run, model="vae")
     prefix = config.get("weights_prefix", "")
-    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    state = sub_state(state, prefix)
     stats = Path(run) / "latent_stats.json"
     if "latent_mean" not in config and stats.exists():
         config = {**config, **json.loads(stats.read_text())}
@@ -88,7 +94,7 @@ def trained_world(run: str | Path, name: str | None = None) -> World:
 
     state, config = latest_weights(run)
     if config.get("model") == "dmd":
-        state = {k[8:]: v for k, v in state.items() if k.startswith("student.")}
+        state = sub_state(state, "student.")
     elif config.get("model") != "dit":
         raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train dit` or "
                          f"`distill` run")  # fmt: skip

@@ -31,6 +31,11 @@ def psnr(a: Tensor, b: Tensor) -> float:
     return float(10 * torch.log10(4.0 / mse.clamp(min=1e-10)))
 
 
+def reconstruction_loss(err: Tensor, l1: float, l2: float) -> Tensor:
+    """l1 |err| + l2 err^2, each averaged: the pixel loss of every autoencoder task here."""
+    return l1 * err.abs().mean() + l2 * err.pow(2).mean()
+
+
 @dataclass(frozen=True)
 class VAETask:
     height: int = 96
@@ -42,7 +47,7 @@ class VAETask:
         x = frames_to_model(batch["frames"], self.height, self.width)
         recon, latents = model(x)
         err = recon.float() - x
-        loss = self.l1 * err.abs().mean() + self.l2 * err.pow(2).mean()
+        loss = reconstruction_loss(err, self.l1, self.l2)
         return loss, {
             "loss": float(loss.detach()),
             "psnr": psnr(recon.detach(), x),

@@ -383,7 +383,7 @@ class Recipe:
     def export(self, figures: dict) -> None:
         """Write the trained weights and config.json into the shipped folder."""
         from matrixgame.train.jobs import _vae_meta
-        from matrixgame.train.runs import latest_weights
+        from matrixgame.train.runs import latest_weights, sub_state
 
         s, folder = self.spec, self.ship_to
         vae_run = (
@@ -391,10 +391,9 @@ class Recipe:
         )
         vae_state, vae_cfg = latest_weights(vae_run, model="vae")
         prefix = vae_cfg.get("weights_prefix", "")
-        shipped.save_component(folder, "vae", {k[len(prefix) :]: v for k, v in vae_state.items()
-                                               if k.startswith(prefix)})  # fmt: skip
+        shipped.save_component(folder, "vae", sub_state(vae_state, prefix))
         if prefix:
-            disc = {k[5:]: v for k, v in vae_state.items() if k.startswith("disc.")}
+            disc = sub_state(vae_state, "disc.")
             shipped.save_component(folder, "discriminator", disc)
         dit_state, dit_cfg = latest_weights(self.path("dit"), model="dit")
         shipped.save_component(folder, "dit", dit_state)
