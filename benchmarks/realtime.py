@@ -43,11 +43,14 @@ def session_with_pool(world, pool: int, steps: int, compile: str | None = None) 
     h, w = world.height // f, world.width // f
     z = world.dit.config.in_dim
     c2w = walk(pool)
-    frames = 1 + 4 * (pool - 1)
-    frame_c2w = c2w[(torch.arange(frames) + 3).div(4, rounding_mode="floor").clamp(max=pool - 1)]
+    t = world.window.frames_per_latent
+    frames = world.window.frames(pool)
+    frame_c2w = c2w[
+        (torch.arange(frames) + t - 1).div(t, rounding_mode="floor").clamp(max=pool - 1)
+    ]
     K = torch.tensor([world.width / 2, world.width / 2 * 1.2, world.width / 2, world.height / 2])
     start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
-                  torch.zeros(frames, 2), K)  # fmt: skip
+                  torch.zeros(frames, 2), K, frames_per_latent=t)  # fmt: skip
     session = WorldSession(world, steps=steps, decode=True, compile=compile)
     session.world.vae, vae = None, session.world.vae  # skip decoding the whole start
     session.reset(start)

@@ -41,6 +41,7 @@ class Clips:
             "mouse": torch.zeros(n, 2), "K": torch.tensor([32.0, 32.0, 32.0, 32.0]),
         }]  # fmt: skip
         self.meta, self.height, self.width = [{"metres_per_unit": 1.0}], H, W
+        self.root, self.frames_per_latent = "memory", 4
 
 
 def _student():

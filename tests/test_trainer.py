@@ -208,3 +208,20 @@ def test_stop_ends_training_after_a_checkpoint(tmp_path):
     trainer.fit(progress=False, stop=lambda step: asked.append(step) or step >= 4)
     assert asked == [2, 4] and trainer.step == 4 and trainer.stopped == "stop"
     assert (tmp_path / "run/checkpoints/latest").read_text() == "00000004"
+
+
+def test_the_learning_rate_warms_up_then_decays_on_a_cosine_to_its_final_fraction(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), steps=110, warmup=10, final_lr=0.1)
+    assert cfg.lr_scale(0) == pytest.approx(0.1) and cfg.lr_scale(9) == pytest.approx(1.0)
+    assert cfg.lr_scale(60) == pytest.approx(0.55)  # half way down the cosine
+    assert cfg.lr_scale(110) == pytest.approx(0.1) and cfg.lr_scale(500) == pytest.approx(0.1)
+    assert TrainConfig(out=str(tmp_path), warmup=10).lr_scale(500) == 1.0  # constant by default
+    with pytest.raises(ValueError, match="final_lr is a fraction"):
+        TrainConfig(out=str(tmp_path), final_lr=1.5)
+    trainer = _tiny_trainer(tmp_path, "run", steps=4)
+    trainer.cfg = TrainConfig(out=str(tmp_path / "run"), steps=4, batch_size=2, warmup=1,
+                              checkpoint_every=2, final_lr=0.2)  # fmt: skip
+    rates = []
+    trainer.fit(lambda step, logs: rates.append(logs["lr"]), progress=False)
+    # the last step (index 3) is 2/3 down the cosine after one warmup step: 0.2 + 0.8 / 4
+    assert rates[-1] == pytest.approx(0.4 * trainer.cfg.lr)

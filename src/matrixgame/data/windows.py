@@ -30,6 +30,25 @@ class WindowConfig:
     sink: bool = False  # also keep latent 0 as a persistent memory latent (the report's sink)
     near_m: float = 0.1
     far_m: float = 30.0
+    frames_per_latent: int = 4  # the VAE's temporal compression (Wan2.2: 4)
+
+    def __post_init__(self) -> None:
+        if self.past < 0 or self.current < 1 or self.memory < 0 or self.stride < 1 \
+                or self.frames_per_latent < 1:  # fmt: skip
+            raise ValueError(f"a window needs past, memory >= 0 and current, stride, "
+                             f"frames_per_latent >= 1, got {self}")  # fmt: skip
+
+    def frames(self, latents: int) -> int:
+        """Frames the first ``latents`` latents of a sequence decode to (1 + f (L - 1))."""
+        return 1 + self.frames_per_latent * (latents - 1)
+
+    def first_frame(self, j: int) -> int:
+        """The sequence index of latent ``j``'s first frame (latent 0 is frame 0 alone)."""
+        return self.frames_per_latent * (j - 1) + 1 if j else 0
+
+    def last_frame(self, j: int) -> int:
+        """The sequence index of latent ``j``'s last frame (its pose is the latent's)."""
+        return self.frames_per_latent * j
 
     def view(self, K: Tensor, height: int, width: int, metres_per_unit: float = 1.0) -> ViewVolume:
         """The view volume memory is scored with: intrinsics ``K [4]`` at the latent clip's
@@ -57,7 +76,8 @@ def window_inputs(clip: dict, s: int, cfg: WindowConfig, height: int, width: int
     """The window starting at latent ``s`` of ``clip`` (a latent clip's tensors, see
     :mod:`matrixgame.train.latents`; its ``latents`` need only reach the past, its poses and
     actions the whole window): memory ``[z, M, h, w]``, past, current, their indices, the
-    window's actions ``[4 (P + C), .]`` and folded camera rays ``[6*256, M + P + C, h, w]``.
+    window's actions ``[f (P + C), .]`` (f frames per latent) and folded camera rays
+    ``[6*256, M + P + C, h, w]``.
 
     ``current`` overrides ``cfg.current`` (a rollout's last, shorter window); memory takes
     the ``cfg.memory`` latents among 1..s-1 overlapping the window's last view most (fewer
@@ -74,7 +94,7 @@ def window_inputs(clip: dict, s: int, cfg: WindowConfig, height: int, width: int
             chosen = retrieve_memory(c2w, s, window[-1], cfg.memory, view)
     if cfg.sink and memory:
         chosen = torch.cat([torch.zeros(1, dtype=chosen.dtype), chosen])
-    frames = slice(4 * s - 3, 4 * (window[-1]) + 1)
+    frames = slice(cfg.first_frame(s), cfg.last_frame(window[-1]) + 1)
     return assemble_window(
         lat[:, chosen], c2w[chosen], chosen, lat[:, s : s + cfg.past],
         lat[:, s + cfg.past : window[-1] + 1], c2w[list(window)], clip["keyboard"][frames],
@@ -88,7 +108,7 @@ def assemble_window(memory: Tensor, memory_c2w: Tensor, memory_index: Tensor, pa
     """One window's model inputs from its parts: memory latents ``[z, M, h, w]`` with their
     poses ``[M, 4, 4]`` and sequence positions ``[M]``; past ``[z, P, h, w]`` and current
     (``[z, 0, h, w]`` when generating) latents; the poses of the window's P + C latents
-    ``[P + C, 4, 4]`` and its frames' actions ``[4 (P + C) or 1 + 4 (P + C - 1), .]``; the
+    ``[P + C, 4, 4]`` and its frames' actions ``[f (P + C) or 1 + f (P + C - 1), .]``; the
     intrinsics at the frame size. Camera rays: memory relative to the window's first latent,
     the window's latents each relative to the one before (as the release)."""
     h, w = past.shape[2:]

@@ -149,7 +149,7 @@ def _strip(world, trainer: Trainer, data, sigmas: torch.Tensor, job: DistillJob)
     student.load_state_dict({k: v.float() for k, v in sub_state(trainer.ema, "student.").items()})
     item = _collate([data[len(data) - 1]])
     session = WorldSession(world, decode=False, metres_per_unit=float(item["metres_per_unit"][0]))
-    start = episode_start(item, 0)
+    start = episode_start(item, 0, world.window.frames_per_latent)
     session.reset(start)
     n = session.frames_per_step
     f = start.frame_c2w.shape[0]

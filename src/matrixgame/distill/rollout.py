@@ -26,25 +26,27 @@ from matrixgame.inference.session import Start, WorldSession
 Tensor = torch.Tensor
 
 
-def episode_start(episodes: dict, i: int) -> Start:
+def episode_start(episodes: dict, i: int, frames_per_latent: int = 4) -> Start:
     """Sample ``i`` of a collated :class:`~matrixgame.train.memory_sampling.EpisodeDataset`
-    batch as a session start (its history and past latents)."""
+    batch (latents of ``frames_per_latent`` frames) as a session start (its history and past
+    latents)."""
     lat = episodes["latents"][i]
-    n = 1 + 4 * (lat.shape[1] - 1)
+    n = 1 + frames_per_latent * (lat.shape[1] - 1)
     return Start(lat, episodes["c2w"][i, : lat.shape[1]], episodes["frame_c2w"][i, :n],
                  episodes["keyboard"][i, :n], episodes["mouse"][i, :n], episodes["K"][i],
-                 name=f"episode {i}")  # fmt: skip
+                 name=f"episode {i}", frames_per_latent=frames_per_latent)  # fmt: skip
 
 
 def mask_window(batch: dict, drop_past: bool = False, drop_memory: bool = False,
-                null_actions: bool = False) -> dict:  # fmt: skip
-    """A collated window with its past latents and/or memory removed (the report's masking,
-    as the training objective's condition dropout) or its actions nulled (keyboard -1,
-    mouse +1: the model's unconditional branch)."""
+                null_actions: bool = False, frames_per_latent: int = 4) -> dict:  # fmt: skip
+    """A collated window (of latents of ``frames_per_latent`` frames) with its past latents
+    and/or memory removed (the report's masking, as the training objective's condition
+    dropout) or its actions nulled (keyboard -1, mouse +1: the model's unconditional
+    branch)."""
     out = dict(batch)
     m, p = batch["memory"].shape[2], batch["past"].shape[2]
     if drop_past:
-        frames = out["keyboard"].shape[1] - 4 * p  # the current latents' frames stay
+        frames = out["keyboard"].shape[1] - frames_per_latent * p  # the current ones' stay
         out["past"] = batch["past"][:, :, :0]
         out["keyboard"], out["mouse"] = out["keyboard"][:, -frames:], out["mouse"][:, -frames:]
         out["plucker"] = torch.cat([batch["plucker"][:, :, :m], batch["plucker"][:, :, m + p :]], 2)
@@ -119,7 +121,7 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
                             meta=meta)  # fmt: skip
     windows, generated, last = [], [], []
     for i in range(episodes["latents"].shape[0]):
-        start = episode_start(episodes, i)
+        start = episode_start(episodes, i, window.frames_per_latent)
         session = WorldSession(world, seed=seeds[i], decode=False,
                                metres_per_unit=float(episodes["metres_per_unit"][i]))  # fmt: skip
         session.reset(start)
@@ -139,7 +141,7 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
         windows.append(seen)
         generated.append(made)
     batch = {k: torch.cat([w[k] for w in last]) for k in last[0]}
-    masked = mask_window(batch, drop_past, drop_memory)
+    masked = mask_window(batch, drop_past, drop_memory, frames_per_latent=window.frames_per_latent)
     null = mask_window(masked, drop_memory=True, null_actions=True)
     velocity = conditioned(student, masked, c)
     past = masked["past"]

@@ -152,19 +152,21 @@ def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = Tr
     keeps the clip's encoding and reconstruction for the next rollout with the same VAE."""
     ctx = context_latents(world, config)
     frames = min(len(clip.clip), int(round(config.seconds * clip.fps)) + 1)
-    total = 1 + (frames - 1) // 4
+    f = world.window.frames_per_latent
+    total = 1 + (frames - 1) // f
     total -= (total - ctx) % world.window.current  # whole session steps
     if total <= ctx:
         raise ValueError(f"{clip.name}: {len(clip.clip)} frames leave nothing after the context")
     key = (id(world.vae), world.height, world.width, clip.name, total)
     cache = {} if cache is None else cache
     if key not in cache:
-        lat = latent_clip(world.vae, clip.clip, world.height, world.width, 1 + 4 * (total - 1))
+        lat = latent_clip(world.vae, clip.clip, world.height, world.width,
+                          world.window.frames(total))  # fmt: skip
         cache[key] = (lat, decode_frames(world.vae, lat["latents"]))
     lat, reconstructed = cache[key]
     session = eval_session(world, config, memory, clip.metres_per_unit)
     timings: list[float] = []
-    latents = replay(session, Start.from_clip(lat, ctx), lat, total, timings)
+    latents = replay(session, Start.from_clip(lat, ctx, frames_per_latent=f), lat, total, timings)
     start = time.perf_counter()
     generated = decode_frames(world.vae, latents)
     decode = time.perf_counter() - start
@@ -172,7 +174,7 @@ def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = Tr
     w, mpu = world.window, clip.metres_per_unit
     view = ViewVolume(tuple(lat["K"].tolist()), world.width, world.height, w.near_m / mpu,
                       w.far_m / mpu)  # fmt: skip
-    return Run(clip, real, generated, reconstructed, 1 + 4 * (ctx - 1), view, sum(timings),
+    return Run(clip, real, generated, reconstructed, w.frames(ctx), view, sum(timings),
                decode)  # fmt: skip
 
 
@@ -485,7 +487,8 @@ def _loop_protocols(worlds, clips, config, want, results, progress) -> None:
             run = runs[world.name]
             s, w = run.start, world.window
             c2w = clip.clip.c2w[: len(run.real)]
-            idx = revisit_frames(c2w, run.view, 4 * (w.past + w.current), s, config)
+            idx = revisit_frames(c2w, run.view, w.frames_per_latent * (w.past + w.current), s,
+                                 config)  # fmt: skip
             ret, seen, away = loop_frames(c2w, run.view, s, config)
             cases = {name: r.generated for name, r in runs.items()}
             cases[f"{world.name} autoencoder"] = run.reconstructed

@@ -19,12 +19,6 @@ from matrixgame.inference.session import MAX_MOUSE, Start, WorldSession
 from matrixgame.io import atomic_write_text
 
 
-def latent_last_frame(position: int) -> int:
-    """The sequence's frame index of a latent's last frame (latent 0 is frame 0; latent j
-    covers frames 4 j - 3 .. 4 j)."""
-    return 4 * position
-
-
 def check_script(script: ActionScript, session: WorldSession, kinematics: str | None) -> None:
     """A script drives the world's own kinematics from the start's pose: refuse a script
     written for another preset or carrying its own start pose."""
@@ -61,7 +55,7 @@ def generate(session: WorldSession, start: Start, script: ActionScript,
         steps.append({
             "first_frame": context + done,
             "memory_latents": segment.memory_index,
-            "memory_frames": [latent_last_frame(p) for p in segment.memory_index],
+            "memory_frames": [session.window.last_frame(p) for p in segment.memory_index],
             "dit_ms": round(segment.dit_seconds * 1e3, 2),
             "decode_ms": round(segment.decode_seconds * 1e3, 2),
         })  # fmt: skip

@@ -57,11 +57,12 @@ class Rollout:
     latents: Tensor  # [z, L, h, w]: the context latents, then the generated ones
     context: int  # how many latents were given
     seconds: float  # time spent in the DiT
+    frames_per_latent: int = 4
 
     @property
     def frames(self) -> int:
-        """Video frames the latents decode to (1 + 4 (L - 1))."""
-        return 1 + 4 * (self.latents.shape[1] - 1)
+        """Video frames the latents decode to (1 + f (L - 1))."""
+        return 1 + self.frames_per_latent * (self.latents.shape[1] - 1)
 
 
 @torch.no_grad()
@@ -74,7 +75,7 @@ def rollout(model, clip: dict, context: int, total: int, window: WindowConfig, h
     far. The actions and poses are the clip's: the caller replays a recorded trajectory."""
     if context < window.past + 1:
         raise ValueError(f"need at least past + 1 = {window.past + 1} context latents")
-    frames_needed = 1 + 4 * (total - 1)
+    frames_needed = window.frames(total)
     if len(clip["c2w"]) < total or len(clip["keyboard"]) < frames_needed:
         raise ValueError(
             f"the clip's poses/actions cover {len(clip['c2w'])} latents, {total} requested"
@@ -91,7 +92,7 @@ def rollout(model, clip: dict, context: int, total: int, window: WindowConfig, h
         new = denoise_window(model, batch, current, config.steps, config.shift, generator)
         spent += time.perf_counter() - start
         known = torch.cat([known, new[0].to(known)], 1)
-    return Rollout(known, context, spent)
+    return Rollout(known, context, spent, window.frames_per_latent)
 
 
 @torch.no_grad()

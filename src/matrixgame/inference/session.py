@@ -41,8 +41,9 @@ MAX_MOUSE = 20.0  # mouse units per frame (300 degrees in Doom): more is an inpu
 class Start:
     """Where a session begins: context latents ``[z, L, h, w]`` (L >= 1) with the poses of
     their last frames ``c2w [L, 4, 4]``, every context frame's pose ``frame_c2w [N, 4, 4]``
-    and action ``keyboard [N, 6]`` / ``mouse [N, 2]`` (N = 1 + 4 (L - 1)), the intrinsics
-    ``K [4]`` at the world's frame size, and the kinematic momentum after the last frame."""
+    and action ``keyboard [N, 6]`` / ``mouse [N, 2]`` (N = 1 + f (L - 1)), the intrinsics
+    ``K [4]`` at the world's frame size, and the kinematic momentum after the last frame;
+    ``frames_per_latent`` f is the world's (4 for Wan2.2's VAE)."""
 
     latents: Tensor
     c2w: Tensor
@@ -52,12 +53,13 @@ class Start:
     K: Tensor
     velocity: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
     name: str = "start"
+    frames_per_latent: int = 4
 
     def __post_init__(self) -> None:
         lat = self.latents
         if lat.ndim != 4 or lat.shape[1] < 1:
             raise ValueError(f"start latents must be [z, L >= 1, h, w], got {list(lat.shape)}")
-        n = 1 + 4 * (lat.shape[1] - 1)
+        n = 1 + self.frames_per_latent * (lat.shape[1] - 1)
         shapes = {"c2w": (lat.shape[1], 4, 4), "frame_c2w": (n, 4, 4), "keyboard": (n, 6),
                   "mouse": (n, 2), "K": (4,)}  # fmt: skip
         for key, shape in shapes.items():
@@ -68,16 +70,19 @@ class Start:
                 raise ValueError(f"start {key} contains NaN or infinite values")
 
     @classmethod
-    def from_clip(cls, latent_clip: dict, latents: int, name: str = "recording") -> Start:
-        """The first ``latents`` latents of a latent clip (:func:`latent_clip`)."""
+    def from_clip(cls, latent_clip: dict, latents: int, name: str = "recording",
+                  frames_per_latent: int = 4) -> Start:  # fmt: skip
+        """The first ``latents`` latents of a latent clip (:func:`latent_clip`) of
+        ``frames_per_latent`` frames each."""
         total = latent_clip["latents"].shape[1]
         if not 1 <= latents <= total:
             raise ValueError(f"a start from this clip takes 1..{total} latents, got {latents}")
-        n = 1 + 4 * (latents - 1)
+        n = 1 + frames_per_latent * (latents - 1)
         clip = latent_clip
         return cls(clip["latents"][:, :latents], clip["c2w"][:latents].double(),
                    clip["frame_c2w"][:n].double(), clip["keyboard"][:n].float(),
-                   clip["mouse"][:n].float(), clip["K"].float(), name=name)  # fmt: skip
+                   clip["mouse"][:n].float(), clip["K"].float(), name=name,
+                   frames_per_latent=frames_per_latent)  # fmt: skip
 
     @classmethod
     def from_image(cls, vae, image: np.ndarray, K: Tensor, height: int, width: int,
@@ -93,7 +98,8 @@ class Start:
             latents = vae.encode(x)[0]
         pose = (torch.eye(4, dtype=torch.float64) if c2w is None else c2w.double())[None]
         return cls(latents, pose, pose.clone(), torch.zeros(1, 6), torch.zeros(1, 2),
-                   torch.as_tensor(K, dtype=torch.float32), name=name)  # fmt: skip
+                   torch.as_tensor(K, dtype=torch.float32), name=name,
+                   frames_per_latent=vae.config.temporal_factor)  # fmt: skip
 
 
 @dataclass
@@ -120,10 +126,10 @@ class SessionState:
 class Segment:
     """What one step produced."""
 
-    frames: np.ndarray | None  # [4 C, H, W, 3] uint8 (None when decoding is off)
+    frames: np.ndarray | None  # [f C, H, W, 3] uint8 (None when decoding is off)
     latents: Tensor  # [z, C, h, w]
     memory_index: list[int]  # sequence positions of the memory latents used
-    c2w: Tensor  # [4 C, 4, 4] the new frames' poses
+    c2w: Tensor  # [f C, 4, 4] the new frames' poses (f: frames per latent)
     dit_seconds: float
     decode_seconds: float
 
@@ -136,7 +142,7 @@ class Window:
 
     batch: dict
     chosen: Tensor
-    poses: Tensor  # [4 C, 4, 4]
+    poses: Tensor  # [f C, 4, 4]
     velocity: Tensor
     window_c2w: Tensor  # [P + C, 4, 4]
     frame_c2w: Tensor
@@ -182,7 +188,7 @@ class WorldSession:
 
     @property
     def frames_per_step(self) -> int:
-        return 4 * self.window.current
+        return self.window.frames_per_latent * self.window.current
 
     # -- reset --------------------------------------------------------------------------------
 
@@ -197,6 +203,10 @@ class WorldSession:
         if (z, h, w) != want:
             raise ValueError(f"start latents are [{z}, L, {h}, {w}]; this world takes "
                              f"[{want[0]}, L, {want[1]}, {want[2]}]")  # fmt: skip
+        f = self.window.frames_per_latent
+        if start.latents.shape[1] > 1 and start.frames_per_latent != f:
+            raise ValueError(f"the start's latents hold {start.frames_per_latent} frames each; "
+                             f"this world's hold {f}")  # fmt: skip
         view = self.window.view(start.K, self.height, self.width, self.metres_per_unit)
         pool = MemoryPool(view, self.pool_cap)
         pool.add(start.latents, start.c2w, 0)
@@ -212,9 +222,9 @@ class WorldSession:
     # -- step ---------------------------------------------------------------------------------
 
     def step(self, keyboard, mouse, c2w: Tensor | None = None) -> Segment:
-        """Generate the next segment for the actions of its ``4 C`` frames (``keyboard
-        [4C, 6]`` multi-hot W, S, A, D + 2 spare; ``mouse [4C, 2]`` pitch/yaw deltas).
-        ``c2w [4C, 4, 4]`` gives the frames' poses (a recorded trajectory) instead of
+        """Generate the next segment for the actions of its ``f C`` frames (f per latent;
+        ``keyboard [fC, 6]`` multi-hot W, S, A, D + 2 spare; ``mouse [fC, 2]`` pitch/yaw
+        deltas). ``c2w [fC, 4, 4]`` gives the frames' poses (a recorded trajectory) instead of
         integrating the actions. Bad input raises ValueError and leaves the state as it was."""
         return self.generate(self.prepare(keyboard, mouse, c2w))
 
@@ -235,7 +245,8 @@ class WorldSession:
         seq_mouse = torch.cat([st.mouse, mouse])
         c = self.window.current
         L = st.length
-        window_c2w = torch.cat([st.c2w, poses[3::4]])  # the past latents', then the new ones'
+        f = self.window.frames_per_latent
+        window_c2w = torch.cat([st.c2w, poses[f - 1 :: f]])  # the past latents', the new ones'
         past = st.latents.shape[1]
         s = L - past  # the window's first latent
         chosen = torch.zeros(0, dtype=torch.long)
@@ -248,8 +259,9 @@ class WorldSession:
                 chosen = st.pool.retrieve(window_c2w[-1], s, m)
             if self.window.sink:
                 chosen = torch.cat([torch.zeros(1, dtype=torch.long), chosen])
-        lo = (4 * s - 3 if s else 0) - st.first_frame  # the window's frames in the tail
-        frames = slice(lo, lo + 4 * (L + c - 1) + 1 - (4 * s - 3 if s else 0))
+        # the window's frames in the tail (from its first latent's first frame)
+        first_frame = self.window.first_frame(s) - st.first_frame
+        frames = slice(first_frame, self.window.last_frame(L + c - 1) + 1 - st.first_frame)
         memory_index, first = self._positions(chosen, s, L + c)
         item = assemble_window(
             st.pool.latent(chosen) if len(chosen) else st.latents[:, :0],
@@ -292,7 +304,7 @@ class WorldSession:
         their frames (from the first past latent's first frame)."""
         keep = min(self.window.past, length)
         s = length - keep
-        f = (4 * s - 3 if s else 0) - first_frame
+        f = self.window.first_frame(s) - first_frame
         return SessionState(length, latents[:, latents.shape[1] - keep :],
                             c2w[len(c2w) - keep :], first_frame + f, frame_c2w[f:],
                             keyboard[f:], mouse[f:], *rest)  # fmt: skip
@@ -331,7 +343,7 @@ class WorldSession:
 
     def _poses(self, st: SessionState, keyboard: Tensor, mouse: Tensor,
                c2w: Tensor | None) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """The new frames' poses ``[4C, 4, 4]`` and the momentum after them."""
+        """The new frames' poses ``[fC, 4, 4]`` and the momentum after them."""
         n = self.frames_per_step
         if c2w is not None:
             c2w = torch.as_tensor(c2w, dtype=torch.float64)
@@ -339,7 +351,7 @@ class WorldSession:
                 raise ValueError(f"step poses must be finite [{n}, 4, 4]")
             return c2w, st.velocity
         # action t moves frame t to t + 1: the new frames follow the last known frame's
-        # action, then this step's first 4C - 1
+        # action, then this step's first fC - 1
         actions_kb = torch.cat([st.keyboard[-1:], keyboard[:-1]])
         actions_ms = torch.cat([st.mouse[-1:], mouse[:-1]])
         start = Trajectory.from_c2w(st.frame_c2w[-1:])
@@ -388,7 +400,8 @@ def replay(session: WorldSession, start: Start, clip: dict, total: int,
                          f"{session.window.current}")  # fmt: skip
     out = [start.latents]
     for j in range(L, total, session.window.current):
-        frames = slice(4 * j - 3, 4 * j - 3 + n)
+        first = session.window.first_frame(j)
+        frames = slice(first, first + n)
         seg = session.step(clip["keyboard"][frames], clip["mouse"][frames],
                            clip["frame_c2w"][frames])  # fmt: skip
         out.append(seg.latents)

@@ -302,10 +302,15 @@ class AvgDown3D(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, factor_t: int, factor_s: int) -> None:
         super().__init__()
         self.out_dim, self.factor_t, self.factor_s = out_dim, factor_t, factor_s
-        self.group = in_dim * factor_t * factor_s * factor_s // out_dim
+        folded = in_dim * factor_t * factor_s * factor_s
+        # a stage that widens more than it folds (not in Wan2.2) repeats channels first
+        self.repeats = max(1, out_dim // folded)
+        self.group = folded * self.repeats // out_dim
 
     def forward(self, x: Tensor) -> Tensor:
         ft, fs = self.factor_t, self.factor_s
+        if self.repeats > 1:
+            x = x.repeat_interleave(self.repeats, dim=1)
         x = F.pad(x, (0, 0, 0, 0, (ft - x.shape[2] % ft) % ft, 0))
         b, c, t, h, w = x.shape
         x = x.view(b, c, t // ft, ft, h // fs, fs, w // fs, fs)
@@ -501,22 +506,24 @@ class WanVAE(nn.Module):
     # -- encoding -----------------------------------------------------------------------------
 
     def encode(self, frames: Tensor, cache: FeatureCache | None = None) -> Tensor:
-        """Normalised latent means ``[B, z, 1 + (T-1)/4, H/16, W/16]`` of frames
-        ``[B, 3, T, H, W]`` in [-1, 1]. Give ``cache`` (and consecutive pieces of a clip, the
-        first of 1 + 4a frames, later ones of 4b) to encode a clip in pieces."""
+        """Normalised latent means ``[B, z, 1 + (T-1)/f, H/s, W/s]`` of frames
+        ``[B, 3, T, H, W]`` in [-1, 1] (f, s: the temporal and spatial factors; Wan2.2: 4, 16).
+        Give ``cache`` (and consecutive pieces of a clip, the first of 1 + fa frames, later
+        ones of fb) to encode a clip in pieces."""
         if self.encoder is None:
             raise ValueError("this VAE has no encoder (a light decoder): encode with Wan2.2's")
         t = frames.shape[2]
         cache = cache or FeatureCache()
-        if cache.first and (t - 1) % 4 or not cache.first and t % 4:
+        f = self.config.temporal_factor
+        if cache.first and (t - 1) % f or not cache.first and t % f:
             raise ValueError(
-                f"a clip's first piece needs 1 + 4k frames and later pieces 4k, got {t}"
+                f"a clip's first piece needs 1 + {f}k frames and later pieces {f}k, got {t}"
             )
         x = patchify(frames, self.config.patch_size)
         out = []
         start = 0
         while start < t:
-            n = 1 if cache.first else 4  # the first frame alone, then 4 frames per latent
+            n = 1 if cache.first else f  # the first frame alone, then f frames per latent
             cache.start_chunk()
             out.append(self.encoder(x[:, :, start : start + n], cache))
             cache.end_chunk()
@@ -529,7 +536,7 @@ class WanVAE(nn.Module):
     def decode(self, latents: Tensor, cache: FeatureCache | None = None,
                decoder=None) -> Tensor:  # fmt: skip
         """Frames ``[B, 3, T, H, W]`` (unclamped) of normalised latents ``[B, z, L, h, w]``:
-        T = 1 + 4(L-1) for a clip's first piece, 4L for later pieces decoded with the same
+        T = 1 + f(L-1) for a clip's first piece, fL for later pieces decoded with the same
         ``cache``. ``decoder(chunk, cache)`` replaces ``self.decoder`` per chunk (a compiled
         one: ``accel/compile.py``)."""
         cache = cache or FeatureCache()

@@ -51,8 +51,9 @@ class Player:
         start = self.starts[index]
         frames = self.session.reset(start)
         self.segment, self.thumbs, self.travelled, self.places = 0, OrderedDict(), [], []
-        # latent 0 is frame 0, latent j ends at frame 4 j: the start's frames [::4]
-        self._remember(list(range(start.latents.shape[1])), frames[::4])
+        # latent 0 is frame 0, latent j ends at frame f j: the start's frames [::f]
+        f = self.session.window.frames_per_latent
+        self._remember(list(range(start.latents.shape[1])), frames[::f])
         self._walked(start.c2w)
         self._record(frames)
         return self._header(start.c2w[-1], [], -1, reset=True, start=index), frames, []
@@ -71,8 +72,9 @@ class Player:
         seg = self.session.step(keyboard, mouse_rows)
         self.segment += 1
         new = list(range(before, before + seg.latents.shape[1]))
-        self._remember(new, seg.frames[3::4])
-        self._walked(seg.c2w[3::4])  # each new latent's last frame
+        f = self.session.window.frames_per_latent
+        self._remember(new, seg.frames[f - 1 :: f])
+        self._walked(seg.c2w[f - 1 :: f])  # each new latent's last frame
         self._record(seg.frames)
         thumbs = [self.thumbs[p] for p in seg.memory_index if p in self.thumbs]
         timing = {"dit_ms": round(seg.dit_seconds * 1e3, 1),

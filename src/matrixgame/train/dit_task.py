@@ -38,6 +38,7 @@ class DiTTask:
     drop_past: float = 0.2
     drop_actions: float = 0.1
     buffer: ErrorBuffer = field(default_factory=ErrorBuffer)
+    frames_per_latent: int = 4  # the latents' (the window's actions are f per latent)
 
     def state_dict(self) -> dict[str, Tensor]:
         """What the task carries between steps (the error buffer), for checkpoints."""
@@ -54,13 +55,15 @@ class DiTTask:
         mode = "image" if torch.rand(()) < self.image_only else "memory"
         if mode == "image":  # one context latent, no memory
             past, memory = past[:, :, -1:], None
-            keyboard, mouse = keyboard[:, -4 * (1 + c) :], mouse[:, -4 * (1 + c) :]
+            f = self.frames_per_latent
+            keyboard, mouse = keyboard[:, -f * (1 + c) :], mouse[:, -f * (1 + c) :]
             plucker = plucker[:, :, m + p - 1 :]
         else:
             if torch.rand(()) < self.drop_past:  # generate the window from memory alone
                 mode = "no past"
                 past = past[:, :, :0]
-                keyboard, mouse = keyboard[:, -4 * c :], mouse[:, -4 * c :]
+                f = self.frames_per_latent
+                keyboard, mouse = keyboard[:, -f * c :], mouse[:, -f * c :]
                 plucker = torch.cat([plucker[:, :, :m], plucker[:, :, m + p :]], 2)
             if torch.rand(()) < self.drop_memory:
                 memory, plucker = None, plucker[:, :, m:]

@@ -47,6 +47,7 @@ class VAEJob:
     height: int = 96
     width: int = 128
     lr: float = 3e-4
+    final_lr: float = 1.0  # cosine decay to this fraction of lr (1: constant)
     checkpoint_every: int = 200
     init: str | None = None  # start from these weights (a state dict .safetensors)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
@@ -90,7 +91,8 @@ def train_vae(job: VAEJob, deadline: float | None = None, stop: Stop = None) -> 
 def _train_config(job, **extra) -> TrainConfig:
     return TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        checkpoint_every=job.checkpoint_every, seed=job.seed,
-                       cpu_bf16=getattr(job, "cpu_bf16", False), **extra)  # fmt: skip
+                       cpu_bf16=getattr(job, "cpu_bf16", False),
+                       final_lr=getattr(job, "final_lr", 1.0), **extra)  # fmt: skip
 
 
 # -- VAE decoder: adversarial fine-tuning on noisy latents -------------------------------------
@@ -105,6 +107,7 @@ class DecoderJob:
     batch_size: int = 4
     frames: int = 9
     lr: float = 1e-4
+    final_lr: float = 1.0  # cosine decay to this fraction of lr (1: constant)
     checkpoint_every: int = 200
     adversarial: float = 0.5
     feature_matching: float = 0.0
@@ -192,6 +195,7 @@ class DiTJob:
     steps: int = 5000
     batch_size: int = 4
     lr: float = 2e-4
+    final_lr: float = 1.0  # cosine decay to this fraction of lr (1: constant)
     past: int = 2
     current: int = 4
     memory: int = 2
@@ -224,15 +228,23 @@ def train_dit(job: DiTJob, deadline: float | None = None, stop: Stop = None) -> 
         raise ValueError("--error-buffer must be >= 0")
     init_distributed()
     torch.manual_seed(job.seed)
-    window = WindowConfig(job.past, job.current, job.memory, sink=job.sink)
-    data = WindowDataset(LatentClips(job.latents), window)
-    model = MatrixGameDiT(DIT_PRESETS[job.preset])
+    clips = LatentClips(job.latents)
+    config = DIT_PRESETS[job.preset]
+    if config.action is not None and config.action.frames_per_latent != clips.frames_per_latent:
+        raise ValueError(f"the {job.preset} DiT takes {config.action.frames_per_latent} frames "
+                         f"per latent, the latents in {job.latents} hold "
+                         f"{clips.frames_per_latent}")  # fmt: skip
+    window = WindowConfig(job.past, job.current, job.memory, sink=job.sink,
+                          frames_per_latent=clips.frames_per_latent)  # fmt: skip
+    data = WindowDataset(clips, window)
+    model = MatrixGameDiT(config)
     _init_from(model, job.init)
     model.gradient_checkpointing = job.grad_checkpointing
     meta = {"model": "dit", "preset": job.preset, "latents": job.latents,
             "window": asdict(window), "error_buffer": job.error_buffer}  # fmt: skip
     buffer = ErrorBuffer(gamma_past=job.error_buffer, gamma_memory=job.error_buffer)
-    trainer = Trainer(model, DiTTask(buffer=buffer), data, _train_config(job, fsdp=job.fsdp), meta)
+    task = DiTTask(buffer=buffer, frames_per_latent=window.frames_per_latent)
+    trainer = Trainer(model, task, data, _train_config(job, fsdp=job.fsdp), meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)
     vae = vae_of(job.latents)

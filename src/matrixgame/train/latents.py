@@ -2,12 +2,13 @@
 
 A latent clip (``<name>.safetensors`` in the cache folder, listed in its manifest) holds:
 
-    latents   [z, L, h, w]    L = 1 + (N - 1) // 4 latents of the clip's first 1 + 4(L-1) frames
-    c2w       [L, 4, 4]       the pose of each latent's last frame (frame 4j; frame 0 for j = 0)
-    frame_c2w [N', 4, 4]      every encoded frame's pose (N' = 1 + 4(L-1))
+    latents   [z, L, h, w]    L = 1 + (N - 1) // f latents of the clip's first 1 + f(L-1) frames
+    c2w       [L, 4, 4]       the pose of each latent's last frame (frame fj; frame 0 for j = 0)
+    frame_c2w [N', 4, 4]      every encoded frame's pose (N' = 1 + f(L-1))
     keyboard  [N', 6], mouse [N', 2], K [4] (at the training size)
 
-and metadata: the source clip, the training size and the VAE it came from.
+(f: the VAE's frames per latent, 4 for Wan2.2's) and metadata: the source clip, the training
+size and the VAE it came from. The cache's manifest config records the training size and f.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def encode_clip(vae: WanVAE, frames, height: int, width: int, chunk: int = 8) ->
     ``chunk`` latents with one streaming cache (equal to encoding the clip whole)."""
     from matrixgame.models.vae import FeatureCache
 
-    n = 1 + 4 * ((len(frames) - 1) // 4)
+    f = vae.config.temporal_factor
+    n = 1 + f * ((len(frames) - 1) // f)
     x = frames_to_model(torch.as_tensor(frames[:n])[None], height, width)  # [1, 3, n, h, w]
     cache, out, start = FeatureCache(), [], 0
     while start < n:
-        size = 1 + 4 * (chunk - 1) if start == 0 else 4 * chunk
+        size = 1 + f * (chunk - 1) if start == 0 else f * chunk
         out.append(vae.encode(x[:, :, start : start + size], cache))
         start += size
     return torch.cat(out, 2)[0]
@@ -50,8 +52,9 @@ def latent_clip(vae: WanVAE, clip: Clip, height: int, width: int,
     encoded from its first ``frames`` frames (all by default)."""
     video = clip.frames if frames is None else clip.frames[:frames]
     latents = encode_clip(vae, video, height, width)
-    n = 1 + 4 * (latents.shape[1] - 1)
-    last = [0] + [4 * j for j in range(1, latents.shape[1])]
+    f = vae.config.temporal_factor
+    n = 1 + f * (latents.shape[1] - 1)
+    last = [f * j for j in range(latents.shape[1])]
     sx, sy = width / clip.frames.shape[2], height / clip.frames.shape[1]
     K = torch.as_tensor(clip.K, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
     return {
@@ -71,7 +74,8 @@ def cache_latents(data: str | Path, vae: WanVAE, out: str | Path, height: int, w
 
     source = Manifest.load(data)
     cache = Manifest.load(out)
-    cache.config = {"source": str(data), "height": height, "width": width, "vae": vae_name}
+    cache.config = {"source": str(data), "height": height, "width": width, "vae": vae_name,
+                    "frames_per_latent": vae.config.temporal_factor}  # fmt: skip
     for name, entry in tqdm(sorted(source.shards.items()), disable=not progress, desc="latents"):
         if name in cache.shards and (Path(out) / name).exists():
             continue
@@ -95,6 +99,10 @@ class LatentClips:
         if not manifest.shards:
             raise ValueError(f"{root}: no cached latents (run `matrixgame train latents` first)")
         self.height, self.width = manifest.config.get("height"), manifest.config.get("width")
+        self.frames_per_latent = manifest.config.get("frames_per_latent", 4)  # older caches: 4
+        if not isinstance(self.frames_per_latent, int) or self.frames_per_latent < 1:
+            raise ValueError(f"{root}: frames_per_latent must be a positive integer, got "
+                             f"{self.frames_per_latent!r}")  # fmt: skip
         self.clips: list[dict[str, Tensor]] = []
         self.meta: list[dict] = []
         for name, entry in sorted(manifest.shards.items()):

@@ -1,6 +1,6 @@
 """Training samples from cached latent clips: every window of every clip for the
 memory-augmented DiT (:mod:`matrixgame.data.windows` assembles each; windows start at
-s >= M + 1, so every sample has a full memory and actions for 4 (P + C) frames, the
+s >= M + 1, so every sample has a full memory and actions for f (P + C) frames, the
 release's later-clip layout), and episodes for multi-segment rollouts (distillation).
 """
 
@@ -14,7 +14,8 @@ from matrixgame.train.latents import LatentClips
 
 class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, clips: LatentClips, config: WindowConfig | None = None) -> None:
-        config = config or WindowConfig()
+        config = config or WindowConfig(frames_per_latent=clips.frames_per_latent)
+        _check_frames_per_latent(clips, config)
         self.clips, self.cfg = clips, config
         span = config.past + config.current
         self.index = [
@@ -42,7 +43,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     An item is a session start (``latents [z, H + P, h, w]``, its ``c2w``, ``frame_c2w``,
     ``keyboard``, ``mouse``, ``K``) whose poses and actions run on for the segments:
-    ``c2w [H + P + S C, 4, 4]``, frames ``[1 + 4 (H + P + S C - 1), .]``; ``current``
+    ``c2w [H + P + S C, 4, 4]``, frames ``[1 + f (H + P + S C - 1), .]``; ``current``
     ``[z, S C, h, w]`` are the recorded latents of the segments; ``metres_per_unit`` [].
     """
 
@@ -53,6 +54,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if history < config.memory + 1:
             raise ValueError(f"history must be >= memory + 1 = {config.memory + 1} latents "
                              f"(memory never takes the first), got {history}")  # fmt: skip
+        _check_frames_per_latent(clips, config)
         self.clips, self.cfg, self.segments, self.history = clips, config, segments, history
         span = history + config.past + segments * config.current
         step = stride or config.stride
@@ -70,7 +72,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         clip = self.clips.clips[c]
         context = self.history + self.cfg.past
         end = context + self.segments * self.cfg.current  # latents a .. a + end - 1
-        frames = slice(4 * a, 4 * (a + end - 1) + 1)  # latent a's last frame onwards
+        frames = slice(self.cfg.last_frame(a), self.cfg.last_frame(a + end - 1) + 1)
         mpu = self.clips.meta[c].get("metres_per_unit", 1.0)
         return {
             "latents": clip["latents"][:, a : a + context],
@@ -82,3 +84,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
             "K": clip["K"].float(),
             "metres_per_unit": torch.tensor(float(mpu)),
         }
+
+
+def _check_frames_per_latent(clips: LatentClips, config: WindowConfig) -> None:
+    if clips.frames_per_latent != config.frames_per_latent:
+        raise ValueError(f"{clips.root}: the latents hold {clips.frames_per_latent} frames each, "
+                         f"the window expects {config.frames_per_latent}")  # fmt: skip

@@ -12,6 +12,7 @@ checkpoint (process 0's under DDP, where each process banks its own residuals).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -39,6 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     warmup: int = 100
+    final_lr: float = 1.0  # cosine decay to this fraction of lr at the last step (1: constant)
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -51,6 +53,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be positive")
+        if not 0.0 <= self.final_lr <= 1.0:
+            raise ValueError(f"final_lr is a fraction of lr in [0, 1], got {self.final_lr}")
+
+    def lr_scale(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based) as a fraction of ``lr``: a linear
+        warmup, then a cosine from 1 to ``final_lr`` at the last step. A function of the
+        step alone, so a resumed run follows the same schedule; a larger ``steps`` (a
+        continued run) stretches it."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup))
+        if self.final_lr == 1.0:
+            return warm
+        done = min(1.0, max(0, step - self.warmup) / max(1, self.steps - self.warmup))
+        return warm * (self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 def init_distributed() -> None:
@@ -165,9 +180,7 @@ class Trainer:
             batch = _to(next(data), self.device)
             self._seed_step()
             for group in self.optimizer.param_groups:
-                group["lr"] = group.get("base_lr", cfg.lr) * min(
-                    1.0, (self.step + 1) / max(1, cfg.warmup)
-                )
+                group["lr"] = group.get("base_lr", cfg.lr) * cfg.lr_scale(self.step)
             cuda = self.device.type == "cuda"
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=cfg.bf16 if cuda else cfg.cpu_bf16

@@ -154,21 +154,27 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
 
 
 def _summary(config: dict, spec: dict) -> list[str]:
+    from matrixgame.models.vae import VAE_PRESETS
+
     if not config:
         return ["No weights shipped yet."]
     vae, dit, window = config["vae"], config["dit"], config["window"]
+    f = window.get("frames_per_latent", 4)
+    preset = VAE_PRESETS.get(vae["preset"])
+    shape = (f"{preset.spatial_factor}x spatial, {preset.temporal_factor}x temporal, "
+             f"{preset.z_dim} channels") if preset else "?"  # fmt: skip
     return [
         f"- **Data**: Freedoom {', '.join(config.get('maps', []))} recorded by the project's "
         f"ViZDoom agent, {spec.get('frames', '?')} training frames, frame skip "
         f"{config.get('frame_skip')} ({config['fps']:.1f} frames/s), {config['width']}x"
         f"{config['height']}; held-out trajectories with loops recorded with another seed.",
-        f"- **Autoencoder**: `{vae['preset']}` preset of the Wan2.2 causal VAE (8x spatial, 4x "
-        f"temporal, 32 channels), encoder {config.get('encoder_step', '?')} steps, decoder "
+        f"- **Autoencoder**: `{vae['preset']}` preset of the Wan2.2 causal VAE ({shape}), "
+        f"encoder {config.get('encoder_step', '?')} steps, decoder "
         f"{vae['step']} steps (adversarial fine-tuning on noisy latents).",
         f"- **World model**: `{dit['preset']}` DiT, {dit['step']} steps; window of "
         f"{window['memory']} memory + {window['past']} past + {window['current']} current "
-        f"latents (one step = {4 * window['current']} frames = "
-        f"{1000 * 4 * window['current'] / config['fps']:.0f} ms); "
+        f"latents (one step = {f * window['current']} frames = "
+        f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
         f"{config['sampler']['shift']}.",
         "- **Weights**: bf16 safetensors (`vae`, `dit`, `discriminator`), `config.json`.",

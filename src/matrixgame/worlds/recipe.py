@@ -419,13 +419,13 @@ class Recipe:
         for clip, meta in zip(clips.clips, clips.meta, strict=True):
             if clip["latents"].shape[1] >= need and len(out) < count:
                 name = f"{meta.get('map', '?')} {meta.get('agent', 'trajectory')} {len(out)}"
-                out.append(Start.from_clip(clip, need, name))
+                out.append(Start.from_clip(clip, need, name, clips.frames_per_latent))
         return out
 
     def rollout_gif(self, seconds: float = 60.0) -> Path:
         """A GIF of the longest held-out explore clip rolled out for ``seconds``: real left,
-        generated right, every fourth frame (shown 4 frames long, so it plays in real time;
-        it stays a few MB)."""
+        generated right, every f-th frame (f: frames per latent; shown f frames long, so it
+        plays in real time and stays a few MB)."""
         import numpy as np
         from PIL import Image
 
@@ -433,12 +433,14 @@ class Recipe:
 
         config = replace(self.eval_config(), seconds=seconds)
         explore, loops = select_clips(self.heldout, config)
-        run = run_clip(self.world(), (explore + loops)[0], config)
-        video = np.concatenate([run.real, run.generated], axis=2)[::4]
+        world = self.world()
+        run = run_clip(world, (explore + loops)[0], config)
+        every = world.window.frames_per_latent
+        video = np.concatenate([run.real, run.generated], axis=2)[::every]
         path = self.path("eval") / "rollout.gif"
         images = [Image.fromarray(f) for f in video]
         images[0].save(path, save_all=True, append_images=images[1:],
-                       duration=round(4000 / self.spec.fps), loop=0)  # fmt: skip
+                       duration=round(1000 * every / self.spec.fps), loop=0)  # fmt: skip
         return path
 
     def _log_session(self, trained: dict, seconds: float) -> None:

@@ -97,12 +97,24 @@ def _check_config(config: dict, path: Path) -> None:
     window, sampler = config["window"], config["sampler"]
     try:
         w = WindowConfig(**window)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise fail(f"window must hold WindowConfig fields ({err})") from None
-    for key, low in (("past", 0), ("current", 1), ("memory", 0), ("stride", 1)):
+    for key, low in (("past", 0), ("current", 1), ("memory", 0), ("stride", 1),
+                     ("frames_per_latent", 1)):  # fmt: skip
         value = getattr(w, key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 64:
             raise fail(f"window.{key} must be an integer in {low}..64, got {value!r:.40}")
+    if w.frames_per_latent != VAE_PRESETS[vae["preset"]].temporal_factor:
+        raise fail(
+            f"window.frames_per_latent is {w.frames_per_latent}, the {vae['preset']} "
+            f"VAE's temporal factor {VAE_PRESETS[vae['preset']].temporal_factor}"
+        )
+    action = DIT_PRESETS[dit["preset"]].action
+    if action is not None and action.frames_per_latent != w.frames_per_latent:
+        raise fail(
+            f"the {dit['preset']} DiT takes {action.frames_per_latent} frames per latent, "
+            f"the window {w.frames_per_latent}"
+        )
     number(w.near_m, "window.near_m")
     if number(w.far_m, "window.far_m") <= w.near_m or not isinstance(w.sink, bool):
         raise fail("window.far_m must exceed near_m, and window.sink be true or false")
@@ -236,6 +248,8 @@ def load_starts(folder: str | Path) -> list:
     path = world_folder(folder) / "starts.safetensors"
     if not path.exists():
         return []
+    window = read_config(world_folder(folder))["window"]
+    frames_per_latent = window.get("frames_per_latent", 4)
     with safe_open(str(path), framework="pt") as f:
         names = json.loads((f.metadata() or {}).get("names", "[]"))
         starts = []
@@ -246,7 +260,7 @@ def load_starts(folder: str | Path) -> list:
                 raise ValueError(f"{path}: start {i} is incomplete ({err})") from err
             parts = {k: v.float() if k in ("latents", "keyboard", "mouse", "K") else v.double()
                      for k, v in parts.items()}  # fmt: skip
-            starts.append(Start(**parts, name=name))
+            starts.append(Start(**parts, name=name, frames_per_latent=frames_per_latent))
     return starts
 
 
