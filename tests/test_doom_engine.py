@@ -17,7 +17,13 @@ pytest.importorskip("vizdoom")
 from matrixgame.data.dataset import ClipDataset  # noqa: E402
 from matrixgame.data.engine.agent import NavGrid  # noqa: E402
 from matrixgame.data.engine.game import DoomGame, GameConfig, Line  # noqa: E402
-from matrixgame.data.engine.recorder import RecordConfig, plan_jobs, record_clip, record_dataset  # noqa: E402
+from matrixgame.data.engine.recorder import (  # noqa: E402
+    RecordConfig,
+    merge_shards,
+    plan_jobs,
+    record_clip,
+    record_dataset,
+)
 from matrixgame.data.shards import Manifest, read_clip  # noqa: E402
 from matrixgame.geometry import Trajectory, infer_actions, keyboard_accuracy  # noqa: E402
 from matrixgame.geometry.kinematics import doom_kinematics  # noqa: E402
@@ -154,6 +160,30 @@ def test_rerun_skips_finished_clips_and_redoes_damaged_ones(dataset):
     assert intact.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="another config"):
         record_dataset(RecordConfig(out=str(root), maps=("MAP01",)), progress=False)
+
+
+def test_shards_recorded_apart_merge_into_the_dataset_one_machine_records(dataset, tmp_path):
+    from dataclasses import replace
+
+    root, whole = dataset
+    out = tmp_path / "sharded"
+    config = replace(_small_dataset(out), num_shards=3)
+    for i in (0, 1):
+        shard = record_dataset(replace(config, shard_index=i), progress=False)
+        assert shard.root == out / f"shard-{i:05d}-of-00003"
+    assert len(Manifest.load(out / "shard-00000-of-00003").shards) == 2  # jobs 0 and 3 of 4
+    with pytest.raises(ValueError, match="shard-00002-of-00003: 1 clips not recorded yet"):
+        merge_shards(out, progress=lambda _: None)
+    assert len(list(out.glob("shard-*"))) == 2  # nothing moved
+    record_dataset(replace(config, shard_index=2), progress=False)
+    merged = merge_shards(out, progress=lambda _: None)
+    assert not list(out.glob("shard-*"))
+    assert merged.config == whole.config  # how it was split is not part of what it is
+    assert merged.shards == whole.shards  # the same clips, bit for bit (their checksums)
+    assert all(merged.verified(n) for n in merged.shards)
+    assert merge_shards(out).shards == merged.shards  # merging again changes nothing
+    with pytest.raises(ValueError, match="shard_index < num_shards"):
+        replace(config, shard_index=3)
 
 
 def test_dataset_windows_memory_and_damaged_shards(dataset, tmp_path):
@@ -335,3 +365,30 @@ def test_inspect_reports_clips_and_damage(dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 clips" in out and "1 damaged" in out and "DAMAGED" in out
     assert (tmp_path / "sheet.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_record_on_a_ray_cluster_runs_the_shards_as_tasks_and_merges_them(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a free port for the head node
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = [str(Path(sys.executable).parent / "ray")]
+    head = [*ray, "start", "--head", f"--port={port}", "--num-cpus=2",
+            "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(head, check=True, capture_output=True, timeout=120)
+    try:
+        out = tmp_path / "ds"
+        cmd = [*_record_command(out, frames=120, clip_frames=60), "--ray",
+               f"127.0.0.1:{port}", "--num-shards", "2"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "shard 1 of 2: 60 frames" in done.stdout
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
+    manifest = Manifest.load(out)
+    assert sorted(manifest.shards) == ["MAP01_00000.safetensors", "MAP01_00001.safetensors"]
+    assert all(manifest.verified(n) for n in manifest.shards) and not list(out.glob("shard-*"))
+    assert "num_shards" not in manifest.config

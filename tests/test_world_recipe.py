@@ -87,7 +87,8 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     ctx = world.window.past + 1
     out = rollout(world.dit, clip, ctx, ctx + 1, world.window, world.height, world.width)
     frames = decode_frames(world.vae, out.latents)
-    assert frames.shape == (1 + 4 * ctx, 32, 48, 3) and frames.dtype.name == "uint8"
+    assert world.window.frames_per_latent == 2  # the doom-2x autoencoder
+    assert frames.shape == (1 + 2 * ctx, 32, 48, 3) and frames.dtype.name == "uint8"
     card = (ship / "README.md").read_text()
     assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
     config = json.loads((ship / "config.json").read_text())
@@ -152,3 +153,27 @@ def test_load_names_missing_worlds(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a matrixgame-world/1 config"):
         load(tmp_path)
+
+
+def test_a_new_version_of_a_world_neither_continues_an_old_build_nor_its_shipped_weights(
+    tmp_path,
+):
+    from dataclasses import replace
+
+    from helpers import make_world_folder
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    spec = spec_with("tiny")
+    work = tmp_path / "work"
+    work.mkdir()
+    old = {"spec": {**vars(replace(spec, vae_preset="doom")), "maps": ["E1M1"]}, "stages": {}}
+    (work / "recipe.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="another version of tiny \\(vae_preset 'doom'; this "
+                                         "recipe: 'doom-2x'\\): give a new --work"):  # fmt: skip
+        Recipe(spec, work, progress=lambda _: None)
+    ship = make_world_folder(tmp_path / "ship")  # a world of the `tiny` autoencoder
+    recipe = Recipe(spec, tmp_path / "fresh", ship_to=ship, progress=lambda _: None)
+    assert not recipe._shipped("vae") and not recipe._shipped("dit")
+    same = Recipe(replace(spec, vae_preset="tiny", dit_preset="tiny", current=1), tmp_path / "x",
+                  ship_to=ship, progress=lambda _: None)  # fmt: skip
+    assert same._shipped("vae") and same._shipped("dit")

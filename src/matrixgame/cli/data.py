@@ -76,8 +76,15 @@ def add_record(sub: argparse._SubParsersAction) -> None:
             "scripted out-and-back loops that revisit views. Every frame carries the pose it "
             "was rendered from and the action that moved the camera to the next frame. "
             "Rerunning the same command resumes: finished clips are kept, damaged or "
-            "missing ones are recorded again. Needs `pip install vizdoom`."
+            "missing ones are recorded again. Needs `pip install vizdoom`.\n\n"
+            "On a cluster: every member of a job array runs the same command with "
+            "--num-shards N --shard-index i (a deterministic share of the maps and seeds, "
+            "into OUT/shard-i-of-N/), then `record --out OUT --merge` joins them into the "
+            "dataset one machine would have recorded. --ray ADDRESS runs the shards as Ray "
+            "tasks on an existing cluster and merges them (pip install 'matrixgame[ray]'; "
+            "OUT on a filesystem every node sees)."
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="dataset folder")
     p.add_argument(
@@ -118,13 +125,35 @@ def add_record(sub: argparse._SubParsersAction) -> None:
         help="every n-th clip of a training map is a held-out trajectory (0: none)",
     )
     p.add_argument("--seed", type=int, default=0, help="base seed of the job plan")
+    scale = p.add_argument_group("scaling out")
+    scale.add_argument("--num-shards", type=int, metavar="N",
+                       help="split the clips N ways (default 1; with --ray: the cluster's "
+                       "CPUs / --workers)")  # fmt: skip
+    scale.add_argument("--shard-index", type=int, default=0, metavar="I",
+                       help="record share I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID")  # fmt: skip
+    scale.add_argument("--merge", action="store_true",
+                       help="join the finished OUT/shard-*-of-N/ into OUT, then exit")  # fmt: skip
+    scale.add_argument("--ray", metavar="ADDRESS",
+                       help="run the shards as tasks on this Ray cluster ('local': start one "
+                       "here), then merge")  # fmt: skip
     p.set_defaults(run_command=_run_record)
 
 
 def _run_record(args: argparse.Namespace) -> None:
     from matrixgame.data.engine.game import ALL_MAPS
-    from matrixgame.data.engine.recorder import RecordConfig, record_dataset
+    from matrixgame.data.engine.recorder import (
+        RecordConfig,
+        merge_shards,
+        record_dataset,
+        record_on_ray,
+    )
 
+    if args.merge:
+        manifest = merge_shards(args.out)
+        print(f"{args.out}: {len(manifest.shards)} clips, {manifest.frames()} frames")
+        return
+    if args.ray and args.shard_index:
+        raise ValueError("--ray records every shard: drop --shard-index")
     maps = ALL_MAPS if args.maps == ["all"] else tuple(args.maps)
     cfg = RecordConfig(
         out=args.out,
@@ -141,8 +170,15 @@ def _run_record(args: argparse.Namespace) -> None:
         heldout_maps=tuple(args.heldout_maps),
         heldout_every=args.heldout_every,
         seed=args.seed,
+        num_shards=1 if args.ray else args.num_shards or 1,
+        shard_index=args.shard_index,
     )
-    manifest = record_dataset(cfg)
+    manifest = record_on_ray(cfg, args.ray, args.num_shards) if args.ray else record_dataset(cfg)
+    if cfg.num_shards > 1:
+        print(f"{cfg.folder}: shard {cfg.shard_index} of {cfg.num_shards}, "
+              f"{len(manifest.shards)} clips, {manifest.frames()} frames (`--merge` joins the "
+              f"shards once all are done)")  # fmt: skip
+        return
     splits = sorted({e["split"] for e in manifest.shards.values()})
     summary = ", ".join(f"{s} {manifest.frames(s)}" for s in splits)
     print(f"{args.out}: {len(manifest.shards)} clips, {manifest.frames()} frames ({summary})")

@@ -23,7 +23,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     vae = what.add_parser("vae", help="a small VAE (reconstruction)", description=p.description)
     vae.add_argument("--data", required=True, help="dataset folder")
     vae.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
-    vae.add_argument("--preset", default="tiny", help="VAE preset (tiny | doom)")
+    vae.add_argument("--preset", default="tiny", help="VAE preset (tiny | doom | doom-2x)")
     vae.add_argument("--steps", type=int, default=2000)
     vae.add_argument("--batch-size", type=int, default=4)
     vae.add_argument("--frames", type=int, default=5, help="frames per sample (1 + 4k)")

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from matrixgame.io import atomic_path, atomic_write_text
 
@@ -92,12 +93,24 @@ class Clip:
 
 
 def write_clip(path: str | Path, clip: Clip) -> str:
-    """Write a clip atomically (temporary file, fsync, rename); returns the file's sha256."""
+    """Write a clip atomically (temporary file, fsync, rename); returns the file's sha256.
+    The same clip always gives the same bytes (:func:`canonical_safetensors`)."""
     meta = {"format": CLIP_FORMAT, "meta": json.dumps(clip.meta, sort_keys=True)}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(clip.tensors(), tmp, metadata=meta)
+        Path(tmp).write_bytes(canonical_safetensors(save(clip.tensors(), metadata=meta)))
         return file_sha256(tmp)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: the writer keeps its metadata
+    in a hash map whose order changes from process to process, so two recordings of the
+    same clip would otherwise differ in their bytes (and checksums)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()  # fmt: skip
+    header += b" " * (-len(header) % 8)  # the format pads its header to 8 bytes
+    return struct.pack("<Q", len(header)) + header + data[8 + n :]
 
 
 def read_clip(path: str | Path, keys: list[str] | None = None) -> Clip:

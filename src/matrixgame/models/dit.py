@@ -89,6 +89,12 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 # The default world's DiT: the tiny blocks on the `doom` VAE's 32-channel latents (8x8 pixels
 # per latent position: 6 x 64 folded ray values), so a 96x128 frame is 6x8 = 48 tokens.
 DIT_PRESETS["doom"] = replace(DIT_PRESETS["tiny"], in_dim=32, out_dim=32, plucker_channels=6 * 64)
+# ... and on the `doom-2x` VAE's latents of two frames each: every latent's actions reach as
+# far back (12 frames = 6 latents of action history).
+DIT_PRESETS["doom-2x"] = replace(
+    DIT_PRESETS["doom"],
+    action=replace(DIT_PRESETS["doom"].action, frames_per_latent=2, windows_size=6),
+)
 
 
 class SelfAttention(nn.Module):

@@ -16,7 +16,7 @@ channels across the resampling, as in Wan2.2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,12 @@ VAE_PRESETS: dict[str, VAEConfig] = {
         latent_std=None,
     ),  # fmt: skip
 }
+# The default world's second autoencoder: the same widths at 2x temporal (two frames per
+# latent; the first stage halves space only, the second time only). At 17.5 frames/s Doom
+# moves several pixels a frame, and four frames per latent blurred every reconstruction:
+# held-out PSNR after 600 steps 24.5 dB here against 23.7 dB at best for `doom` (2,500
+# steps), and 25.2 dB with no temporal compression at twice the decoding cost.
+VAE_PRESETS["doom-2x"] = replace(VAE_PRESETS["doom"], temporal_downsample=(False, True))
 
 
 class FeatureCache:

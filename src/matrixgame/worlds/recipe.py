@@ -37,6 +37,9 @@ STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "dit": "dit_step
 # training stages that the evaluation can take as they are when a call runs out of time
 CONTINUED = ("decoder", "dit")
 EVAL_RESERVE_S = 1200.0  # at most this much of a bounded call is kept for eval and ship
+# what makes a build another version of a world: its runs cannot continue under a spec
+# that changes these
+VERSION_FIELDS = ("vae_preset", "dit_preset", "height", "width", "frame_skip")
 
 
 @dataclass(frozen=True)
@@ -47,29 +50,30 @@ class WorldSpec:
     maps: tuple[str, ...] = ("E1M1",)
     frames: int = 160_000  # training frames to record (clips may end early)
     clip_frames: int = 1024
-    frame_skip: int = 2  # 35 / 2 = 17.5 frames/s; one latent = 4 frames = 229 ms
+    frame_skip: int = 2  # 35 / 2 = 17.5 frames/s; one latent = 2 frames = 114 ms
     eval_frames: int = 8800
     eval_clip_frames: int = 1100
     eval_loop_fraction: float = 0.5
     eval_seed: int = 1
     height: int = 96
     width: int = 128
-    vae_preset: str = "doom"
-    vae_steps: int = 3000
+    vae_preset: str = "doom-2x"
+    vae_steps: int = 6000
     vae_frames: int = 9
     vae_batch: int = 4
     vae_lr: float = 5e-4
+    vae_final_lr: float = 0.05  # cosine decay to 5% of vae_lr by vae_steps
     decoder_steps: int = 2000
     decoder_lr: float = 1e-4
     decoder_adversarial: float = 0.5
     decoder_feature_matching: float = 0.0
     decoder_latent_noise: float = 0.2
-    dit_preset: str = "doom"
+    dit_preset: str = "doom-2x"
     dit_steps: int = 40_000
     dit_batch: int = 8
     dit_lr: float = 2e-4
     past: int = 2
-    current: int = 1  # latents generated per step: 229 ms of video, so keys show quickly
+    current: int = 2  # latents generated per step: 4 frames, 229 ms of video
     memory: int = 2
     idm_steps: int = 2000
     sampler_steps: int = 4
@@ -135,6 +139,16 @@ class Recipe:
         self.deadline = None if self.hours is None else time.monotonic() + 3600 * self.hours
         self.train_deadline = self.deadline
         self.state = self._load_state()
+        built = self.state.get("spec", {})
+        changed = [k for k in VERSION_FIELDS if k in built and built[k] != getattr(self.spec, k)]
+        if changed:
+            was = ", ".join(f"{k} {built[k]!r}" for k in changed)
+            raise ValueError(
+                f"{self.work} holds a build of another version of {self.spec.name} ({was}; "
+                f"this recipe: {', '.join(repr(getattr(self.spec, k)) for k in changed)}): give "
+                f"a new --work folder (move its data/ and eval-data/ there to keep the "
+                f"recordings)"
+            )
 
     # -- state -----------------------------------------------------------------------------
 
@@ -241,14 +255,14 @@ class Recipe:
         from matrixgame.train.jobs import VAEJob, train_vae
 
         s, out = self.spec, self.path("vae")
-        if not _has_checkpoint(out) and (self.ship_to / "vae.safetensors").exists():
+        if not _has_checkpoint(out) and self._shipped("vae"):
             # a fresh clone: the shipped encoder is final (the latents depend on it)
             _seed_run(out, self.ship_to, "vae", self.spec)
             self._mark("vae", done=True, from_shipped=True)
             return None
         job = VAEJob(data=str(self.path("record")), out=str(out), preset=s.vae_preset,
                      steps=s.vae_steps, batch_size=s.vae_batch, frames=s.vae_frames,
-                     height=s.height, width=s.width, lr=s.vae_lr,
+                     height=s.height, width=s.width, lr=s.vae_lr, final_lr=s.vae_final_lr,
                      checkpoint_every=s.checkpoint_every, cpu_bf16=self.cpu_bf16)  # fmt: skip
         stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
         trainer = train_vae(job, self.train_deadline, stop)
@@ -267,7 +281,7 @@ class Recipe:
 
         s, out = self.spec, self.path("decoder")
         init, start = None, 0
-        if not _has_checkpoint(out) and (self.ship_to / "vae.safetensors").exists():
+        if not _has_checkpoint(out) and self._shipped("vae"):
             init = _shipped_decoder_state(self.ship_to, out)
             start = int(shipped.read_config(self.ship_to)["vae"].get("step", 0))
         job = DecoderJob(data=str(self.path("record")), vae=str(self.path("vae")), out=str(out),
@@ -286,7 +300,7 @@ class Recipe:
 
         s, out = self.spec, self.path("dit")
         init, start = None, 0
-        if not _has_checkpoint(out) and (self.ship_to / "dit.safetensors").exists():
+        if not _has_checkpoint(out) and self._shipped("dit"):
             init = str(self.ship_to / "dit.safetensors")
             start = int(shipped.read_config(self.ship_to)["dit"].get("step", 0))
         job = DiTJob(latents=str(self.path("latents")), out=str(out), preset=s.dit_preset,
@@ -350,6 +364,26 @@ class Recipe:
         write_card(self.ship_to, self.state, report, self.path("eval") if better else None, gif)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _shipped(self, component: str) -> bool:
+        """Whether the shipped world has this component of this spec's version (same preset,
+        and for the world model the same window), so a fresh clone starts from it; a spec
+        of a new version trains its own."""
+        if not (self.ship_to / f"{component}.safetensors").exists():
+            return False
+        try:
+            config = shipped.read_config(self.ship_to)
+        except ValueError:
+            return False
+        s = self.spec
+        if config["vae"]["preset"] != s.vae_preset:
+            return False  # another autoencoder: neither its decoder nor its world model fit
+        if component == "dit":
+            window = config["window"]
+            return config["dit"]["preset"] == s.dit_preset and \
+                (window["past"], window["current"], window["memory"]) == \
+                (s.past, s.current, s.memory)  # fmt: skip
+        return True
 
     def _finish(self, stage: str, trainer, target: int) -> dict | bool:
         done = trainer.step >= target or trainer.stopped == "stop"
