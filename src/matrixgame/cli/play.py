@@ -4,6 +4,7 @@ into an MP4."""
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _world_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,6 +120,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     check_script(script, session, world.meta.get("kinematics"))
     start = choose_start(starts, args.start, world)
     fps = float(world.meta.get("fps", 17.5))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the N+1 layout
+        return _generate_parallel(args, world, start, script, fps)
     with Mp4Writer(args.out, fps) as video, \
             tqdm(total=len(script), desc="generate", unit="frame") as bar:  # fmt: skip
         log = generate(session, start, script, video.write, bar.update)
@@ -128,3 +131,26 @@ def _run_generate(args: argparse.Namespace) -> None:
     if args.poses:
         write_log(args.poses, log, fps)
         print(f"{args.poses}: per-frame poses and each step's memory")
+
+
+def _generate_parallel(args: argparse.Namespace, world, start, script, fps: float) -> None:
+    """Under torchrun: N DiT ranks (Ulysses) and the last rank decoding into the MP4."""
+    import torch.distributed as dist
+
+    from matrixgame.inference.generate import write_log
+    from matrixgame.inference.parallel import generate_parallel
+    from matrixgame.media import Mp4Writer
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    if rank == size - 1:
+        with Mp4Writer(args.out, fps) as video:
+            generate_parallel(world, start, script, video.write, args.steps, args.seed)
+        print(f"{args.out}: decoded by rank {rank}; {size - 1} DiT ranks (Ulysses)")
+    else:
+        log = generate_parallel(world, start, script, None, args.steps, args.seed)
+        if log is not None and args.poses:
+            write_log(args.poses, log, fps)
+            print(f"{args.poses}: per-frame poses and each step's memory")
+    dist.barrier()

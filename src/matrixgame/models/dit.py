@@ -104,15 +104,27 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        # set by inference/parallel.py: this rank holds a shard of the tokens, and the
+        # attention itself runs across the ranks (Ulysses)
+        self.sequence_parallel = None
 
     def forward(self, x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int) -> Tensor:
         """``x [B, L, C]``; ``t_index [F]`` temporal RoPE index of each of the L/(h w) frames."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))  # [B, L, H, d]
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
-        q = apply_rope_3d(q, freqs, t_index, height, width)
-        k = apply_rope_3d(k, freqs, t_index, height, width)
-        return self.o(attention(q, k, v).flatten(2))
+        if self.sequence_parallel is not None:
+            return self.o(self.sequence_parallel(q, k, v, freqs, t_index).flatten(2))
+        return self.o(rope_attention(q, k, v, freqs, t_index, height, width).flatten(2))
+
+
+def rope_attention(q: Tensor, k: Tensor, v: Tensor, freqs: Tensor, t_index: Tensor, height: int,
+                   width: int) -> Tensor:  # fmt: skip
+    """Attention over ``[B, L, H, d]`` tokens (frame-major, ``height x width`` per frame)
+    after rotating queries and keys by their 3D RoPE positions."""
+    q = apply_rope_3d(q, freqs, t_index, height, width)
+    k = apply_rope_3d(k, freqs, t_index, height, width)
+    return attention(q, k, v)
 
 
 class CrossAttention(SelfAttention):
@@ -306,6 +318,23 @@ class MatrixGameDiT(nn.Module):
           temporal indices ``memory_index`` ``[M]`` (or ``[B, M]``); x's frames are at
           ``first_index + i`` (``first_index`` an int or ``[B]``).
         """
+        tokens, e, e0, ctx = self.prepare(x, t, context, keyboard=keyboard, mouse=mouse,
+                                          plucker=plucker, memory=memory, memory_t=memory_t,
+                                          keyboard_memory=keyboard_memory,
+                                          mouse_memory=mouse_memory, memory_index=memory_index,
+                                          first_index=first_index)  # fmt: skip
+        return self.finish(self.head(self.run_blocks(tokens, e0, ctx), e), ctx)
+
+    def prepare(self, x: Tensor, t: Tensor, context: Tensor | None = None, *,
+                keyboard: Tensor | None = None, mouse: Tensor | None = None,
+                plucker: Tensor | None = None, memory: Tensor | None = None,
+                memory_t: Tensor | None = None, keyboard_memory: Tensor | None = None,
+                mouse_memory: Tensor | None = None, memory_index: Tensor | list[int] | None = None,
+                first_index: int = 0) -> tuple[Tensor, Tensor, Tensor, dict]:  # fmt: skip
+        """The blocks' inputs for :meth:`forward`'s arguments: tokens ``[B, L, C]`` (memory
+        frames first), time embeddings ``e [B, L, C]`` and ``e0 [B, L, 6, C]``, and the
+        context ``ctx`` every block reads (its ``frames``, ``height``, ``width`` give the
+        token layout)."""
         cfg = self.config
         b, _, frames, height, width = x.shape
         pt, ph, pw = cfg.patch_size
@@ -360,6 +389,10 @@ class MatrixGameDiT(nn.Module):
             raise ValueError("give both keyboard and mouse, or neither")
         if ctx["camera"] is not None and ctx["camera"].shape[1] != seq:
             raise ValueError(f"plucker covers {ctx['camera'].shape[1]} tokens, the input {seq}")
+        ctx["memory_frames"] = m
+        return tokens, e, e0, ctx
+
+    def run_blocks(self, tokens: Tensor, e0: Tensor, ctx: dict) -> Tensor:
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 tokens = torch.utils.checkpoint.checkpoint(
@@ -367,8 +400,13 @@ class MatrixGameDiT(nn.Module):
                 )
             else:
                 tokens = block(tokens, e0, ctx)
-        out = self.head(tokens, e)[:, m * h * w :]  # current (and past) tokens only
-        return self._unpatchify(out, f, h, w)
+        return tokens
+
+    def finish(self, out: Tensor, ctx: dict) -> Tensor:
+        """The head's output ``[B, L, .]`` -> velocity ``[B, C, F, H, W]`` of x's frames."""
+        m, h, w = ctx["memory_frames"], ctx["height"], ctx["width"]
+        out = out[:, m * h * w :]  # current (and past) tokens only
+        return self._unpatchify(out, ctx["frames"] - m, h, w)
 
     def _freqs_on(self, device: torch.device) -> Tensor:
         if self.freqs.device != device:
