@@ -1,6 +1,7 @@
 """Every parser of outside input, fuzzed: action scripts, RealEstate10K camera files,
-nerfstudio transforms.json, dataset manifests, world configs (the WebSocket messages are in
-test_serve_protocol.py). Each input is parsed or refused with a ValueError-family error
+nerfstudio transforms.json, dataset manifests, clip shard headers (and files cut anywhere),
+world configs, training runs' checkpoint pointers and configs, `--start` values (the
+WebSocket messages are in test_serve_protocol.py). Each input is parsed or refused with a ValueError-family error
 naming the problem; nothing else escapes (no KeyError, TypeError or AttributeError from
 deep inside), and paths in the files cannot leave their folder."""
 
@@ -8,6 +9,7 @@ import json
 import math
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -160,3 +162,128 @@ def test_world_configs(tmp_path, obj):
     parsed = _refused_or_parsed(read_config, tmp_path)
     if parsed is not None:
         assert parsed["height"] > 0 and parsed["width"] > 0 and math.isfinite(parsed["fps"])
+
+
+# -- clip shards: their safetensors header --------------------------------------------------
+
+
+def _clip_bytes() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from matrixgame.data.shards import Clip, write_clip
+
+    clip = Clip(np.zeros((2, 4, 4, 3), np.uint8), np.tile(np.eye(4), (2, 1, 1)),
+                np.ones(4), np.zeros((2, 6), np.float32), np.zeros((2, 2), np.float32),
+                np.arange(2), None, {"map": "E1M1"})  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip(Path(tmp) / "c.safetensors", clip)
+        return (Path(tmp) / "c.safetensors").read_bytes()
+
+
+CLIP = _clip_bytes()
+header = st.fixed_dictionaries({}, optional={
+    "__metadata__": values | st.fixed_dictionaries({"format": st.just("matrixgame-clip/1")},
+                                                   optional={"meta": values | st.text()}),
+    **{k: values | st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "U8", "F64", "X"]),
+                                          "shape": st.lists(st.integers(-2, 6), max_size=4),
+                                          "data_offsets": st.lists(st.integers(-4, 400),
+                                                                   max_size=3)})
+       for k in ("frames", "c2w", "K", "keyboard", "mouse", "tic")},
+})  # fmt: skip
+
+
+@FUZZ
+@given(st.one_of(header, values), st.integers(0, len(CLIP)))
+def test_clip_shard_headers(tmp_path, obj, cut):
+    """A shard whose header says anything (or whose file is cut anywhere) is read or
+    refused with a ValueError naming the file."""
+    import struct
+
+    from matrixgame.data.shards import read_clip
+
+    (n,) = struct.unpack("<Q", CLIP[:8])
+    text = _dump(obj).encode()
+    data = struct.pack("<Q", len(text)) + text + CLIP[8 + n :]
+    for i, blob in enumerate((data, CLIP[:cut])):
+        path = tmp_path / f"{i}.safetensors"
+        path.write_bytes(blob)
+        try:
+            clip = read_clip(path)
+        except ValueError as err:
+            assert str(path) in str(err)
+        else:
+            assert len(clip.c2w) == len(clip.keyboard) == len(clip.mouse)
+
+
+def test_a_clip_missing_a_tensor_or_with_bad_meta_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from matrixgame.data.shards import read_clip
+
+    tensors = {"K": torch.ones(4), "keyboard": torch.zeros(2, 6), "mouse": torch.zeros(2, 2),
+               "tic": torch.arange(2)}  # fmt: skip
+    save_file(tensors, str(tmp_path / "a.safetensors"),
+              metadata={"format": "matrixgame-clip/1", "meta": "{}"})  # fmt: skip
+    with pytest.raises(ValueError, match="a.safetensors: a clip without c2w"):
+        read_clip(tmp_path / "a.safetensors")
+    save_file({**tensors, "c2w": torch.zeros(2, 4, 4)}, str(tmp_path / "b.safetensors"),
+              metadata={"format": "matrixgame-clip/1", "meta": "[1]"})  # fmt: skip
+    with pytest.raises(ValueError, match="b.safetensors: its meta must be a JSON object"):
+        read_clip(tmp_path / "b.safetensors")
+
+
+# -- a training run's checkpoint pointer and config ------------------------------------------
+
+run_config = st.fixed_dictionaries({}, optional={
+    "model": values | st.sampled_from(["vae", "dit", "dmd", "idm"]),
+    "preset": values | st.sampled_from(["tiny", "doom", "nope"]), "height": values,
+    "width": values, "window": values, "latents": values, "teacher": values,
+})  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(st.one_of(run_config, values), st.sampled_from(["00000002", "../../etc", "", ".x", "2"]))
+def test_run_checkpoints(tmp_path, obj, latest):
+    """`latest` may only name a checkpoint folder of the run; its config.json is checked
+    before anything is built from it."""
+    from safetensors.torch import save_file
+
+    from matrixgame.train.runs import trained_vae, trained_world
+
+    folder = tmp_path / "checkpoints" / "00000002"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"ema.x": torch.zeros(1)}, str(folder / "weights.safetensors"))
+    (folder / "config.json").write_text(_dump(obj))
+    (tmp_path / "checkpoints" / "latest").write_text(latest)
+    for load in (trained_vae, trained_world):
+        try:
+            load(tmp_path)
+        except ValueError as err:
+            assert str(err)
+
+
+# -- `--start` values ------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=12),
+        st.integers(-5, 5),
+        st.none(),
+        st.booleans(),
+        st.sampled_from(["0", "1", "07", "spawn 0", "x.png", "a.jpg", "../b.webp"]),
+    )
+)
+def test_start_values(value):
+    from types import SimpleNamespace
+
+    from matrixgame.worlds.shipped import choose_start
+
+    starts = [SimpleNamespace(name="spawn 0"), SimpleNamespace(name="spawn 1")]
+    chosen = _refused_or_parsed(choose_start, starts, value, None)
+    assert chosen is None or chosen in starts

@@ -128,8 +128,13 @@ def read_clip(path: str | Path, keys: list[str] | None = None) -> Clip:
                 if keys is None
                 else (set(keys) | {"c2w", "K", "keyboard", "mouse", "tic"}) & names
             )
+            missing = sorted({"c2w", "K", "keyboard", "mouse", "tic"} - names)
+            if missing:
+                raise ValueError(f"{path}: a clip without {', '.join(missing)}")
             t = {k: f.get_tensor(k).numpy() for k in wanted}
             meta = json.loads(header["meta"])
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path}: its meta must be a JSON object")
     except ValueError:
         raise
     except Exception as err:  # safetensors raises its own errors for truncated files

@@ -26,9 +26,17 @@ def latest_weights(run: str | Path, prefix: str = "ema.",
     root = Path(run) / "checkpoints"
     if not (root / "latest").exists():
         raise ValueError(f"{run}: no checkpoint (train it first)")
-    folder = root / (root / "latest").read_text().strip()
-    weights = load_file(folder / "weights.safetensors")
-    config = json.loads((folder / "config.json").read_text())
+    name = (root / "latest").read_text(errors="replace").strip()
+    if not name.isdigit():  # a step folder of this run, nothing else
+        raise ValueError(f"{root / 'latest'} names {name!r:.40}, not a checkpoint step")
+    folder = root / name
+    try:
+        weights = load_file(folder / "weights.safetensors")
+        config = json.loads((folder / "config.json").read_text())
+    except Exception as err:  # missing, truncated, not JSON: say which checkpoint
+        raise ValueError(f"{folder}: unreadable checkpoint ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder}/config.json must hold an object")
     if model is not None and config.get("model") != model:
         raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train {model}` run")
     return sub_state(weights, prefix), config
@@ -45,18 +53,41 @@ def trained_vae(run: str | Path):
     state, config = latest_weights(run, model="vae")
     prefix = config.get("weights_prefix", "")
     state = sub_state(state, prefix)
+    from matrixgame.models.loading import load_checked
+
     stats = Path(run) / "latent_stats.json"
     if "latent_mean" not in config and stats.exists():
         config = {**config, **json.loads(stats.read_text())}
-    preset = VAE_PRESETS[config["preset"]]
+    preset = VAE_PRESETS[_preset(config, VAE_PRESETS, run)]
+    size = config.get("height"), config.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in size):
+        raise ValueError(f"{run}: height and width must be integers in 1..4096, got {size}")
     if "latent_mean" in config:
-        preset = replace(preset, latent_mean=tuple(config["latent_mean"]),
-                         latent_std=tuple(config["latent_std"]))  # fmt: skip
-    if config.get("pruning_rate"):  # a light decoder (accel/light_vae.py): the full encoder
-        preset = replace(preset, pruning_rate=config["pruning_rate"], prune_encoder=False)
+        stats = [config.get("latent_mean"), config.get("latent_std")]
+        if not all(isinstance(s, list) and all(_number(v) for v in s) for s in stats):
+            raise ValueError(f"{run}: latent_mean and latent_std must be lists of numbers")
+        preset = replace(preset, latent_mean=tuple(stats[0]), latent_std=tuple(stats[1]))
+    rate = config.get("pruning_rate")
+    if rate:  # a light decoder (accel/light_vae.py): the full encoder
+        if not _number(rate) or not 0 < rate < 1:
+            raise ValueError(f"{run}: pruning_rate must lie in (0, 1), got {rate!r:.40}")
+        preset = replace(preset, pruning_rate=rate, prune_encoder=False)
     vae = WanVAE(preset).eval()
-    vae.load_state_dict(state)
-    return vae, (config["height"], config["width"])
+    load_checked(vae, state, f"{run}'s weights")
+    return vae, size
+
+
+def _preset(config: dict, presets: dict, run) -> str:
+    name = config.get("preset")
+    if not isinstance(name, str) or name not in presets:
+        raise ValueError(f"{run}: preset {name!r:.40} is none of {sorted(presets)}")
+    return name
+
+
+def _number(value) -> bool:
+    import math
+
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def vae_of(latents: str | Path):
@@ -98,10 +129,18 @@ def trained_world(run: str | Path, name: str | None = None) -> World:
     elif config.get("model") != "dit":
         raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train dit` or "
                          f"`distill` run")  # fmt: skip
-    dit = MatrixGameDiT(DIT_PRESETS[config["preset"]]).eval()
-    dit.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    window = WindowConfig(**config["window"])
+    from matrixgame.models.loading import load_checked
+
+    dit = MatrixGameDiT(DIT_PRESETS[_preset(config, DIT_PRESETS, run)]).eval()
+    load_checked(dit, {k: v.to(torch.float32) for k, v in state.items()}, f"{run}'s weights")
+    try:
+        window = WindowConfig(**config["window"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{run}: its window must hold WindowConfig fields ({err})") from None
     step = int((Path(run) / "checkpoints" / "latest").read_text())
+    for key in ("teacher",) if config.get("model") == "dmd" else ("latents",):
+        if not isinstance(config.get(key), str):
+            raise ValueError(f"{run}: its config names no {key} (a folder)")
     if config.get("model") == "dmd":  # the teacher's VAE and frame size
         from matrixgame.worlds.shipped import open_world
 
