@@ -1,9 +1,10 @@
 """Every parser of outside input, fuzzed: action scripts, RealEstate10K camera files,
 nerfstudio transforms.json, dataset manifests, clip shard headers (and files cut anywhere),
-world configs, training runs' checkpoint pointers and configs, `--start` values (the
-WebSocket messages are in test_serve_protocol.py). Each input is parsed or refused with a ValueError-family error
-naming the problem; nothing else escapes (no KeyError, TypeError or AttributeError from
-deep inside), and paths in the files cannot leave their folder."""
+world configs, training runs' checkpoint pointers and configs, `--start` values and the
+options of `matrixgame generate` (the WebSocket messages: test_serve_protocol.py). Each
+input is parsed or refused with a ValueError-family error naming the problem; nothing else
+escapes (no KeyError, TypeError or AttributeError from deep inside), and paths in the files
+cannot leave their folder."""
 
 import json
 import math
@@ -287,3 +288,46 @@ def test_start_values(value):
     starts = [SimpleNamespace(name="spawn 0"), SimpleNamespace(name="spawn 1")]
     chosen = _refused_or_parsed(choose_start, starts, value, None)
     assert chosen is None or chosen in starts
+
+
+# -- CLI values --------------------------------------------------------------------------------
+
+cli_value = st.one_of(
+    st.integers(-3, 200).map(str),
+    st.text(max_size=8),
+    st.sampled_from(["0", "1", "2", "nan", "-inf", "1e9", "spawn 0", "x.png"]),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from helpers import make_world_folder
+
+    return make_world_folder(tmp_path_factory.mktemp("fuzz-world") / "world")
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(st.fixed_dictionaries({}, optional={"--steps": cli_value, "--start": cli_value,
+                                           "--seed": cli_value, "--threads": cli_value}),
+       st.one_of(script, values), st.sampled_from(["v.mp4", "v.txt", "sub/v.mp4"]))  # fmt: skip
+def test_generate_command_values(tiny_world, tmp_path, capsys, options, obj, out):
+    """`matrixgame generate` with any option values and script: a video, or exit status
+    1 / 2 with a one-line reason; never a traceback."""
+    from matrixgame.cli import main
+
+    path = tmp_path / "s.json"
+    path.write_text(_dump(obj))
+    argv = ["generate", str(path), "--world", str(tiny_world), "--out", str(tmp_path / out),
+            "--int8", "off", *[x for kv in options.items() for x in kv]]  # fmt: skip
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own refusal: usage and the reason, status 2
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code in (0, 1, 2), code
+    assert "Traceback" not in err
+    if code:
+        assert "error:" in err
+    else:
+        assert (tmp_path / out).exists()
