@@ -82,8 +82,12 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled row")
+    parser.add_argument("--retrieval-only", action="store_true",
+                        help="time only a segment's memory retrieval, per pool size")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.retrieval_only:
+        return retrieval_rows(load(args.world), args)
     fp32 = load(args.world)
     int8 = load(args.world)
     report = quantize_dit(int8.dit)
@@ -99,6 +103,19 @@ def main() -> None:
     print(f"int8: {report.backend} ({report.reason})")
     print_table(rows, list(rows[0]))
     print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason}))
+
+
+def retrieval_rows(world, args) -> None:
+    """One segment's batched retrieval (the median of 20) against each pool size."""
+    rows = []
+    for pool in args.pools:
+        st = session_with_pool(world, pool, args.steps).state
+        before = st.length - world.window.past
+        ms = median_ms(lambda st=st, b=before: st.pool.retrieve(st.c2w[-1], b, 2), 20)
+        rows.append({"pool": pool, "retrieval_ms": round(ms, 2), "capability": cpu_capability(),
+                     "threads": torch.get_num_threads()})  # fmt: skip
+    print_table(rows, list(rows[0]))
+    print(write_json("realtime_retrieval", {"rows": rows, "world": args.world}))
 
 
 def measure(world, pool: int, args, name: str, report, compile: str | None = None) -> dict:

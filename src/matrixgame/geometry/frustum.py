@@ -17,6 +17,7 @@ Memory retrieval picks the past frames whose frustums overlap the query most
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -254,14 +255,20 @@ class Frusta:
         return Frusta(self.planes.to(*args, **kwargs), self.corners.to(*args, **kwargs))
 
 
+@functools.lru_cache(maxsize=32)
+def _default_samples(view: ViewVolume) -> Tensor:
+    """:func:`frustum_samples`'s default points of a view volume, made once per volume."""
+    return frustum_samples(view)
+
+
 def _separated(a: Frusta, b: Frusta) -> Tensor:
     """``[Qa, Nb]`` True where a face plane of one frustum has all corners of the other
     outside: proof of an empty intersection (the converse need not hold)."""
 
     def outside(planes: Tensor, corners: Tensor) -> Tensor:  # planes [P, 6, 4], corners [C, 8, 3]
-        pts = torch.cat([corners, torch.ones_like(corners[..., :1])], -1).reshape(-1, 4)
-        dist = (planes.reshape(-1, 4) @ pts.T).view(len(planes), 6, len(corners), 8)
-        return (dist.amax(-1) < 0).any(1)  # [P, C]
+        flat = planes.reshape(-1, 4)
+        dist = torch.addmm(flat[:, 3:], flat[:, :3], corners.reshape(-1, 3).T)
+        return (dist.view(len(planes), 6, len(corners), 8).amax(-1) < 0).any(1)  # [P, C]
 
     return outside(b.planes, a.corners).T | outside(a.planes, b.corners)
 
@@ -289,15 +296,21 @@ def overlap_sampled(
         candidates = Frusta.from_poses(candidates.to(query), view)
     candidates = candidates.to(query)
     if samples is None:
-        samples = frustum_samples(view)
+        samples = _default_samples(view)
     samples = samples.to(query)
     score = query.new_zeros(len(query), len(candidates))
     live = (~_separated(Frusta.from_poses(query, view), candidates)).any(0).nonzero()[:, 0]
     if len(live):
-        points = samples @ query[:, :3, :3].transpose(-1, -2) + query[:, None, :3, 3]
+        # the half-space tests in float32, in coordinates centred on the queries: a map's
+        # absolute coordinates would cost float32 its precision, distances within view of
+        # the query keep it (the planes' offsets move with the origin: d' = d + n.o)
+        origin = query[:, :3, 3].mean(0)
+        points = samples @ query[:, :3, :3].transpose(-1, -2) + (query[:, None, :3, 3] - origin)
         points = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [Q, S, 4]
-        points = points.reshape(-1, 4).T.contiguous()  # [4, Q*S]: one matrix product for all
-        planes = candidates.planes[live].transpose(0, 1)  # [6, L, 4], plane-major
+        points = points.reshape(-1, 4).T.contiguous().float()  # [4, Q*S]: one product for all
+        planes = candidates.planes[live]
+        offsets = planes[..., 3] + planes[..., :3] @ origin
+        planes = torch.cat([planes[..., :3], offsets[..., None]], -1).float().transpose(0, 1)
         hits = []
         chunk = chunk or max(1, 2**16 // points.shape[1])
         for start in range(0, len(live), chunk):

@@ -109,13 +109,15 @@ class MemoryPool:
     def retrieve(self, query: Tensor, before: int, k: int, dedup: float | None = None) -> Tensor:
         """Sequence positions (sorted) of the ``k`` latents before ``before`` whose view
         volumes overlap the query pose ``[4, 4]``'s most; fewer when fewer exist."""
-        rows = self.candidates(before)
+        rows = self.candidates(before)  # a run of rows: the pool is in position order
         k = min(k, len(rows))
         if k <= 0:
             return torch.zeros(0, dtype=torch.long)
         query = query.to(self.device, torch.float64)
         if dedup is None:
-            idx, _ = topk_overlap(query, self.frusta[rows], self.view, k)
+            first = int(rows[0])
+            frusta = self.frusta[first : first + len(rows)]  # views, not copies
+            idx, _ = topk_overlap(query, frusta, self.view, k)
         else:
             idx = self._deduplicated(query, rows, k, dedup)
         return self.positions[rows[idx]].sort().values.cpu()
