@@ -25,7 +25,9 @@ def test_players_keep_their_streams_through_a_flood(tmp_path):
         assert summary["players_closed"] == 0 and summary["segments_min"] >= 5, summary
         assert summary["flood_messages"] > 500 and summary["flood_error_answers"] > 0
         assert summary["refused_busy"] == 2
-        after = asyncio.run(run_load(ws, players=1, flooders=0, seconds=2, extra=0))
-        assert after.players[0].segments >= 2  # still serving
+        # still serving: a new player streams (6 s: a 2-core CI machine, still winding the
+        # flood's sessions down, once gave only one segment in 2 s)
+        after = asyncio.run(run_load(ws, players=1, flooders=0, seconds=6, extra=0))
+        assert after.players[0].segments >= 2 and after.players[0].closed is None
     finally:
         stop()

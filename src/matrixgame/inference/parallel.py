@@ -39,20 +39,20 @@ def spatial_shards(positions: int, ranks: int) -> list[int]:
 
 class Ulysses:
     """Self-attention over tokens sharded by spatial position, heads exchanged all-to-all.
-    ``layout`` (frames, height, width of the whole sequence) is set per forward pass."""
+    ``layout`` (frames, height, width of the whole sequence, and the positions each rank
+    holds: :func:`spatial_shards`) is set per forward pass."""
 
     def __init__(self, group, heads: int) -> None:
         self.group = group
         self.rank, self.ranks = dist.get_rank(group), dist.get_world_size(group)
         self.heads = heads
         self.padded = -(-heads // self.ranks) * self.ranks
-        self.layout: tuple[int, int, int] | None = None
+        self.layout: tuple[int, int, int, list[int]] | None = None
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, freqs: Tensor, t_index: Tensor) -> Tensor:
         """This rank's ``[B, F S_r, H, d]`` queries, keys, values -> its tokens' attention
         output ``[B, F S_r, H, d]`` over the whole sequence."""
-        frames, height, width = self.layout
-        sizes = spatial_shards(height * width, self.ranks)
+        frames, height, width, sizes = self.layout
         b, _, _, d = q.shape
         n, per = self.ranks, self.padded // self.ranks
         x = torch.stack([q.float(), k.float(), v.float()], 3)  # [B, F S_r, H, 3, d]
@@ -123,7 +123,7 @@ class SequenceParallelDiT(nn.Module):
         local = {**ctx, "height": 1, "width": hi - lo}  # per-position modules see S_r columns
         if ctx["camera"] is not None:
             local["camera"] = shard(ctx["camera"])
-        self.ulysses.layout = (frames, height, width)
+        self.ulysses.layout = (frames, height, width, sizes)
         out = model.head(model.run_blocks(shard(tokens), shard(e0), local), shard(e))
         return model.finish(self._gather(out, frames, sizes), ctx)
 
@@ -173,8 +173,8 @@ def decoder_loop(vae, sink, source: int = 0, decoder=None) -> int:
     """The decoder rank: receive latents from rank ``source`` until STOP, decode them with
     a streaming cache (a new one at each RESET) and pass ``[T, H, W, 3]`` uint8 frames to
     ``sink``; returns the frames passed on."""
+    from matrixgame.inference.session import decode_frames
     from matrixgame.models.vae import FeatureCache
-    from matrixgame.train.vae_task import to_uint8
 
     cache, total = FeatureCache(), 0
     while True:
@@ -187,8 +187,7 @@ def decoder_loop(vae, sink, source: int = 0, decoder=None) -> int:
         dist.recv(latents, source)
         if kind == RESET:
             cache = FeatureCache()
-        video = vae.decode(latents[None], cache, decoder)[0]
-        frames = to_uint8(video.permute(1, 2, 3, 0)).numpy()
+        frames = decode_frames(vae, latents, cache, decoder)
         frames = frames if keep < 0 else frames[:keep]
         sink(frames)
         total += len(frames)

@@ -367,9 +367,15 @@ class WorldSession:
         if not self.decode or self.world.vae is None:
             return None, cache
         cache = _copy_cache(cache)
-        with torch.no_grad():
-            video = self.world.vae.decode(latents[None].float(), cache, self.decoder)[0]
-        return to_uint8(video.permute(1, 2, 3, 0)).numpy(), cache
+        return decode_frames(self.world.vae, latents, cache, self.decoder), cache
+
+
+def decode_frames(vae, latents: Tensor, cache: FeatureCache, decoder=None) -> np.ndarray:
+    """``[T, H, W, 3]`` uint8 frames of latents ``[z, t, h, w]`` through ``vae``'s streaming
+    decoder (or a light ``decoder``), continuing ``cache`` (updated in place)."""
+    with torch.no_grad():
+        video = vae.decode(latents[None].float(), cache, decoder)[0]
+    return to_uint8(video.permute(1, 2, 3, 0)).numpy()
 
 
 def _copy_cache(cache: FeatureCache) -> FeatureCache:
