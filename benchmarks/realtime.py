@@ -1,8 +1,9 @@
 """Real time on the CPU: a streaming WorldSession of the default world, end to end (DiT, memory
 retrieval, streaming decode), with memory pools of 1k and 10k latents, as the report's
-ablation: the full stack (INT8 attention projections where the CPU has fast int8), minus
-INT8, minus batched retrieval (a per-candidate Python loop like the release's), and with
-the decoder compiled (off in the full stack: it did not pay on the CPUs measured). The light
+ablation: the full stack (INT8 attention projections where the CPU has fast int8, memory
+retrieval compiled), minus INT8, minus compile (retrieval eager), minus batched retrieval
+(a per-candidate Python loop like the release's), and with the decoder compiled too (off
+in the full stack: it did not pay on the CPUs measured). The light
 decoder row joins when the world ships a light decoder.
 
     python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20]
@@ -21,7 +22,7 @@ import torch
 
 from common import median_ms, print_table, write_json
 from matrixgame.accel.capability import cpu_capability
-from matrixgame.accel.int8 import quantize_dit
+from matrixgame.accel.int8 import Int8Linear, quantize_dit
 from matrixgame.geometry import pose_from_angles
 from matrixgame.geometry.frustum import overlap_sampled
 from matrixgame.inference.session import Start, WorldSession
@@ -37,7 +38,8 @@ def walk(n: int, seed: int = 0) -> torch.Tensor:
     return pose_from_angles(pos, yaw, torch.zeros(n, dtype=torch.float64))
 
 
-def session_with_pool(world, pool: int, steps: int, compile: str | None = None) -> WorldSession:
+def session_with_pool(world, pool: int, steps: int, compile: str | None = None,
+                      compile_retrieval: bool = False) -> WorldSession:  # fmt: skip
     """A session reset from a start of ``pool`` random latents along a walk."""
     f = world.vae.config.spatial_factor
     h, w = world.height // f, world.width // f
@@ -51,7 +53,8 @@ def session_with_pool(world, pool: int, steps: int, compile: str | None = None) 
     K = torch.tensor([world.width / 2, world.width / 2 * 1.2, world.width / 2, world.height / 2])
     start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
                   torch.zeros(frames, 2), K, frames_per_latent=t)  # fmt: skip
-    session = WorldSession(world, steps=steps, decode=True, compile=compile)
+    session = WorldSession(world, steps=steps, decode=True, compile=compile,
+                           compile_retrieval=compile_retrieval)  # fmt: skip
     session.world.vae, vae = None, session.world.vae  # skip decoding the whole start
     session.reset(start)
     session.world.vae = vae
@@ -92,36 +95,50 @@ def main() -> None:
     int8 = load(args.world)
     report = quantize_dit(int8.dit)
     rows = []
-    for pool in args.pools:
-        for name, world in (("full", int8), ("minus INT8", fp32)):
-            if name == "full" and not report.quantized:
-                continue  # no fast int8 here: "full" is the fp32 row (the report says why)
-            rows.append(measure(world, pool, args, name, report))
+    for pool in args.pools:  # "full": INT8 (where fast) and the retrieval compiled
+        for name, world, compiled in (("full", int8, True), ("minus INT8", fp32, True),
+                                      ("minus compile", int8, False)):  # fmt: skip
+            if world is int8 and not report.quantized:
+                continue  # no fast int8 here: "minus INT8" is the full row (the report says why)
+            rows.append(measure(world, pool, args, name, report, compile_retrieval=compiled))
     if not args.no_compile:  # the decoder compiled after the first segments (inductor)
         rows.append(measure(int8, args.pools[0], args, "full + compiled decoder", report,
-                            compile="inductor"))  # fmt: skip
+                            compile="inductor", compile_retrieval=True))  # fmt: skip
     print(f"int8: {report.backend} ({report.reason})")
     print_table(rows, list(rows[0]))
     print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason}))
 
 
 def retrieval_rows(world, args) -> None:
-    """One segment's batched retrieval (the median of 20) against each pool size."""
+    """One segment's batched retrieval (the median of 20) against each pool size, eager and
+    compiled (the same selections, checked here)."""
     rows = []
     for pool in args.pools:
         st = session_with_pool(world, pool, args.steps).state
-        before = st.length - world.window.past
-        ms = median_ms(lambda st=st, b=before: st.pool.retrieve(st.c2w[-1], b, 2), 20)
-        rows.append({"pool": pool, "retrieval_ms": round(ms, 2), "capability": cpu_capability(),
+        before, k = st.length - world.window.past, world.window.memory
+        timed = {}
+        for compiled in (False, True):
+            st.pool.compiled = compiled
+            chosen = st.pool.retrieve(st.c2w[-1], before, k)  # compiles here, untimed
+            ms = median_ms(lambda st=st, b=before, k=k: st.pool.retrieve(st.c2w[-1], b, k), 20)
+            timed[compiled] = (ms, chosen)
+        if not torch.equal(timed[False][1], timed[True][1]):
+            raise SystemExit(f"compiled retrieval chose {timed[True][1].tolist()}, eager "
+                             f"{timed[False][1].tolist()}")  # fmt: skip
+        rows.append({"pool": pool, "retrieval_ms": round(timed[False][0], 2),
+                     "compiled_ms": round(timed[True][0], 2),
+                     "speedup": round(timed[False][0] / timed[True][0], 1),
+                     "capability": cpu_capability(),
                      "threads": torch.get_num_threads()})  # fmt: skip
     print_table(rows, list(rows[0]))
     print(write_json("realtime_retrieval", {"rows": rows, "world": args.world}))
 
 
-def measure(world, pool: int, args, name: str, report, compile: str | None = None) -> dict:
+def measure(world, pool: int, args, name: str, report, compile: str | None = None,
+            compile_retrieval: bool = False) -> dict:  # fmt: skip
     """One configuration's row: segment time and FPS as measured, its parts, and the FPS with
     the retrieval looped per candidate instead of batched."""
-    session = session_with_pool(world, pool, args.steps, compile)
+    session = session_with_pool(world, pool, args.steps, compile, compile_retrieval)
     n = session.frames_per_step
     keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
     keys[:, 0] = 1
@@ -137,7 +154,9 @@ def measure(world, pool: int, args, name: str, report, compile: str | None = Non
     batched, looped = retrieval_ms(session)
     seg_ms = 1e3 * sorted(total)[len(total) // 2]
     return {
-        "stack": name, "int8": report.backend if name.startswith("full") else "none",
+        "stack": name, "int8": report.backend if any(
+            isinstance(m, Int8Linear) for m in world.dit.modules()) else "none",
+        "retrieval": "compiled" if compile_retrieval else "eager",
         "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
         "steps": args.steps, "frames_per_segment": n,
         "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),

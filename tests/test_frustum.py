@@ -97,6 +97,25 @@ def test_estimator_agrees_with_exact():
     torch.testing.assert_close(many[2], overlap_sampled(a[2], b, VIEW))
 
 
+@pytest.mark.slow
+def test_compiled_overlap_equals_eager_at_any_pool_size():
+    """The fused (torch.compile) count gives the eager scores exactly, for one query and for
+    several, and pools of any size run one graph (a recompile per step would cost seconds)."""
+    from torch._dynamo.utils import counters
+
+    a, b = random_pairs(400, seed=4)
+    frusta = Frusta.from_poses(b, VIEW)
+    counters.clear()
+    for n in (400, 137, 250):
+        assert torch.equal(overlap_sampled(a[0], frusta[:n], VIEW, compiled=True),
+                           overlap_sampled(a[0], frusta[:n], VIEW))  # fmt: skip
+    assert torch.equal(overlap_sampled(a[:3], frusta, VIEW, compiled=True),
+                       overlap_sampled(a[:3], frusta, VIEW))  # fmt: skip
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # 1 and 3 queries
+    idx, _ = topk_overlap(a[5], b, VIEW, 7, compiled=True)
+    assert torch.equal(idx, topk_overlap(a[5], b, VIEW, 7)[0])
+
+
 def test_topk_prefers_overlap_then_recency():
     A = pose(0, 0, 0, 0)
     cands = torch.stack([pose(0, 0, 0, 0), pose(0, 0, 0, 180), pose(0, 0, 0, 20), pose(0, 0, 0, 0)])

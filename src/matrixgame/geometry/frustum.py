@@ -273,21 +273,46 @@ def _separated(a: Frusta, b: Frusta) -> Tensor:
     return outside(b.planes, a.corners).T | outside(a.planes, b.corners)
 
 
+def sample_hits(planes: Tensor, origin: Tensor, points: Tensor, queries: int) -> Tensor:
+    """``[C, Q]``: how many of each query's sample points lie inside each candidate's view
+    volume. ``planes [C, 6, 4]`` (inside where n.p + d >= 0 for all six); ``points [3, Q*S]``
+    (float32, query-major) relative to ``origin [3]``, to which the planes' offsets are moved
+    in their own precision (d' = d + n.o) before the float32 tests. Elementwise (a matrix
+    product of inner size 4 runs far below BLAS speed), so :func:`torch.compile` fuses it
+    into one loop that never writes the ``[C, 6, Q*S]`` distances out; eager and compiled
+    give the same counts."""
+    normals = planes[..., :3].float()[..., None]  # [C, 6, 3, 1]
+    offsets = (planes[..., 3] + (planes[..., :3] * origin).sum(-1)).float()[..., None]
+    dist = (offsets + normals[:, :, 0] * points[0] + normals[:, :, 1] * points[1]
+            + normals[:, :, 2] * points[2])  # fmt: skip
+    return (dist.amin(1) >= 0).view(len(planes), queries, -1).sum(-1)
+
+
+@functools.cache
+def _compiled_hits():
+    """:func:`sample_hits` through ``torch.compile`` (shapes dynamic: one graph for any pool
+    size), made on first use."""
+    return torch.compile(sample_hits, dynamic=True)
+
+
 def overlap_sampled(
     c2w_query: Tensor,
     candidates: Tensor | Frusta,
     view: ViewVolume,
     samples: Tensor | None = None,
     chunk: int | None = None,
+    compiled: bool = False,
 ) -> Tensor:
     """Estimated overlap ``[Q, N]`` (or ``[N]`` for one query ``[4, 4]``) of each query camera's
     view volume with each candidate's.
 
     ``candidates``: poses ``[N, 4, 4]`` or their precomputed :class:`Frusta`.
     ``samples [S, 3]``: camera-frame points from :func:`frustum_samples` (default 128 by
-    volume). Pairs whose frustums a face plane separates score 0 without sampling. Runs on
-    the device and dtype of the query. ``chunk``: candidates per block (default: blocks of
-    about 64k distances per plane, which stay in a CPU's cache).
+    volume). Runs on the device and dtype of the query. Eager, pairs whose frustums a face
+    plane separates score 0 without sampling, and the others are counted in blocks of
+    ``chunk`` candidates (default: about 16k distances per plane, which stay in a CPU's
+    cache). ``compiled``: every pair counted in one fused loop (:func:`sample_hits` through
+    ``torch.compile``; the first call compiles, seconds); the same scores.
     """
     check_c2w(c2w_query, "c2w_query")
     single = c2w_query.ndim == 2
@@ -298,29 +323,25 @@ def overlap_sampled(
     if samples is None:
         samples = _default_samples(view)
     samples = samples.to(query)
+    # the half-space tests in float32, in coordinates centred on the queries: a map's
+    # absolute coordinates would cost float32 its precision, distances within view of the
+    # query keep it
+    origin = query[:, :3, 3].mean(0)
+    points = samples @ query[:, :3, :3].transpose(-1, -2) + (query[:, None, :3, 3] - origin)
+    points = points.reshape(-1, 3).T.float().contiguous()  # [3, Q*S]
+    if compiled:
+        # detached: a view of the pool's buffer would be guarded on its base's size (a
+        # recompile whenever the pool grows); one graph per number of queries
+        hits = _compiled_hits()(candidates.planes.detach(), origin, points, len(query))
+        score = hits.T.to(query.dtype) / len(samples)
+        return score[0] if single else score
     score = query.new_zeros(len(query), len(candidates))
     live = (~_separated(Frusta.from_poses(query, view), candidates)).any(0).nonzero()[:, 0]
     if len(live):
-        # the half-space tests in float32, in coordinates centred on the queries: a map's
-        # absolute coordinates would cost float32 its precision, distances within view of
-        # the query keep it (the planes' offsets move with the origin: d' = d + n.o)
-        origin = query[:, :3, 3].mean(0)
-        points = samples @ query[:, :3, :3].transpose(-1, -2) + (query[:, None, :3, 3] - origin)
-        points = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [Q, S, 4]
-        points = points.reshape(-1, 4).T.contiguous().float()  # [4, Q*S]: one product for all
-        planes = candidates.planes[live]
-        offsets = planes[..., 3] + planes[..., :3] @ origin
-        planes = torch.cat([planes[..., :3], offsets[..., None]], -1).float().transpose(0, 1)
-        hits = []
-        chunk = chunk or max(1, 2**16 // points.shape[1])
-        for start in range(0, len(live), chunk):
-            block = planes[:, start : start + chunk]
-            dist = (block.reshape(-1, 4) @ points).view(6, -1, len(query), len(samples))
-            inside = dist[0]
-            for i in range(1, 6):  # in place, so the block stays in cache
-                torch.minimum(inside, dist[i], out=inside)
-            hits.append((inside >= 0).sum(-1))  # [c, Q]
-        score[:, live] = torch.cat(hits).T.to(query.dtype) / len(samples)
+        planes, chunk = candidates.planes[live], chunk or max(1, 2**14 // points.shape[1])
+        hits = torch.cat([sample_hits(planes[i : i + chunk], origin, points, len(query))
+                          for i in range(0, len(planes), chunk)])  # fmt: skip
+        score[:, live] = hits.T.to(query.dtype) / len(samples)
     return score[0] if single else score
 
 
@@ -330,15 +351,16 @@ def topk_overlap(
     view: ViewVolume,
     k: int,
     samples: Tensor | None = None,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` candidates (poses ``[N, 4, 4]`` or Frusta) overlapping one query ``[4, 4]`` most.
 
     Returns (indices ``[k]``, overlaps ``[k]``), best first; ties go to the later candidate
-    (the more recent memory).
+    (the more recent memory). ``compiled``: as :func:`overlap_sampled`.
     """
     if not 1 <= k <= len(candidates):
         raise ValueError(f"k must lie in [1, {len(candidates)}], got {k}")
-    score = overlap_sampled(c2w_query, candidates, view, samples)
+    score = overlap_sampled(c2w_query, candidates, view, samples, compiled=compiled)
     flipped = score.flip(0)  # topk keeps the first of equal values: prefer recent ones
     values, idx = flipped.topk(k)
     return len(score) - 1 - idx, values

@@ -160,7 +160,7 @@ class WorldSession:
                  memory: bool = True, seed: int = 0, pool_cap: int | None = None,
                  kinematics: KinematicsConfig | None = None, decode: bool = True,
                  metres_per_unit: float | None = None, compile: str | None = None,
-                 retrieval: str = "topk") -> None:  # fmt: skip
+                 retrieval: str = "topk", compile_retrieval: bool = False) -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -178,6 +178,7 @@ class WorldSession:
         if retrieval not in ("topk", "reference"):
             raise ValueError(f"retrieval must be 'topk' or 'reference', got {retrieval!r}")
         self.retrieval = retrieval  # "reference": the release's one latent per segment frame
+        self.compile_retrieval = compile_retrieval  # the pool's overlap through torch.compile
         self.state: SessionState | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.decoder = None  # the compiled streaming decoder (``compile``: its backend)
@@ -208,7 +209,7 @@ class WorldSession:
             raise ValueError(f"the start's latents hold {start.frames_per_latent} frames each; "
                              f"this world's hold {f}")  # fmt: skip
         view = self.window.view(start.K, self.height, self.width, self.metres_per_unit)
-        pool = MemoryPool(view, self.pool_cap)
+        pool = MemoryPool(view, self.pool_cap, compiled=self.compile_retrieval)
         pool.add(start.latents, start.c2w, 0)
         frames, decoder = self._decode(start.latents, FeatureCache())
         self.generator = torch.Generator().manual_seed(self.seed)
