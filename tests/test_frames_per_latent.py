@@ -137,3 +137,20 @@ def test_a_world_config_must_agree_with_its_vae_on_frames_per_latent(tmp_path):
     with pytest.raises(ValueError, match="window"):
         shipped.read_config(folder)
     assert asdict(WindowConfig())["frames_per_latent"] == 4  # older configs: Wan2.2's four
+
+
+def test_clip_windows_follow_the_vaes_latent_schedule(tmp_path):
+    """A VAE of f frames per latent trains on windows of 1 + f k frames, memory on its grid."""
+    from helpers import make_dataset
+    from matrixgame.data.dataset import ClipDataset
+
+    root = make_dataset(tmp_path / "data", frames=24)
+    ds = ClipDataset(root, frames=7, memory=3, frames_per_latent=2)  # 1 + 2 * 3
+    item = ds[len(ds) - 1]
+    assert item["frames"].shape[0] == 7
+    chosen = item["memory_index"][item["memory_valid"]]
+    assert len(chosen) == 3 and ((chosen - 1) % 2 == 0).all() and (chosen < item["start"]).all()
+    with pytest.raises(ValueError, match=r"frames must be 1 \+ 2k"):
+        ClipDataset(root, frames=6, frames_per_latent=2)
+    with pytest.raises(ValueError, match=r"frames must be 1 \+ 4k"):
+        ClipDataset(root, frames=7)  # the default: four frames per latent

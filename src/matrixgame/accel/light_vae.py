@@ -424,7 +424,8 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
     init_distributed()
     torch.manual_seed(job.seed)
     teacher, meta = _teacher(job)
-    data = ClipDataset(job.data, frames=job.frames, split="train", stride=2)
+    data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
+                       frames_per_latent=teacher.config.temporal_factor)  # fmt: skip
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
         else torch.device("cpu")  # fmt: skip
     teacher = teacher.to(device)

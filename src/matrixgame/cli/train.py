@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+FRAMES_HELP = "frames per sample (1 + f k, f the VAE's frames per latent)"
+
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,7 +28,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--preset", default="tiny", help="VAE preset (tiny | doom | doom-2x)")
     vae.add_argument("--steps", type=int, default=2000)
     vae.add_argument("--batch-size", type=int, default=4)
-    vae.add_argument("--frames", type=int, default=5, help="frames per sample (1 + 4k)")
+    vae.add_argument("--frames", type=int, default=5, help=FRAMES_HELP)
     stride = "a multiple of the VAE's stride"
     vae.add_argument("--height", type=int, default=96, help=f"training height ({stride})")
     vae.add_argument("--width", type=int, default=128, help=f"training width ({stride})")
@@ -62,7 +64,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
     dec.add_argument("--steps", type=int, default=2000)
     dec.add_argument("--batch-size", type=int, default=4)
-    dec.add_argument("--frames", type=int, default=9, help="frames per sample (1 + 4k)")
+    dec.add_argument("--frames", type=int, default=9, help=FRAMES_HELP)
     dec.add_argument("--lr", type=float, default=1e-4)
     dec.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
                      help="cosine-decay the learning rate to this fraction of --lr by the last "
@@ -99,7 +101,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                        help="share of decoder channels pruned: 0.5 or 0.75")  # fmt: skip
     light.add_argument("--steps", type=int, default=2000)
     light.add_argument("--batch-size", type=int, default=4)
-    light.add_argument("--frames", type=int, default=9, help="frames per sample (1 + 4k)")
+    light.add_argument("--frames", type=int, default=9, help=FRAMES_HELP)
     light.add_argument("--height", type=int, help="frame height (default: the teacher run's)")
     light.add_argument("--width", type=int, help="frame width (default: the teacher run's)")
     light.add_argument("--lr", type=float, default=1e-4)

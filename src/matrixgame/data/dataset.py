@@ -24,7 +24,8 @@ class _Clip:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Windows of ``frames`` = 1 + 4k consecutive frames from a recorded dataset.
+    """Windows of ``frames`` = 1 + f k consecutive frames from a recorded dataset (f =
+    ``frames_per_latent``, the VAE's temporal factor: its latent schedule).
 
     An item is a dict:
 
@@ -33,7 +34,7 @@ class ClipDataset(torch.utils.data.Dataset):
     - ``memory_frames`` uint8 ``[M, H, W, 3]``, ``memory_c2w`` ``[M, 4, 4]``,
       ``memory_index`` ``[M]`` (frame index in the clip), ``memory_overlap`` ``[M]`` and
       ``memory_valid`` ``[M]`` bool: the M frames of the same clip before the window (on the
-      latent grid 1 + 4j) whose view volumes overlap the window's last frame most;
+      latent grid 1 + f j) whose view volumes overlap the window's last frame most;
     - ``clip`` (shard name) and ``start`` (first frame index).
 
     Shards that cannot be read, or (with ``verify``) whose checksum differs from the
@@ -50,15 +51,19 @@ class ClipDataset(torch.utils.data.Dataset):
         verify: bool = False,
         near_m: float = 0.1,
         far_m: float = 30.0,
+        frames_per_latent: int = 4,
     ) -> None:
-        if frames < 1 or (frames - 1) % 4:
-            raise ValueError(f"frames must be 1 + 4k (the VAE's latent schedule), got {frames}")
+        f = frames_per_latent
+        if f < 1:
+            raise ValueError(f"frames_per_latent must be >= 1, got {f}")
+        if frames < 1 or (frames - 1) % f:
+            raise ValueError(f"frames must be 1 + {f}k (the VAE's latent schedule), got {frames}")
         if memory < 0:
             raise ValueError("memory must be >= 0")
         manifest = Manifest.load(root)
         if not manifest.shards:
             raise ValueError(f"{root}: no recorded clips (missing or empty manifest.json)")
-        self.window, self.memory = frames, memory
+        self.window, self.memory, self.frames_per_latent = frames, memory, f
         self.stride = stride or frames
         self.skipped = 0
         self.clips: list[_Clip] = []
@@ -129,7 +134,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return item
 
     def _memory(self, f, clip: _Clip, start: int, last: int) -> dict:
-        cands = torch.arange(1, start, 4)  # earlier frames on the latent grid 1 + 4j
+        cands = torch.arange(1, start, self.frames_per_latent)  # on the latent grid 1 + f j
         m = self.memory
         index = torch.zeros(m, dtype=torch.long)
         overlap = torch.zeros(m)

@@ -72,7 +72,8 @@ def train_vae(job: VAEJob, deadline: float | None = None, stop: Stop = None) -> 
     torch.manual_seed(job.seed)
     model = WanVAE(config)
     _init_from(model, job.init)
-    data = ClipDataset(job.data, frames=job.frames, split="train", stride=2)
+    data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
+                       frames_per_latent=config.temporal_factor)  # fmt: skip
     meta = {"model": "vae", "preset": job.preset, "height": job.height, "width": job.width}
     trainer = Trainer(model, VAETask(job.height, job.width), data, _train_config(job), meta)
     run = RunLog(job.out)
@@ -130,7 +131,8 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     vae, (height, width) = trained_vae(job.vae)
     model = DecoderGAN(vae.train())
     _init_from(model, job.init)
-    data = ClipDataset(job.data, frames=job.frames, split="train", stride=2)
+    data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
+                       frames_per_latent=vae.config.temporal_factor)  # fmt: skip
     task = DecoderTask(height, width, adversarial=job.adversarial,
                        feature_matching=job.feature_matching,
                        latent_noise=job.latent_noise)  # fmt: skip
