@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("vizdoom")
 
@@ -62,8 +63,12 @@ def test_resume_after_sigkill_keeps_finished_stages(built):
     work = built["work"]
     assert _mtimes(work) == built["before"]  # record, vae, latents: not redone
     state = json.loads((work / "recipe.json").read_text())
-    assert all(state["stages"][s]["done"] for s in ("record", "vae", "latents", "dit", "ship"))
+    stages = ("record", "vae", "latents", "dit", "student", "ship")
+    assert all(state["stages"][s]["done"] for s in stages)
     assert state["stages"]["dit"]["step"] == 8
+    student = state["stages"]["student"]  # cold start 2 + multi-segment 2, from the final DiT
+    assert (student["step"], student["teacher_step"]) == (4, 8)
+    assert [_logged_steps(work / r)[-1] for r in ("student-cold", "student")] == [2, 2]
     steps = _logged_steps(work / "dit")
     assert steps == sorted(steps) and steps[-1] == 8  # continued, not restarted
     assert (work / "report" / "report.json").exists()
@@ -93,6 +98,50 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
     config = json.loads((ship / "config.json").read_text())
     assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
+
+
+@pytest.mark.slow
+def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
+    from matrixgame.inference.session import WorldSession
+    from matrixgame.worlds import load
+    from matrixgame.worlds.shipped import has_student, load_starts
+
+    ship = built["ship"]
+    assert has_student(ship)
+    student, teacher = load(ship, student=True), load(ship)
+    assert student.name == "tiny student" and student.step == 4
+    sampler = student.meta["sampler"]
+    assert sampler["distilled"] and sampler["steps"] == 3 and len(sampler["sigmas"]) == 4
+    assert not torch.equal(student.dit.blocks[0].self_attn.q.weight,
+                           teacher.dit.blocks[0].self_attn.q.weight)  # fmt: skip
+    session = WorldSession(student)
+    assert session.sigmas is not None and len(session.sigmas) == 4  # its own schedule
+    session.reset(load_starts(ship)[0])
+    n = session.frames_per_step
+    segment = session.step(torch.zeros(n, 6), torch.zeros(n, 2))
+    assert segment.frames.shape == (n, 32, 48, 3)
+    config = json.loads((ship / "config.json").read_text())
+    assert config["student"]["teacher_step"] == 8 and "psnr" in config["student"]["figures"]
+    assert "## The few-step student" in (ship / "README.md").read_text()
+
+
+def test_a_student_is_refused_where_none_ships_and_a_bad_schedule_named(built, tmp_path):
+    import shutil
+
+    from matrixgame.worlds import load
+    from matrixgame.worlds.shipped import read_config
+
+    folder = tmp_path / "w"
+    shutil.copytree(built["ship"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["student"]["sampler"]["sigmas"] = [1.0, 0.2, 0.5, 0.0]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"student\.sampler\.sigmas must be"):
+        read_config(folder)
+    del config["student"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="ships no student"):
+        load(folder, student=True)
 
 
 @pytest.mark.slow

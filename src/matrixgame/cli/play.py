@@ -10,6 +10,9 @@ import os
 def _world_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", default="doom-e1m1",
                    help="a shipped world's name or folder (default: doom-e1m1)")  # fmt: skip
+    p.add_argument("--student", action="store_true",
+                   help="the world's distilled few-step student in place of its world model "
+                        "(where it ships one: see its model card)")  # fmt: skip
     p.add_argument("--steps", type=int, help="sampler steps per segment (default: the world's)")
     p.add_argument("--int8", choices=("auto", "off"), default="auto",
                    help="INT8 attention projections where this CPU/GPU has fast int8 "
@@ -76,7 +79,7 @@ def _open(args: argparse.Namespace):
     if args.steps is not None and not 1 <= args.steps <= 100:
         raise ValueError(f"--steps must lie in 1..100, got {args.steps}")
     folder = world_folder(args.world)
-    world = load_world(folder)
+    world = load_world(folder, student=args.student)
     info = {"capability": cpu_capability(), "int8": "off"}
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit

@@ -22,6 +22,9 @@ Train a default world end to end, resuming wherever the last call stopped:
   latents  latent statistics, then every clip encoded once
   decoder  the decoder fine-tuned adversarially on noisy latents (encoder frozen)
   dit      the world model (error-aware, memory-augmented flow matching)
+  student  its few-step student (DMD: cold start, then multi-segment rollouts),
+           from the world model as trained when this stage runs (--only student
+           starts it from a world model still training)
   idm      the inverse-dynamics model the evaluation reads actions with
   eval     `matrixgame eval` on the held-out trajectories -> WORK/report/
   ship     when it beats the shipped world (or none is shipped): the weights,
@@ -43,6 +46,9 @@ CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     build.add_argument("--vae-steps", type=int, help="autoencoder steps (target)")
     build.add_argument("--decoder-steps", type=int, help="decoder fine-tuning steps (target)")
     build.add_argument("--dit-steps", type=int, help="world-model steps (target)")
+    build.add_argument("--student-multi-steps", type=int,
+                       help="the student's multi-segment steps (target, after its cold "
+                            "start)")  # fmt: skip
     build.add_argument("--frames", type=int, help="training frames to record")
     build.add_argument("--eval-clips", type=int, help="held-out clips per evaluation protocol")
     build.add_argument("--workers", type=int, default=2, help="recording processes")
@@ -65,6 +71,7 @@ def _run_build(args: argparse.Namespace) -> None:
         raise ValueError("--hours must be positive")
     spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
                      dit_steps=args.dit_steps, frames=args.frames,
+                     student_multi_steps=args.student_multi_steps,
                      eval_clips=args.eval_clips)  # fmt: skip
     recipe = Recipe(spec, args.work, args.hours, args.workers, args.ship_to)
     state = recipe.run(args.until, args.only)

@@ -126,9 +126,13 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
                         ("revisit", "A loop: memory on vs off at the revisit")):  # fmt: skip
         if (folder / f"strip_{name}.png").exists():
             lines += ["", f"**{title}**", "", f"![{name}](strip_{name}.png)"]
+    lines += _student(config)
     if (folder / "rollout.gif").exists():
+        every = {1: "every frame", 2: "every second frame", 4: "every fourth frame"}.get(
+            (config.get("window") or {}).get("frames_per_latent", 4), "one frame per latent"
+        )
         lines += ["", "**A 60-s rollout of a held-out trajectory (left: real, right: generated; "
-                  "every fourth frame)**", "", "![rollout](rollout.gif)"]  # fmt: skip
+                  f"{every})**", "", "![rollout](rollout.gif)"]  # fmt: skip
     notes = folder / "NOTES.md"  # written by people, kept across recipe runs
     if notes.exists():
         lines += ["", "## Notes", "", notes.read_text().strip()]
@@ -151,6 +155,51 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
     path = folder / "README.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def student_goals(teacher: dict, student: dict) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, met) rows of the distillation issue's goals, student vs teacher."""
+    rows = []
+    for s in SECONDS:
+        t, m = teacher.get(f"psnr@{s}s"), student.get(f"psnr@{s}s")
+        ts, ms = teacher.get(f"ssim@{s}s"), student.get(f"ssim@{s}s")
+        if None not in (t, m, ts, ms):
+            rows.append(
+                (
+                    f"within 0.5 dB PSNR and 0.02 SSIM of the world model @ {s} s",
+                    f"{m - t:+.2f} dB, {ms - ts:+.3f}",
+                    m >= t - 0.5 and ms >= ts - 0.02,
+                )
+            )
+    if None not in (teacher.get("sharpness"), student.get("sharpness")):
+        rows.append(("sharpness >= the world model's",
+                     f"{student['sharpness']:.2f} vs {teacher['sharpness']:.2f}",
+                     student["sharpness"] >= teacher["sharpness"]))  # fmt: skip
+    if None not in (student.get("drift_first_psnr"), student.get("drift_last_psnr")):
+        loss = student["drift_first_psnr"] - student["drift_last_psnr"]
+        rows.append(("last 10 s of 60 lose <= 1.5 dB", f"{loss:.2f} dB", loss <= 1.5))
+    return rows
+
+
+def _student(config: dict) -> list[str]:
+    student = config.get("student")
+    if not student:
+        return []
+    sampler, figures = student.get("sampler", {}), student.get("figures") or {}
+    lines = ["", "## The few-step student", "",
+             f"`student.safetensors`: DMD-distilled from the world model at step "
+             f"{student.get('teacher_step', '?')} (a cold start on recorded pasts, then "
+             f"multi-segment rollouts on its own past and memory), {student.get('step', '?')} "
+             f"steps; samples in {sampler.get('steps', '?')} steps (`load(name, student=True)`, "
+             f"`matrixgame play --student`). Against the world model at "
+             f"{config['sampler']['steps']} steps:", ""]  # fmt: skip
+    rows = student_goals(config.get("figures") or {}, figures)
+    if rows:
+        lines += ["| goal | measured | met |", "|---|---|---|"]
+        lines += [f"| {g} | {m} | {'yes' if ok else 'no'} |" for g, m, ok in rows]
+    else:
+        lines.append("Not evaluated yet.")
+    return lines
 
 
 def _summary(config: dict, spec: dict) -> list[str]:
@@ -177,7 +226,8 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
         f"{config['sampler']['shift']}.",
-        "- **Weights**: bf16 safetensors (`vae`, `dit`, `discriminator`), `config.json`.",
+        "- **Weights**: bf16 safetensors (`vae`, `dit`, `discriminator`"
+        f"{', `student`' if config.get('student') else ''}), `config.json`.",
     ]
 
 

@@ -1,5 +1,6 @@
 """The default world's recipe: record, train the autoencoder, cache latents, fine-tune the
-decoder, train the world model, evaluate, ship. One resumable call, `matrixgame world build`.
+decoder, train the world model, distil its few-step student, evaluate, ship. One resumable
+call, `matrixgame world build`.
 
 Every stage keeps its work in ``<work>/<stage>/`` and resumes from its last checkpoint; a
 finished stage is skipped. ``hours`` bounds one call: the running stage checkpoints at the
@@ -12,6 +13,12 @@ stops improving (``patience`` checks without a gain). At the end the world is ev
 held-out trajectories and, when it improves on the shipped one (or none is shipped), its
 weights replace the shipped ones; every call that trained adds a row to the model card's
 training log.
+
+The student (``matrixgame distill``: a cold start on recorded pasts, then multi-segment
+training on its own rollouts) is distilled from the world model as trained when its stage
+runs, is evaluated beside it and ships beside it (``student.safetensors``, its sampler in
+``config.json``; ``load(name, student=True)``). On a fresh clone it is distilled again from
+the shipped world model.
 """
 
 from __future__ import annotations
@@ -26,16 +33,18 @@ import torch
 from matrixgame.io import atomic_write_text
 from matrixgame.worlds import shipped
 
-STAGES = ("record", "vae", "latents", "decoder", "dit", "idm", "eval", "ship")
+STAGES = ("record", "vae", "latents", "decoder", "dit", "student", "idm", "eval", "ship")
 PREREQUISITES = {
     "record": (), "vae": ("record",), "latents": ("record", "vae"),
     "decoder": ("record", "vae", "latents"), "dit": ("record", "vae", "latents"),
+    "student": ("record", "vae", "latents", "dit"),
     "idm": ("record",), "eval": ("latents", "idm"), "ship": ("eval",),
 }  # fmt: skip
 STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "dit": "dit_steps",
-                "idm": "idm_steps"}  # fmt: skip
-# training stages that the evaluation can take as they are when a call runs out of time
-CONTINUED = ("decoder", "dit")
+                "student": "student_steps", "idm": "idm_steps"}  # fmt: skip
+# training stages that the evaluation can take as they are when a call runs out of time (and
+# that a later stage, run with --only, may start from once they have a checkpoint)
+CONTINUED = ("decoder", "dit", "student")
 EVAL_RESERVE_S = 1200.0  # at most this much of a bounded call is kept for eval and ship
 # what makes a build another version of a world: its runs cannot continue under a spec
 # that changes these
@@ -75,6 +84,15 @@ class WorldSpec:
     past: int = 2
     current: int = 2  # latents generated per step: 4 frames, 229 ms of video
     memory: int = 2
+    # the student: DMD from the world model, the report's two stages and update ratios (its
+    # learning rates are for a 5B model fine-tuned; these, for the 9M one, are not tuned yet)
+    student_cold_steps: int = 600
+    student_multi_steps: int = 2400
+    student_batch: int = 2
+    student_lr: float = 1e-5
+    critic_lr: float = 1e-5
+    student_sampler_steps: int = 3
+    student_segments: int = 6
     idm_steps: int = 2000
     sampler_steps: int = 4
     shift: float = 3.0
@@ -87,6 +105,14 @@ class WorldSpec:
     @property
     def fps(self) -> float:
         return 35.0 / self.frame_skip
+
+    @property
+    def student_steps(self) -> int:
+        return self.student_cold_steps + self.student_multi_steps
+
+    @property
+    def student_name(self) -> str:
+        return f"{self.name} student"
 
 
 SPECS = {
@@ -105,6 +131,9 @@ SPECS = {
         decoder_steps=4,
         dit_steps=8,
         dit_batch=2,
+        student_cold_steps=2,
+        student_multi_steps=2,
+        student_segments=2,
         idm_steps=20,
         checkpoint_every=2,
         patience=100,
@@ -210,7 +239,8 @@ class Recipe:
         stages = STAGES[: STAGES.index(until) + 1]
         if only is not None:
             needed = [s for s in STAGES[: STAGES.index(only)] if s in PREREQUISITES[only]]
-            missing = [s for s in needed if not self.done(s)]
+            missing = [s for s in needed if not self.done(s) and not (
+                s in CONTINUED and _has_checkpoint(self.path(s)))]  # fmt: skip
             if missing:
                 raise ValueError(f"--only {only} needs the stages {missing} done first")
             stages = (only,)
@@ -312,6 +342,41 @@ class Recipe:
         trainer = train_dit(job, self.train_deadline, stop)
         return self._finish("dit", trainer, s.dit_steps)
 
+    def stage_student(self):
+        """The few-step student of the world model as trained now: a cold start on recorded
+        pasts (``student-cold/``), then multi-segment training on its own rollouts
+        (``student/``), each resumable."""
+        from matrixgame.distill.job import DistillJob, train_distill
+
+        s, dit = self.spec, self.path("dit")
+        if not _has_checkpoint(dit):
+            self.progress("[student] no world-model checkpoint yet: nothing to distil")
+            return False
+        common = dict(teacher=str(dit), latents=str(self.path("latents")),
+                      batch_size=s.student_batch, student_lr=s.student_lr,
+                      critic_lr=s.critic_lr, sampler_steps=s.student_sampler_steps,
+                      checkpoint_every=s.checkpoint_every)  # fmt: skip
+        cold, multi = self.work / "student-cold", self.path("student")
+        teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
+        if _latest_step(cold) < s.student_cold_steps:
+            trainer = train_distill(DistillJob(out=str(cold), stage="cold",
+                                               steps=s.student_cold_steps, student_every=5,
+                                               **common), self.train_deadline)  # fmt: skip
+            self._mark("student", done=False, step=trainer.step, teacher_step=teacher_step)
+            self.trained["student"] = trainer.step
+            if trainer.stopped == "deadline":
+                return False
+        trainer = train_distill(DistillJob(out=str(multi), stage="multi", init=str(cold),
+                                           steps=s.student_multi_steps, student_every=3,
+                                           segments=s.student_segments, **common),
+                                self.train_deadline)  # fmt: skip
+        step = s.student_cold_steps + trainer.step
+        done = trainer.step >= s.student_multi_steps
+        self._mark("student", done=done, step=step, teacher_step=teacher_step,
+                   stopped=trainer.stopped, logs=_scalars(trainer.last_logs))  # fmt: skip
+        self.trained["student"] = step
+        return False if trainer.stopped == "deadline" else None
+
     def stage_idm(self):
         from matrixgame.train.jobs import IDMJob, train_idm
 
@@ -330,11 +395,13 @@ class Recipe:
             self.progress(f"[eval] no {' or '.join(missing)} checkpoint yet: nothing to evaluate")
             return False
         world = self.world()
+        student = self.student_world()
         config = self.eval_config()
-        results = evaluate([world], self.heldout, config,
+        results = evaluate([world] + ([student] if student else []), self.heldout, config,
                            trained_idm(self.path("idm")))  # fmt: skip
         write_report(results, self.path("eval"))
-        self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"))
+        self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"),
+                   student_step=self._student_step())  # fmt: skip
         self._mark("ship", done=False)
 
     def eval_config(self):
@@ -355,7 +422,7 @@ class Recipe:
         better = previous is None or figures.get("psnr", -1e9) > previous.get("psnr", -1e9) + 0.05
         gif = None
         if better:
-            self.export(figures)
+            self.export(figures, figures_of(report, self.spec.student_name))
             gif = self.rollout_gif()
         self._mark("ship", done=True, shipped=better, figures=figures, previous=previous)
         self.progress(f"[ship] {'shipped' if better else 'kept the shipped weights'}: "
@@ -397,13 +464,21 @@ class Recipe:
         if stage not in ("eval", "ship"):
             return False
         info = self.state["stages"].get("eval", {})
-        return (info.get("dit_step"), info.get("vae_step")) != (
+        return (info.get("dit_step"), info.get("vae_step"), info.get("student_step")) != (
             self._step("dit"),
             self._step("decoder"),
+            self._student_step(),
         )
 
     def _step(self, stage: str) -> int:
         return _latest_step(self.path(stage))
+
+    def _student_step(self) -> int | None:
+        """The student's steps (cold start + multi-segment), None before it has any."""
+        cold, multi = _latest_step(self.work / "student-cold"), self._step("student")
+        if not (cold or multi):
+            return None
+        return (self.spec.student_cold_steps if multi else 0) + (multi or cold)
 
     def world(self):
         """The world as trained so far: the DiT run with the decoder stage's VAE."""
@@ -414,8 +489,28 @@ class Recipe:
             world.vae = trained_vae(self.path("decoder"))[0]
         return world
 
-    def export(self, figures: dict) -> None:
-        """Write the trained weights and config.json into the shipped folder."""
+    def student_run(self) -> Path | None:
+        """The student's latest run: the multi-segment stage's, else the cold start's."""
+        for run in (self.path("student"), self.work / "student-cold"):
+            if _has_checkpoint(run):
+                return run
+        return None
+
+    def student_world(self):
+        """The student as distilled so far, with the world's VAE (None before it has any)."""
+        from matrixgame.train.runs import trained_world
+
+        run = self.student_run()
+        if run is None:
+            return None
+        student = trained_world(run, self.spec.student_name)
+        student.vae = self.world().vae
+        student.step = self._student_step()
+        return student
+
+    def export(self, figures: dict, student_figures: dict | None = None) -> None:
+        """Write the trained weights and config.json into the shipped folder (the student's
+        beside them when there is one; an older shipped student is removed)."""
         from matrixgame.train.jobs import _vae_meta
         from matrixgame.train.runs import latest_weights, sub_state
 
@@ -438,6 +533,17 @@ class Recipe:
             encoder_step=_latest_step(self.path("vae")), figures=figures,
             frame_skip=s.frame_skip, maps=list(s.maps),
         )  # fmt: skip
+        student = self.student_run()
+        if student is not None:
+            state, meta = latest_weights(student, model="dmd")
+            shipped.save_component(folder, "student", sub_state(state, "student."))
+            config["student"] = {
+                "step": self._student_step(),
+                "teacher_step": self.state["stages"].get("student", {}).get("teacher_step"),
+                "sampler": meta["sampler"], "figures": student_figures or {},
+            }  # fmt: skip
+        else:
+            (folder / "student.safetensors").unlink(missing_ok=True)
         shipped.write_config(folder, config)
         shipped.save_starts(folder, self.starts())
 
@@ -482,7 +588,8 @@ class Recipe:
             return
         row = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds),
                "device": _device_name(), "threads": torch.get_num_threads(), "trained": trained,
-               "steps": {k: self._step(k) for k in ("vae", "decoder", "dit")},
+               "steps": {**{k: self._step(k) for k in ("vae", "decoder", "dit")},
+                         "student": self._student_step()},
                "figures": self.state["stages"].get("ship", {}).get("figures")}  # fmt: skip
         self._update(lambda state: state["sessions"].append(row))
 

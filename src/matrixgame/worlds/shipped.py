@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from matrixgame.io import atomic_path, atomic_write_text
 
 WORLD_FORMAT = "matrixgame-world/1"
-COMPONENTS = ("vae", "dit", "discriminator")
+COMPONENTS = ("vae", "dit", "discriminator", "student")
 START_KEYS = ("latents", "c2w", "frame_c2w", "keyboard", "mouse", "K")
 
 
@@ -126,6 +126,27 @@ def _check_config(config: dict, path: Path) -> None:
     number(sampler.get("shift", 3.0), "sampler.shift")
     if not isinstance(config.get("kinematics", "doom"), str | None):
         raise fail("kinematics must be a preset name")
+    if "student" in config:
+        _check_sampler(config["student"].get("sampler") if isinstance(config["student"], dict)
+                       else None, "student.sampler", fail, number)  # fmt: skip
+
+
+def _check_sampler(sampler, name: str, fail, number) -> None:
+    """A distilled student's sampler: a known name, and its sigmas from 1 down to 0."""
+    import math
+
+    from matrixgame.diffusion.samplers import SAMPLERS
+
+    if not isinstance(sampler, dict) or sampler.get("name") not in SAMPLERS:
+        raise fail(f"{name}.name must be one of {sorted(SAMPLERS)}")
+    number(sampler.get("shift", 3.0), f"{name}.shift")
+    sigmas = sampler.get("sigmas")
+    ok = isinstance(sigmas, list) and 2 <= len(sigmas) <= 1001 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in sigmas)  # fmt: skip
+    if not ok or not all(a > b for a, b in zip(sigmas[:-1], sigmas[1:], strict=True)) or \
+            not 0 <= sigmas[-1] < sigmas[0] <= 1:  # fmt: skip
+        raise fail(f"{name}.sigmas must be 2..1001 numbers falling from <= 1 to >= 0")
 
 
 def component_weights(folder: str | Path, component: str) -> dict[str, torch.Tensor] | None:
@@ -175,24 +196,38 @@ def build_dit(config: dict):
     return MatrixGameDiT(DIT_PRESETS[config["dit"]["preset"]]).eval()
 
 
-def load_world(name_or_path: str | Path):
+def has_student(name_or_path: str | Path) -> bool:
+    """Whether a shipped world ships a distilled few-step student beside its world model."""
+    folder = world_folder(name_or_path)
+    return (folder / "student.safetensors").exists() and "student" in read_config(folder)
+
+
+def load_world(name_or_path: str | Path, student: bool = False):
     """The ready world (:class:`matrixgame.train.runs.World`) of a shipped folder: DiT and VAE
-    in fp32 on the CPU, the training window, frame size; ``meta`` is its config.json."""
+    in fp32 on the CPU, the training window, frame size; ``meta`` is its config.json.
+    ``student``: the distilled few-step student in place of the world model (``meta``'s
+    sampler is then the student's)."""
     from matrixgame.data.windows import WindowConfig
     from matrixgame.models.loading import load_checked
     from matrixgame.train.runs import World
 
     folder = world_folder(name_or_path)
     config = read_config(folder)
+    if student and "student" not in config:
+        raise ValueError(f"{folder}: this world ships no student (config.json has none)")
     vae, dit = build_vae(config), build_dit(config)
-    for component, model in (("vae", vae), ("dit", dit)):
+    dit_file = "student" if student else "dit"
+    for component, model in (("vae", vae), (dit_file, dit)):
         state = component_weights(folder, component)
         if state is None:
             raise ValueError(f"{folder}: {component}.safetensors is missing")
         load_checked(model, state, str(folder / f"{component}.safetensors"))
     window = WindowConfig(**config["window"])
-    return World(config.get("name", folder.name), dit, vae, window, config["height"],
-                 config["width"], int(config["dit"].get("step", 0)), config)  # fmt: skip
+    name, step = config.get("name", folder.name), int(config["dit"].get("step", 0))
+    if student:
+        config = {**config, "sampler": config["student"]["sampler"]}
+        name, step = f"{name} student", int(config["student"].get("step", 0))
+    return World(name, dit, vae, window, config["height"], config["width"], step, config)
 
 
 def world_config(name: str, vae_meta: dict, vae_step: int, dit_meta: dict, dit_step: int,
