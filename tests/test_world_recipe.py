@@ -173,6 +173,12 @@ def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
     assert state["stages"]["eval"]["dit_step"] == dit["step"]  # evaluated what it trained
     assert state["stages"]["ship"]["done"]
     assert state["sessions"][-1]["trained"]["dit"] == dit["step"]
+    # the shipped world (step 8) was evaluated beside it: the ship rule compared like with like
+    from matrixgame.worlds.card import figures_of
+
+    report = json.loads((work / "report" / "report.json").read_text())
+    assert "tiny (shipped)" in report["fidelity"]["methods"]
+    assert state["stages"]["ship"]["previous"] == figures_of(report, "tiny (shipped)")
 
 
 def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):

@@ -395,9 +395,9 @@ class Recipe:
             self.progress(f"[eval] no {' or '.join(missing)} checkpoint yet: nothing to evaluate")
             return False
         world = self.world()
-        student = self.student_world()
+        others = [w for w in (self.student_world(), self.shipped_world(world)) if w is not None]
         config = self.eval_config()
-        results = evaluate([world] + ([student] if student else []), self.heldout, config,
+        results = evaluate([world, *others], self.heldout, config,
                            trained_idm(self.path("idm")))  # fmt: skip
         write_report(results, self.path("eval"))
         self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"),
@@ -418,7 +418,8 @@ class Recipe:
 
         report = json.loads((self.path("eval") / "report.json").read_text())
         figures = figures_of(report, self.spec.name)
-        previous = _shipped_figures(self.ship_to)
+        # the shipped world as measured beside this one (the same clips), else its card's
+        previous = figures_of(report, self.shipped_name) or _shipped_figures(self.ship_to)
         better = previous is None or figures.get("psnr", -1e9) > previous.get("psnr", -1e9) + 0.05
         gif = None
         if better:
@@ -487,6 +488,31 @@ class Recipe:
         world = trained_world(self.path("dit"), self.spec.name)
         if _has_checkpoint(self.path("decoder")):
             world.vae = trained_vae(self.path("decoder"))[0]
+        return world
+
+    @property
+    def shipped_name(self) -> str:
+        return f"{self.spec.name} (shipped)"
+
+    def shipped_world(self, trained):
+        """The shipped world, to be evaluated beside ``trained`` so that the ship rule
+        compares figures of the same clips; None when none ships, or it is ``trained``'s
+        weights (the same world-model and decoder steps)."""
+        if not (self.ship_to / "dit.safetensors").exists():
+            return None
+        try:
+            config = shipped.read_config(self.ship_to)
+            same = (config["dit"].get("step"), config["vae"].get("step")) == (
+                trained.step,
+                self._step("decoder") or self._step("vae"),
+            )
+            if same and config["dit"]["preset"] == self.spec.dit_preset:
+                return None
+            world = shipped.load_world(self.ship_to)
+        except ValueError as err:  # a broken shipped folder: ship over it
+            self.progress(f"[eval] the shipped world does not load ({err}): not compared")
+            return None
+        world.name = self.shipped_name
         return world
 
     def student_run(self) -> Path | None:
