@@ -362,15 +362,16 @@ class Recipe:
             trainer = train_distill(DistillJob(out=str(cold), stage="cold",
                                                steps=s.student_cold_steps, student_every=5,
                                                **common), self.train_deadline)  # fmt: skip
-            self._mark("student", done=False, step=trainer.step, teacher_step=teacher_step)
-            self.trained["student"] = trainer.step
+            self._mark("student", done=False, step=self._student_step(),
+                       teacher_step=teacher_step)  # fmt: skip
+            self.trained["student"] = self._student_step()
             if trainer.stopped == "deadline":
                 return False
         trainer = train_distill(DistillJob(out=str(multi), stage="multi", init=str(cold),
                                            steps=s.student_multi_steps, student_every=3,
                                            segments=s.student_segments, **common),
                                 self.train_deadline)  # fmt: skip
-        step = s.student_cold_steps + trainer.step
+        step = self._student_step()
         done = trainer.step >= s.student_multi_steps
         self._mark("student", done=done, step=step, teacher_step=teacher_step,
                    stopped=trainer.stopped, logs=_scalars(trainer.last_logs))  # fmt: skip
@@ -395,7 +396,8 @@ class Recipe:
             self.progress(f"[eval] no {' or '.join(missing)} checkpoint yet: nothing to evaluate")
             return False
         world = self.world()
-        others = [w for w in (self.student_world(), self.shipped_world(world)) if w is not None]
+        others = [w for w in (self.student_world(world.vae), self.shipped_world(world))
+                  if w is not None]  # fmt: skip
         config = self.eval_config()
         results = evaluate([world, *others], self.heldout, config,
                            trained_idm(self.path("idm")))  # fmt: skip
@@ -486,9 +488,15 @@ class Recipe:
         from matrixgame.train.runs import trained_vae, trained_world
 
         world = trained_world(self.path("dit"), self.spec.name)
-        if _has_checkpoint(self.path("decoder")):
+        if self.vae_run() == self.path("decoder"):
             world.vae = trained_vae(self.path("decoder"))[0]
         return world
+
+    def vae_run(self) -> Path:
+        """The run the world's VAE comes from: the decoder stage's once it has a checkpoint,
+        else the autoencoder's."""
+        decoder = self.path("decoder")
+        return decoder if _has_checkpoint(decoder) else self.path("vae")
 
     @property
     def shipped_name(self) -> str:
@@ -504,7 +512,7 @@ class Recipe:
             config = shipped.read_config(self.ship_to)
             same = (config["dit"].get("step"), config["vae"].get("step")) == (
                 trained.step,
-                self._step("decoder") or self._step("vae"),
+                _latest_step(self.vae_run()),
             )
             if same and config["dit"]["preset"] == self.spec.dit_preset:
                 return None
@@ -522,15 +530,16 @@ class Recipe:
                 return run
         return None
 
-    def student_world(self):
-        """The student as distilled so far, with the world's VAE (None before it has any)."""
+    def student_world(self, vae):
+        """The student as distilled so far, with the world's ``vae`` (None before it has
+        any)."""
         from matrixgame.train.runs import trained_world
 
         run = self.student_run()
         if run is None:
             return None
         student = trained_world(run, self.spec.student_name)
-        student.vae = self.world().vae
+        student.vae = vae
         student.step = self._student_step()
         return student
 
@@ -541,9 +550,7 @@ class Recipe:
         from matrixgame.train.runs import latest_weights, sub_state
 
         s, folder = self.spec, self.ship_to
-        vae_run = (
-            self.path("decoder") if _has_checkpoint(self.path("decoder")) else self.path("vae")
-        )
+        vae_run = self.vae_run()
         vae_state, vae_cfg = latest_weights(vae_run, model="vae")
         prefix = vae_cfg.get("weights_prefix", "")
         shipped.save_component(folder, "vae", sub_state(vae_state, prefix))
