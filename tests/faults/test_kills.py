@@ -27,29 +27,50 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 CLI = [sys.executable, "-m", "matrixgame.cli"]
 
 
-def kill_repeatedly(cmd: list[str], kills: int, rng: random.Random, low: float, high: float,
-                    progress=None) -> int:  # fmt: skip
-    """Start ``cmd``, SIGKILL its process group after a random time in [low, high] s, and
-    again, ``kills`` times (a kill that comes after the job finished does not count); then
-    run it to the end. ``progress()`` (asked before each kill) may veto a kill until the
-    job has made some. Returns the kills that landed."""
+def kill_repeatedly(cmd: list[str], targets: list[int], rng: random.Random, progress,
+                    jitter: float) -> int:  # fmt: skip
+    """Start ``cmd`` and SIGKILL its process group once ``progress()`` (the work it has
+    saved so far: checkpoints, shards, stages) reaches the next of ``targets``, after a
+    further random wait of up to ``jitter`` s, cut short when the job saves one more unit;
+    again for each target; then run it to the end. The kills follow the job's progress,
+    not the clock, so each lands at a random moment on a fast machine as on a slow one.
+    Returns the kills that landed (a job that finished first leaves the rest unlanded)."""
     landed = 0
-    while landed < kills:
+    for target in targets:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=ENV, start_new_session=True)  # fmt: skip
-        time.sleep(rng.uniform(low, high))
+        while proc.poll() is None and progress() < target:
+            time.sleep(0.02)
+        deadline = time.monotonic() + rng.uniform(0.0, jitter)
+        while proc.poll() is None and time.monotonic() < deadline and progress() <= target:
+            time.sleep(0.02)
         if proc.poll() is not None:  # finished before the kill: that run was complete
             assert proc.returncode == 0
             break
-        if progress is None or progress():
-            os.killpg(proc.pid, signal.SIGKILL)
-            landed += 1
-        else:
-            proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        landed += 1
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-2000:]
     return landed
+
+
+def saved_steps(run: Path, every: int):
+    """Progress of a training run: its latest checkpoint's step, in checkpoints."""
+
+    def progress() -> int:
+        try:
+            return int((run / "checkpoints" / "latest").read_text()) // every
+        except (OSError, ValueError):
+            return 0
+
+    return progress
+
+
+def kill_points(rng: random.Random, kills: int, units: int) -> list[int]:
+    """``kills`` ascending targets in [0, units): the first may fall before anything is
+    saved (a kill during start-up), the rest at distinct saved units, leaving work after."""
+    return [0, *sorted(rng.sample(range(1, units), kills - 1))]
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -84,7 +105,8 @@ def test_train_dit_killed_six_times_equals_the_unbroken_run(latents, tmp_path):
                    env=ENV)  # fmt: skip
     broken = tmp_path / "broken"
     latest = broken / "checkpoints" / "latest"
-    landed = kill_repeatedly(_dit(latents, broken), 6, rng, 2.5, 4.0)
+    targets = kill_points(rng, 6, 10)  # of 12 checkpoints
+    landed = kill_repeatedly(_dit(latents, broken), targets, rng, saved_steps(broken, 2), 1.0)
     assert landed == 6
     a, b = assert_checkpoints_whole(tmp_path / "straight"), assert_checkpoints_whole(broken)
     assert int(latest.read_text()) == 24
@@ -98,13 +120,13 @@ def test_recording_killed_eight_times_keeps_every_finished_shard(tmp_path):
            "--clip-frames", "150", "--loop-fraction", "0", "--workers", "1"]  # fmt: skip
     seen: dict[str, int] = {}
 
-    def progress() -> bool:  # note each finished shard's file when first seen
+    def progress() -> int:  # the finished shards; notes each one's file when first seen
         if (out / "manifest.json").exists():
             for name in Manifest.load(out).shards:
                 seen.setdefault(name, (out / name).stat().st_mtime_ns)
-        return True
+        return len(seen)
 
-    landed = kill_repeatedly(cmd, 8, rng, 2.0, 3.5, progress)
+    landed = kill_repeatedly(cmd, kill_points(rng, 8, 20), rng, progress, 1.0)  # of 24
     assert landed == 8
     final = Manifest.load(out)
     assert len(final.shards) == 24 and all(final.verified(n) for n in final.shards)
@@ -138,7 +160,8 @@ def test_distill_killed_four_times_equals_the_unbroken_run(latents, tmp_path):
                 "--stage", "multi", "--segments", "2", "--student-every", "2"]  # fmt: skip
 
     subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True, env=ENV)
-    landed = kill_repeatedly(cmd(tmp_path / "broken"), 4, rng, 3.0, 6.0)
+    broken = tmp_path / "broken"
+    landed = kill_repeatedly(cmd(broken), kill_points(rng, 4, 5), rng, saved_steps(broken, 2), 2.0)
     assert landed == 4
     a = assert_checkpoints_whole(tmp_path / "straight")
     b = assert_checkpoints_whole(tmp_path / "broken")
@@ -151,19 +174,22 @@ def test_the_world_recipe_killed_four_times_finishes_without_redoing_stages(tmp_
     cmd = [*CLI, "world", "build", "--world", "tiny", "--work", str(work), "--ship-to",
            str(ship), "--workers", "1", "--threads", "1"]  # fmt: skip
     finished: dict[str, dict[str, int]] = {}
+    done: set[str] = set()
 
-    def progress() -> bool:  # the files of every stage marked done, when first seen done
+    def progress() -> int:  # the stages marked done; notes their files when first seen done
         state = work / "recipe.json"
         if state.exists():
             stages = json.loads(state.read_text())["stages"]
             for name, entry in stages.items():
                 run = work / name
-                if entry.get("done") and name not in finished and run.is_dir():
-                    finished[name] = {str(p): p.stat().st_mtime_ns
-                                      for p in run.rglob("*.safetensors")}  # fmt: skip
-        return True
+                if entry.get("done") and name not in done:
+                    done.add(name)
+                    if run.is_dir():
+                        finished[name] = {str(p): p.stat().st_mtime_ns
+                                          for p in run.rglob("*.safetensors")}  # fmt: skip
+        return len(done)
 
-    landed = kill_repeatedly(cmd, 4, rng, 4.0, 20.0, progress)
+    landed = kill_repeatedly(cmd, kill_points(rng, 4, 7), rng, progress, 10.0)  # of 9
     assert landed == 4
     stages = json.loads((work / "recipe.json").read_text())["stages"]
     assert all(stages[s]["done"] for s in ("record", "vae", "latents", "dit", "idm", "eval"))
