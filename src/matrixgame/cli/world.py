@@ -32,8 +32,10 @@ Train a default world end to end, resuming wherever the last call stopped:
 
 Every stage checkpoints (at least every --checkpoint-every steps) and resumes;
 --hours bounds this call: the running stage checkpoints at the deadline and the
-next call continues it. Larger --dit-steps (etc.) continue a finished stage. On a
-fresh clone (no WORK folder) the stages start from the shipped weights. Runs on
+next call continues it. Larger --dit-steps (etc.) continue a finished stage. A call
+that trained keeps the version in training (not better than the shipped one yet)
+as a world folder in worlds/NAME/next/ (commit it). On a fresh clone (no WORK
+folder) the stages start from that kept version, else the shipped weights. Runs on
 CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     )
     build.add_argument("--world", default="doom-e1m1", help="which world's recipe")

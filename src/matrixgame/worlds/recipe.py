@@ -8,7 +8,11 @@ deadline and the next call continues it, so training accumulates across sessions
 short GPU run can continue a CPU run: the same command, another ``work`` folder). Where
 the work folder is gone (a fresh clone), the stages start from the shipped weights
 (``worlds/<name>/``): the encoder is taken as final, the decoder and the world model
-continue from their shipped steps. A training stage also ends when its held-out metric
+continue from their shipped steps. A version still in training, not yet better than the
+shipped one, is kept the same way: every call that trained writes it, as a world folder,
+to ``worlds/<name>/next/`` (commit it), and a fresh clone continues it from there rather
+than starting the version again (the shipped folder's weights are of another version, or
+older). A training stage also ends when its held-out metric
 stops improving (``patience`` checks without a gain). At the end the world is evaluated on
 held-out trajectories and, when it improves on the shipped one (or none is shipped), its
 weights replace the shipped ones; every call that trained adds a row to the model card's
@@ -24,6 +28,7 @@ the shipped world model.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -266,7 +271,21 @@ class Recipe:
             if result is False and stage not in CONTINUED:  # ran out of time mid-stage
                 break
         self._log_session(self.trained, time.monotonic() - start)
+        self.keep()
         return self.state
+
+    def keep(self) -> None:
+        """After a call that trained, the version in training as a world folder in
+        :attr:`kept` (weights and config, no figures), so that a fresh clone continues it;
+        only once its world model has a checkpoint and it is not what ships."""
+        if not self.trained or not _has_checkpoint(self.path("dit")):
+            return
+        if self._ships_current():
+            return
+        self.export({}, folder=self.kept)
+        self.progress(f"[keep] the version in training (world model step "
+                      f"{self._step('dit')}) kept in {self.kept}: commit it to continue it "
+                      f"on another machine")  # fmt: skip
 
     def stage_record(self) -> None:
         from matrixgame.data.engine.recorder import RecordConfig, record_dataset
@@ -285,9 +304,10 @@ class Recipe:
         from matrixgame.train.jobs import VAEJob, train_vae
 
         s, out = self.spec, self.path("vae")
-        if not _has_checkpoint(out) and self._shipped("vae"):
-            # a fresh clone: the shipped encoder is final (the latents depend on it)
-            _seed_run(out, self.ship_to, "vae", self.spec)
+        seed = self.seed_folder("vae")
+        if not _has_checkpoint(out) and seed is not None:
+            # a fresh clone: the kept or shipped encoder is final (the latents depend on it)
+            _seed_run(out, seed, "vae", self.spec)
             self._mark("vae", done=True, from_shipped=True)
             return None
         job = VAEJob(data=str(self.path("record")), out=str(out), preset=s.vae_preset,
@@ -311,9 +331,10 @@ class Recipe:
 
         s, out = self.spec, self.path("decoder")
         init, start = None, 0
-        if not _has_checkpoint(out) and self._shipped("vae"):
-            init = _shipped_decoder_state(self.ship_to, out)
-            start = int(shipped.read_config(self.ship_to)["vae"].get("step", 0))
+        seed = self.seed_folder("vae")
+        if not _has_checkpoint(out) and seed is not None:
+            init = _shipped_decoder_state(seed, out)
+            start = int(shipped.read_config(seed)["vae"].get("step", 0))
         job = DecoderJob(data=str(self.path("record")), vae=str(self.path("vae")), out=str(out),
                          steps=s.decoder_steps, batch_size=s.vae_batch, frames=s.vae_frames,
                          lr=s.decoder_lr, checkpoint_every=s.checkpoint_every,
@@ -330,9 +351,10 @@ class Recipe:
 
         s, out = self.spec, self.path("dit")
         init, start = None, 0
-        if not _has_checkpoint(out) and self._shipped("dit"):
-            init = str(self.ship_to / "dit.safetensors")
-            start = int(shipped.read_config(self.ship_to)["dit"].get("step", 0))
+        seed = self.seed_folder("dit")
+        if not _has_checkpoint(out) and seed is not None:
+            init = str(seed / "dit.safetensors")
+            start = int(shipped.read_config(seed)["dit"].get("step", 0))
         job = DiTJob(latents=str(self.path("latents")), out=str(out), preset=s.dit_preset,
                      steps=s.dit_steps, batch_size=s.dit_batch, lr=s.dit_lr, past=s.past,
                      current=s.current, memory=s.memory, checkpoint_every=s.checkpoint_every,
@@ -427,6 +449,7 @@ class Recipe:
         if better:
             self.export(figures, figures_of(report, self.spec.student_name))
             gif = self.rollout_gif()
+            shutil.rmtree(self.kept, ignore_errors=True)  # shipped: nothing left to keep
         self._mark("ship", done=True, shipped=better, figures=figures, previous=previous)
         self.progress(f"[ship] {'shipped' if better else 'kept the shipped weights'}: "
                       f"PSNR {figures.get('psnr', float('nan')):.2f} dB (shipped: "
@@ -435,14 +458,37 @@ class Recipe:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _shipped(self, component: str) -> bool:
-        """Whether the shipped world has this component of this spec's version (same preset,
+    @property
+    def kept(self) -> Path:
+        """Where a version still in training is kept between calls: ``<ship_to>/next/``."""
+        return self.ship_to / "next"
+
+    def _ships_current(self) -> bool:
+        """Whether the shipped folder holds this version's weights as trained now."""
+        if not self._holds(self.ship_to, "dit"):
+            return False
+        config = shipped.read_config(self.ship_to)
+        return (config["dit"].get("step"), config["vae"].get("step")) == (
+            self._step("dit"),
+            _latest_step(self.vae_run()),
+        )
+
+    def seed_folder(self, component: str) -> Path | None:
+        """The folder a fresh work folder starts this component from: the kept version in
+        training when it holds it, else the shipped world when it holds it, else None."""
+        for folder in (self.kept, self.ship_to):
+            if self._holds(folder, component):
+                return folder
+        return None
+
+    def _holds(self, folder: Path, component: str) -> bool:
+        """Whether the world folder has this component of this spec's version (same preset,
         and for the world model the same window), so a fresh clone starts from it; a spec
         of a new version trains its own."""
-        if not (self.ship_to / f"{component}.safetensors").exists():
+        if not (folder / f"{component}.safetensors").exists():
             return False
         try:
-            config = shipped.read_config(self.ship_to)
+            config = shipped.read_config(folder)
         except ValueError:
             return False
         s = self.spec
@@ -543,13 +589,14 @@ class Recipe:
         student.step = self._student_step()
         return student
 
-    def export(self, figures: dict, student_figures: dict | None = None) -> None:
-        """Write the trained weights and config.json into the shipped folder (the student's
-        beside them when there is one; an older shipped student is removed)."""
+    def export(self, figures: dict, student_figures: dict | None = None,
+               folder: Path | None = None) -> None:  # fmt: skip
+        """Write the trained weights and config.json into ``folder`` (default: the shipped
+        folder; the student's beside them when there is one, an older student removed)."""
         from matrixgame.train.jobs import _vae_meta
         from matrixgame.train.runs import latest_weights, sub_state
 
-        s, folder = self.spec, self.ship_to
+        s, folder = self.spec, Path(folder or self.ship_to)
         vae_run = self.vae_run()
         vae_state, vae_cfg = latest_weights(vae_run, model="vae")
         prefix = vae_cfg.get("weights_prefix", "")
