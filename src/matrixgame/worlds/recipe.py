@@ -278,9 +278,7 @@ class Recipe:
         """After a call that trained, the version in training as a world folder in
         :attr:`kept` (weights and config, no figures), so that a fresh clone continues it;
         only once its world model has a checkpoint and it is not what ships."""
-        if not self.trained or not _has_checkpoint(self.path("dit")):
-            return
-        if self._ships_current():
+        if not self.trained or not _has_checkpoint(self.path("dit")) or self._ships_current():
             return
         self.export({}, folder=self.kept)
         self.progress(f"[keep] the version in training (world model step "
@@ -418,7 +416,7 @@ class Recipe:
             self.progress(f"[eval] no {' or '.join(missing)} checkpoint yet: nothing to evaluate")
             return False
         world = self.world()
-        others = [w for w in (self.student_world(world.vae), self.shipped_world(world))
+        others = [w for w in (self.student_world(world.vae), self.shipped_world())
                   if w is not None]  # fmt: skip
         config = self.eval_config()
         results = evaluate([world, *others], self.heldout, config,
@@ -464,7 +462,8 @@ class Recipe:
         return self.ship_to / "next"
 
     def _ships_current(self) -> bool:
-        """Whether the shipped folder holds this version's weights as trained now."""
+        """Whether the shipped folder holds this version's weights as trained now (the same
+        presets and window, world-model and decoder steps)."""
         if not self._holds(self.ship_to, "dit"):
             return False
         config = shipped.read_config(self.ship_to)
@@ -548,20 +547,13 @@ class Recipe:
     def shipped_name(self) -> str:
         return f"{self.spec.name} (shipped)"
 
-    def shipped_world(self, trained):
-        """The shipped world, to be evaluated beside ``trained`` so that the ship rule
-        compares figures of the same clips; None when none ships, or it is ``trained``'s
-        weights (the same world-model and decoder steps)."""
-        if not (self.ship_to / "dit.safetensors").exists():
+    def shipped_world(self):
+        """The shipped world, to be evaluated beside the one trained so that the ship rule
+        compares figures of the same clips; None when none ships, or it holds the trained
+        weights (:meth:`_ships_current`)."""
+        if not (self.ship_to / "dit.safetensors").exists() or self._ships_current():
             return None
         try:
-            config = shipped.read_config(self.ship_to)
-            same = (config["dit"].get("step"), config["vae"].get("step")) == (
-                trained.step,
-                _latest_step(self.vae_run()),
-            )
-            if same and config["dit"]["preset"] == self.spec.dit_preset:
-                return None
             world = shipped.load_world(self.ship_to)
         except ValueError as err:  # a broken shipped folder: ship over it
             self.progress(f"[eval] the shipped world does not load ({err}): not compared")
