@@ -175,6 +175,32 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert json.loads((kept / "config.json").read_text())["dit"]["step"] == 12
 
 
+def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built, tmp_path):
+    """An autoencoder without adversarial fine-tuning exported over another version's world:
+    that version's discriminator goes, and config and card say the decoder was not tuned."""
+    from matrixgame.worlds.card import _summary
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    work, folder = tmp_path / "work", tmp_path / "old"
+    shutil.copytree(built["work"], work, ignore=shutil.ignore_patterns("decoder"))
+    shutil.copytree(built["ship"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vae"]["preset"] = "doom"  # an older version's world
+    (folder / "config.json").write_text(json.dumps(config))
+    assert (folder / "discriminator.safetensors").exists()
+    recipe = Recipe(spec_with("tiny"), work, ship_to=folder, progress=lambda _: None)
+    recipe.export({}, folder=folder)
+    assert not (folder / "discriminator.safetensors").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vae"]["preset"] == "doom-2x" and config["decoder_step"] == 0
+    summary = "\n".join(_summary(config, {}))
+    assert "no adversarial decoder fine-tuning yet" in summary and "discriminator" not in summary
+    recipe.export({}, folder=tmp_path / "new")  # the same version's folder keeps its own
+    shutil.copy(built["ship"] / "discriminator.safetensors", tmp_path / "new")
+    recipe.export({}, folder=tmp_path / "new")
+    assert (tmp_path / "new" / "discriminator.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
     """--hours: the world model trains until the training deadline (a quarter of the call is

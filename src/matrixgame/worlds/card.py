@@ -218,17 +218,29 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{config.get('frame_skip')} ({config['fps']:.1f} frames/s), {config['width']}x"
         f"{config['height']}; held-out trajectories with loops recorded with another seed.",
         f"- **Autoencoder**: `{vae['preset']}` preset of the Wan2.2 causal VAE ({shape}), "
-        f"encoder {config.get('encoder_step', '?')} steps, decoder "
-        f"{vae['step']} steps (adversarial fine-tuning on noisy latents).",
+        f"{_decoder_line(config)}.",
         f"- **World model**: `{dit['preset']}` DiT, {dit['step']} steps; window of "
         f"{window['memory']} memory + {window['past']} past + {window['current']} current "
         f"latents (one step = {f * window['current']} frames = "
         f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
         f"{config['sampler']['shift']}.",
-        "- **Weights**: bf16 safetensors (`vae`, `dit`, `discriminator`"
+        "- **Weights**: bf16 safetensors (`vae`, `dit`"
+        f"{', `discriminator`' if config.get('decoder_step') != 0 else ''}"
         f"{', `student`' if config.get('student') else ''}), `config.json`.",
     ]
+
+
+def _decoder_line(config: dict) -> str:
+    """How the autoencoder was trained: jointly, then (when it was) the decoder alone."""
+    encoder, decoder = config.get("encoder_step", "?"), config.get("decoder_step")
+    if decoder is None:  # written before the config said (the first version's)
+        return (f"encoder {encoder} steps, decoder {config['vae']['step']} steps "
+                f"(adversarial fine-tuning on noisy latents)")  # fmt: skip
+    if not decoder:
+        return f"{encoder} steps (reconstruction); no adversarial decoder fine-tuning yet"
+    return (f"{encoder} steps (reconstruction), then the decoder {decoder} steps of "
+            f"adversarial fine-tuning on noisy latents (encoder frozen)")  # fmt: skip
 
 
 def _num(x, digits: int = 2) -> str:

@@ -593,9 +593,13 @@ class Recipe:
         vae_state, vae_cfg = latest_weights(vae_run, model="vae")
         prefix = vae_cfg.get("weights_prefix", "")
         shipped.save_component(folder, "vae", sub_state(vae_state, prefix))
-        if prefix:
-            disc = sub_state(vae_state, "disc.")
-            shipped.save_component(folder, "discriminator", disc)
+        if prefix:  # the decoder stage's run: its discriminator continues with it
+            shipped.save_component(folder, "discriminator", sub_state(vae_state, "disc."))
+            decoder_step = _latest_step(vae_run)
+        else:  # an autoencoder run (or one seeded from a world folder)
+            if _folder_preset(folder) != s.vae_preset:  # another version's discriminator
+                (folder / "discriminator.safetensors").unlink(missing_ok=True)
+            decoder_step = vae_cfg.get("decoder_step", 0)
         dit_state, dit_cfg = latest_weights(self.path("dit"), model="dit")
         shipped.save_component(folder, "dit", dit_state)
         config = shipped.world_config(
@@ -603,6 +607,7 @@ class Recipe:
             _latest_step(self.path("dit")), s.fps, s.kinematics,
             {"name": "euler", "steps": s.sampler_steps, "shift": s.shift},
             encoder_step=_latest_step(self.path("vae")), figures=figures,
+            decoder_step=decoder_step,
             frame_skip=s.frame_skip, maps=list(s.maps),
         )  # fmt: skip
         student = self.student_run()
@@ -767,6 +772,14 @@ def _shipped_figures(folder: Path) -> dict | None:
         return None
 
 
+def _folder_preset(folder: Path) -> str | None:
+    """The autoencoder preset of the world a folder holds (None: none, or unreadable)."""
+    try:
+        return shipped.read_config(folder)["vae"]["preset"]
+    except (ValueError, KeyError):
+        return None
+
+
 def _seed_run(out: Path, folder: Path, component: str, spec: WorldSpec) -> None:
     """A run folder holding a shipped component as its only checkpoint (model = EMA = the
     shipped weights, a fresh optimizer), so the stages after it read it like a trained run."""
@@ -779,7 +792,8 @@ def _seed_run(out: Path, folder: Path, component: str, spec: WorldSpec) -> None:
     vae.load_state_dict(shipped.component_weights(folder, "vae"))
     meta = {"model": "vae", "preset": config["vae"]["preset"], "height": config["height"],
             "width": config["width"], "latent_mean": config["vae"]["latent_mean"],
-            "latent_std": config["vae"]["latent_std"], "from_shipped": str(folder)}  # fmt: skip
+            "latent_std": config["vae"]["latent_std"], "from_shipped": str(folder),
+            "decoder_step": config.get("decoder_step")}  # fmt: skip
     trainer = Trainer(vae, None, [], TrainConfig(out=str(out), steps=1), meta)
     trainer.step = int(config.get("encoder_step", config["vae"].get("step", 0)))
     trainer.save()
