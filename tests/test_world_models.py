@@ -99,6 +99,24 @@ def test_adversarial_term_reaches_the_decoder_only():
     assert sum(v > 0 for v in decoder) > 0.9 * len(decoder)
 
 
+def test_r1_penalty_is_the_squared_input_gradient_and_reaches_the_discriminator_only():
+    from matrixgame.train.adversarial import r1_penalty
+
+    real = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(4)
+    assert float(r1_penalty(real @ w, real)) == pytest.approx(float(w.pow(2).sum()), rel=1e-5)
+    model = DecoderGAN(WanVAE(VAE_PRESETS["doom"]), PatchDiscriminator(width=16), r1=True)
+    out = model.train()(torch.rand(1, 3, 5, 32, 48) * 2 - 1, torch.zeros(1))
+    r1_penalty(out["d_real"], out["real"]).backward()
+    grads = _grads(model)
+    assert all(v == 0 for n, v in grads.items() if n.startswith("vae."))
+    assert sum(v > 0 for n, v in grads.items() if n.startswith("disc.")) > 0
+    logs = DecoderTask(height=32, width=48, r1=1.0).loss(
+        model, {"frames": torch.randint(0, 255, (1, 5, 32, 48, 3), dtype=torch.uint8)}, 0
+    )[1]
+    assert logs["r1"] > 0
+
+
 def test_discriminator_loss_reaches_the_discriminator_only():
     from matrixgame.train.adversarial import hinge_discriminator_loss
 

@@ -175,6 +175,26 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert json.loads((kept / "config.json").read_text())["dit"]["step"] == 12
 
 
+def test_the_decoder_continues_a_folders_fine_tuning_only_where_it_had_some(tmp_path):
+    """A fresh work folder's decoder stage counts on from a kept or shipped decoder's
+    adversarial steps; a kept autoencoder never fine-tuned starts its decoder at step 0 (not
+    at the encoder's step, which would mark the stage done before it trained)."""
+    from helpers import make_world_folder
+    from matrixgame.worlds.recipe import _decoder_step
+
+    folder = make_world_folder(tmp_path / "w")
+    path = folder / "config.json"
+    for extra, step in (({"encoder_step": 6000}, 6000), ({"encoder_step": 2500}, 1656),
+                        ({"encoder_step": 6000, "decoder_step": 0}, 6000),
+                        ({"encoder_step": 2500, "decoder_step": 1656}, 1656)):  # fmt: skip
+        config = json.loads(path.read_text())
+        config.pop("decoder_step", None)
+        config["vae"]["step"] = step
+        path.write_text(json.dumps({**config, **extra}))
+        expected = 0 if step == extra["encoder_step"] else 1656
+        assert _decoder_step(folder) == expected, extra
+
+
 def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built, tmp_path):
     """An autoencoder without adversarial fine-tuning exported over another version's world:
     that version's discriminator goes, and config and card say the decoder was not tuned."""

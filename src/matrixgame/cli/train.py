@@ -75,6 +75,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                      help="weight of discriminator feature matching")  # fmt: skip
     dec.add_argument("--latent-noise", type=float, default=0.2,
                      help="max std of the noise added to the normalised latents")  # fmt: skip
+    dec.add_argument("--r1", type=float, default=1.0, metavar="GAMMA",
+                     help="R1 penalty on the discriminator (gamma; 0: off): keeps it from "
+                     "winning outright, starving the decoder of adversarial signal")  # fmt: skip
     dec.add_argument("--checkpoint-every", type=int, default=200)
     dec.add_argument("--cpu-bf16", action="store_true",
                      help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip

@@ -57,9 +57,10 @@ class DecoderGAN(nn.Module):
     gradient reaches the decoder only), and its view of real and detached decoded frames
     (the discriminator's term: its gradient reaches the discriminator only)."""
 
-    def __init__(self, vae: WanVAE, disc: PatchDiscriminator | None = None) -> None:
+    def __init__(self, vae: WanVAE, disc: PatchDiscriminator | None = None,
+                 r1: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.vae, self.disc = vae, disc or PatchDiscriminator()
+        self.vae, self.disc, self.r1 = vae, disc or PatchDiscriminator(), r1
         for p in vae.encoder.parameters():
             p.requires_grad_(False)
         for p in vae.conv1.parameters():
@@ -73,10 +74,12 @@ class DecoderGAN(nn.Module):
         real, fake = _images(frames), _images(recon)
         frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
         g_logits, g_features = torch.func.functional_call(self.disc, frozen, (fake,))
+        if self.r1 and torch.is_grad_enabled():
+            real = real.detach().requires_grad_(True)
         d_real, real_features = self.disc(real)
         d_fake, _ = self.disc(fake.detach())
         return {"recon": recon, "g_logits": g_logits, "g_features": g_features,
-                "d_real": d_real, "d_fake": d_fake,
+                "d_real": d_real, "d_fake": d_fake, "real": real,
                 "real_features": [f.detach() for f in real_features]}  # fmt: skip
 
 
@@ -87,6 +90,14 @@ def _images(x: Tensor) -> Tensor:
 
 def hinge_discriminator_loss(real: Tensor, fake: Tensor) -> Tensor:
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def r1_penalty(d_real: Tensor, real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): E ||grad_x D(x)||^2 on real frames, which keeps the
+    discriminator smooth where the data is, so it cannot win by a margin the decoder's
+    gradient learns nothing from (its gradient reaches the discriminator only)."""
+    (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 def feature_matching_loss(fake: list[Tensor], real: list[Tensor]) -> Tensor:
@@ -107,6 +118,7 @@ class DecoderTask:
     feature_matching: float = 0.0
     latent_noise: float = 0.2  # max std of the noise added to the (normalised) latents
     adaptive_max: float = 1e4
+    r1: float = 0.0  # gamma of the R1 penalty, gamma / 2 * E ||grad D(real)||^2 (0: off)
 
     def loss(self, model, batch: dict, step: int) -> tuple[Tensor, dict]:
         x = frames_to_model(batch["frames"], self.height, self.width)
@@ -119,7 +131,9 @@ class DecoderTask:
         fm = feature_matching_loss(out["g_features"], out["real_features"])
         weight = self.adaptive_weight(rec, g_adv, inner.vae.decoder.head[-1].weight)
         d_loss = hinge_discriminator_loss(out["d_real"].float(), out["d_fake"].float())
-        loss = rec + weight * g_adv + self.feature_matching * fm + d_loss
+        r1 = (r1_penalty(out["d_real"], out["real"]) if self.r1 and torch.is_grad_enabled()
+              else torch.zeros((), device=x.device))  # fmt: skip
+        loss = rec + weight * g_adv + self.feature_matching * fm + d_loss + self.r1 / 2 * r1
         return loss, {
             "loss": float(loss.detach()),
             "rec": float(rec.detach()),
@@ -130,6 +144,7 @@ class DecoderTask:
             "d_loss": float(d_loss.detach()),
             "d_real": float(out["d_real"].detach().mean()),
             "d_fake": float(out["d_fake"].detach().mean()),
+            "r1": float(r1.detach()),
         }
 
     def adaptive_weight(self, rec: Tensor, adv: Tensor, last: Tensor) -> Tensor:

@@ -113,6 +113,7 @@ class DecoderJob:
     adversarial: float = 0.5
     feature_matching: float = 0.0
     latent_noise: float = 0.2
+    r1: float = 1.0  # R1 penalty's gamma on the discriminator (0: off)
     init: str | None = None  # decoder + discriminator state to start from (a safetensors)
     start_step: int = 0  # the step count of the weights in init (shipped weights)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
@@ -129,13 +130,13 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     init_distributed()
     torch.manual_seed(job.seed)
     vae, (height, width) = trained_vae(job.vae)
-    model = DecoderGAN(vae.train())
+    model = DecoderGAN(vae.train(), r1=job.r1 > 0)
     _init_from(model, job.init)
     data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
                        frames_per_latent=vae.config.temporal_factor)  # fmt: skip
     task = DecoderTask(height, width, adversarial=job.adversarial,
                        feature_matching=job.feature_matching,
-                       latent_noise=job.latent_noise)  # fmt: skip
+                       latent_noise=job.latent_noise, r1=job.r1)  # fmt: skip
     meta = {"model": "vae", "stage": "decoder", "encoder_run": str(job.vae),
             "weights_prefix": "vae.", **_vae_meta(job.vae), "task": asdict(task)}  # fmt: skip
     # no joint gradient clipping: the discriminator's gradients (norm ~100) would scale the

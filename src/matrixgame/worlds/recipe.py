@@ -82,6 +82,10 @@ class WorldSpec:
     decoder_adversarial: float = 0.5
     decoder_feature_matching: float = 0.0
     decoder_latent_noise: float = 0.2
+    # R1 on the discriminator: without it, it won outright within 200 steps (d_real 1.3,
+    # d_fake -1.1, the adaptive weight fell to 3e-4: no adversarial signal); with gamma 1
+    # the two stay balanced and the weight near 0.5 (probes of 300 steps, 2026-12-02)
+    decoder_r1: float = 1.0
     dit_preset: str = "doom-2x"
     dit_steps: int = 40_000
     dit_batch: int = 8
@@ -330,15 +334,15 @@ class Recipe:
         s, out = self.spec, self.path("decoder")
         init, start = None, 0
         seed = self.seed_folder("vae")
-        if not _has_checkpoint(out) and seed is not None:
-            init = _shipped_decoder_state(seed, out)
-            start = int(shipped.read_config(seed)["vae"].get("step", 0))
+        if not _has_checkpoint(out) and seed is not None and _decoder_step(seed):
+            # a fresh clone: continue the kept or shipped decoder's fine-tuning
+            init, start = _shipped_decoder_state(seed, out), _decoder_step(seed)
         job = DecoderJob(data=str(self.path("record")), vae=str(self.path("vae")), out=str(out),
                          steps=s.decoder_steps, batch_size=s.vae_batch, frames=s.vae_frames,
                          lr=s.decoder_lr, checkpoint_every=s.checkpoint_every,
                          adversarial=s.decoder_adversarial,
                          feature_matching=s.decoder_feature_matching,
-                         latent_noise=s.decoder_latent_noise, init=init,
+                         latent_noise=s.decoder_latent_noise, r1=s.decoder_r1, init=init,
                          start_step=start, cpu_bf16=self.cpu_bf16)  # fmt: skip
         stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
         trainer = train_decoder(job, self.train_deadline, stop)
@@ -770,6 +774,17 @@ def _shipped_figures(folder: Path) -> dict | None:
         return shipped.read_config(folder).get("figures")
     except ValueError:
         return None
+
+
+def _decoder_step(folder: Path) -> int:
+    """The adversarial steps of a world folder's decoder (0: the autoencoder's as trained
+    jointly). Configs before ``decoder_step`` was written: the VAE's step when it is not
+    the encoder's (the first version's decoder had 1,656 steps on a 2,500-step encoder)."""
+    config = shipped.read_config(folder)
+    if config.get("decoder_step") is not None:
+        return int(config["decoder_step"])
+    step = int(config["vae"].get("step", 0))
+    return step if step != int(config.get("encoder_step", -1)) else 0
 
 
 def _folder_preset(folder: Path) -> str | None:
