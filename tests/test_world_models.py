@@ -102,9 +102,10 @@ def test_adversarial_term_reaches_the_decoder_only():
 def test_r1_penalty_is_the_squared_input_gradient_and_reaches_the_discriminator_only():
     from matrixgame.train.adversarial import r1_penalty
 
-    real = torch.randn(3, 4, requires_grad=True)
-    w = torch.randn(4)
-    assert float(r1_penalty(real @ w, real)) == pytest.approx(float(w.pow(2).sum()), rel=1e-5)
+    real = torch.randn(3, 4, requires_grad=True)  # 3 frames, D = 2 patch logits each
+    w = torch.randn(4, 2)
+    expected = float(w.mean(1).pow(2).sum())  # of the mean patch logit
+    assert float(r1_penalty(real @ w, real)) == pytest.approx(expected, rel=1e-5)
     model = DecoderGAN(WanVAE(VAE_PRESETS["doom"]), PatchDiscriminator(width=16), r1=True)
     out = model.train()(torch.rand(1, 3, 5, 32, 48) * 2 - 1, torch.zeros(1))
     r1_penalty(out["d_real"], out["real"]).backward()

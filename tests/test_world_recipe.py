@@ -73,6 +73,8 @@ def test_resume_after_sigkill_keeps_finished_stages(built):
     steps = _logged_steps(work / "dit")
     assert steps == sorted(steps) and steps[-1] == 8  # continued, not restarted
     assert (work / "report" / "report.json").exists()
+    last = state["sessions"][-1]  # the call that evaluated logs the figures it measured
+    assert last["evaluated"] and "psnr" in last["figures"]
 
 
 @pytest.mark.slow
@@ -97,6 +99,7 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     assert frames.shape == (1 + 2 * ctx, 32, 48, 3) and frames.dtype.name == "uint8"
     card = (ship / "README.md").read_text()
     assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
+    assert "evaluated |" in card
     config = json.loads((ship / "config.json").read_text())
     assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
 

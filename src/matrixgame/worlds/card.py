@@ -144,7 +144,7 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
         steps = row.get("steps", {})
         lines.append(
             f"| {row['date']} | {row['device']} | {row['threads']} | {row['seconds'] / 3600:.2f} "
-            f"| {', '.join(f'{k} {v}' for k, v in row['trained'].items())} "
+            f"| {_trained(row)} "
             f"| {steps.get('vae', 0)} / {steps.get('decoder', 0)} / {steps.get('dit', 0)} "
             f"| {_num(f.get('psnr'))} | {_num(f.get('ssim'), 3)} |"
         )
@@ -229,6 +229,12 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{', `discriminator`' if config.get('decoder_step') != 0 else ''}"
         f"{', `student`' if config.get('student') else ''}), `config.json`.",
     ]
+
+
+def _trained(row: dict) -> str:
+    """A training-log row's "trained (to step)": the stages and steps, "evaluated" too."""
+    parts = [f"{k} {v}" for k, v in row["trained"].items()]
+    return ", ".join(parts + (["evaluated"] if row.get("evaluated") else [])) or "—"
 
 
 def _decoder_line(config: dict) -> str:

@@ -255,6 +255,7 @@ class Recipe:
             stages = (only,)
         start = time.monotonic()
         self.trained: dict[str, int] = {}  # stage -> step reached, for the training log
+        self.evaluated: dict | None = None  # the held-out figures, when this call evaluated
         self.train_deadline = self.deadline
         if self.deadline is not None and "eval" in stages:  # keep time to evaluate and ship
             left = self.deadline - start
@@ -414,6 +415,7 @@ class Recipe:
         from matrixgame.eval.idm import trained_idm
         from matrixgame.eval.protocols import evaluate
         from matrixgame.eval.report import write_report
+        from matrixgame.worlds.card import figures_of
 
         missing = [s for s in ("dit", "idm") if not _has_checkpoint(self.path(s))]
         if missing:
@@ -426,6 +428,8 @@ class Recipe:
         results = evaluate([world, *others], self.heldout, config,
                            trained_idm(self.path("idm")))  # fmt: skip
         write_report(results, self.path("eval"))
+        report = json.loads((self.path("eval") / "report.json").read_text())
+        self.evaluated = figures_of(report, self.spec.name)
         self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"),
                    student_step=self._student_step())  # fmt: skip
         self._mark("ship", done=False)
@@ -665,13 +669,17 @@ class Recipe:
         return path
 
     def _log_session(self, trained: dict, seconds: float) -> None:
-        if not trained:
+        """A training-log row for a call that trained or evaluated (`--only eval` is a call
+        of its own beside `--only dit`: its row carries the figures)."""
+        evaluated = getattr(self, "evaluated", None)
+        if not trained and evaluated is None:
             return
+        figures = evaluated or self.state["stages"].get("ship", {}).get("figures")
         row = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds),
                "device": _device_name(), "threads": torch.get_num_threads(), "trained": trained,
                "steps": {**{k: self._step(k) for k in ("vae", "decoder", "dit")},
                          "student": self._student_step()},
-               "figures": self.state["stages"].get("ship", {}).get("figures")}  # fmt: skip
+               "evaluated": evaluated is not None, "figures": figures}  # fmt: skip
         self._update(lambda state: state["sessions"].append(row))
 
 
