@@ -256,6 +256,7 @@ class Recipe:
         start = time.monotonic()
         self.trained: dict[str, int] = {}  # stage -> step reached, for the training log
         self.evaluated: dict | None = None  # the held-out figures, when this call evaluated
+        self.card: tuple | None = None  # the model card's inputs, when this call shipped
         self.train_deadline = self.deadline
         if self.deadline is not None and "eval" in stages:  # keep time to evaluate and ship
             left = self.deadline - start
@@ -276,6 +277,10 @@ class Recipe:
             if result is False and stage not in CONTINUED:  # ran out of time mid-stage
                 break
         self._log_session(self.trained, time.monotonic() - start)
+        if self.card is not None:
+            from matrixgame.worlds.card import write_card
+
+            write_card(self.ship_to, self.state, *self.card)
         self.keep()
         return self.state
 
@@ -444,7 +449,7 @@ class Recipe:
                           shift=s.shift, horizons=horizons)  # fmt: skip
 
     def stage_ship(self) -> None:
-        from matrixgame.worlds.card import figures_of, write_card
+        from matrixgame.worlds.card import figures_of
 
         report = json.loads((self.path("eval") / "report.json").read_text())
         figures = figures_of(report, self.spec.name)
@@ -460,7 +465,8 @@ class Recipe:
         self.progress(f"[ship] {'shipped' if better else 'kept the shipped weights'}: "
                       f"PSNR {figures.get('psnr', float('nan')):.2f} dB (shipped: "
                       f"{previous.get('psnr') if previous else 'none'})")  # fmt: skip
-        write_card(self.ship_to, self.state, report, self.path("eval") if better else None, gif)
+        # the card is written once this call's training-log row is in (run's end)
+        self.card = (report, self.path("eval") if better else None, gif)
 
     # -- helpers ----------------------------------------------------------------------------
 
