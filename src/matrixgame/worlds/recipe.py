@@ -82,9 +82,9 @@ class WorldSpec:
     decoder_adversarial: float = 0.5
     decoder_feature_matching: float = 0.0
     decoder_latent_noise: float = 0.2
-    # R1 on the discriminator: without it, it won outright within 200 steps (d_real 1.3,
-    # d_fake -1.1, the adaptive weight fell to 3e-4: no adversarial signal); with gamma 1
-    # the two stay balanced and the weight near 0.5 (probes of 300 steps, 2026-12-02)
+    # R1 on the discriminator (its mean patch logit): without it, it won outright within
+    # 200 steps (d_real 1.3, d_fake -1.1, the adaptive weight fell to 3e-4: no adversarial
+    # signal); with gamma 1 it learns, and wins again by step 500 (BENCHMARKS.md, 2026-12-02)
     decoder_r1: float = 1.0
     dit_preset: str = "doom-2x"
     dit_steps: int = 40_000
@@ -340,9 +340,9 @@ class Recipe:
         s, out = self.spec, self.path("decoder")
         init, start = None, 0
         seed = self.seed_folder("vae")
-        if not _has_checkpoint(out) and seed is not None and _decoder_step(seed):
-            # a fresh clone: continue the kept or shipped decoder's fine-tuning
-            init, start = _shipped_decoder_state(seed, out), _decoder_step(seed)
+        tuned = _decoder_step(seed) if seed is not None and not _has_checkpoint(out) else 0
+        if tuned:  # a fresh clone: continue the kept or shipped decoder's fine-tuning
+            init, start = _shipped_decoder_state(seed, out), tuned
         job = DecoderJob(data=str(self.path("record")), vae=str(self.path("vae")), out=str(out),
                          steps=s.decoder_steps, batch_size=s.vae_batch, frames=s.vae_frames,
                          lr=s.decoder_lr, checkpoint_every=s.checkpoint_every,
@@ -677,7 +677,7 @@ class Recipe:
     def _log_session(self, trained: dict, seconds: float) -> None:
         """A training-log row for a call that trained or evaluated (`--only eval` is a call
         of its own beside `--only dit`: its row carries the figures)."""
-        evaluated = getattr(self, "evaluated", None)
+        evaluated = self.evaluated
         if not trained and evaluated is None:
             return
         figures = evaluated or self.state["stages"].get("ship", {}).get("figures")
