@@ -158,7 +158,39 @@ def test_the_distill_command_runs_the_cold_start_then_the_multi_segment_stage(se
     assert config["stage"] == "multi" and config["sampler"]["steps"] == 2
     assert main(["distill", *common, "--out", str(tmp_path / "bad"), "--stage", "multi",
                  "--init", str(world)]) == 2  # fmt: skip
-    assert "no checkpoint" in capsys.readouterr().err  # a world folder is not a distill run
+    assert "no student" in capsys.readouterr().err  # a world folder without one to continue
+
+
+def test_a_world_folders_student_and_kept_critic_continue_at_their_step(setup, tmp_path):
+    """A version in training keeps its student and critic in a world folder: a run started
+    from it (a fresh clone) holds exactly those weights at their step; without a kept critic
+    the critic starts as the teacher's copy."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from matrixgame.worlds.shipped import save_component
+
+    world, _ = setup
+    kept = tmp_path / "kept"
+    shutil.copytree(world, kept)
+    teacher = load_world(world).dit.state_dict()
+    g = torch.Generator().manual_seed(1)
+    student = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in teacher.items()}
+    critic = {k: v - 0.01 * torch.randn(v.shape, generator=g) for k, v in teacher.items()}
+    save_component(kept, "student", student)
+    save_component(kept, "critic", critic)
+    train_distill(_job(setup, tmp_path / "run", init=str(kept), start_step=7, steps=7))
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "00000007"
+    saved = _weights(tmp_path / "run")
+    for part, name in (("student", "student"), ("critic", "critic")):
+        want = load_file(kept / f"{name}.safetensors")
+        assert all(torch.equal(saved[f"model.{part}.{k}"].float(), v.float())
+                   for k, v in want.items())  # fmt: skip
+    (kept / "critic.safetensors").unlink()
+    train_distill(_job(setup, tmp_path / "fresh-critic", init=str(kept), start_step=1, steps=1))
+    saved = _weights(tmp_path / "fresh-critic")
+    assert torch.equal(saved["model.critic.head.head.weight"], teacher["head.head.weight"])
 
 
 def _ddp_worker(rank, world_size, init, job, result):

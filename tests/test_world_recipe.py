@@ -154,7 +154,9 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
 
     work, ship = tmp_path / "fresh", tmp_path / "ship"
     shutil.copytree(built["ship"], ship)
-    more = ("--dit-steps", "10", "--decoder-steps", "6", "--until", "dit")
+    assert json.loads((ship / "config.json").read_text())["student"]["step"] == 4  # 2 + 2
+    more = ("--dit-steps", "10", "--decoder-steps", "6", "--student-multi-steps", "4",
+            "--until", "student")  # fmt: skip
     done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((work / "recipe.json").read_text())
@@ -164,18 +166,31 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     decoder = _logged_steps(work / "decoder")
     shipped_decoder = json.loads((ship / "config.json").read_text())["vae"]["step"]
     assert decoder[0] > shipped_decoder and decoder[-1] == 6
-    # not better than the shipped world yet (not evaluated): kept beside it, a world that
-    # loads, and the next fresh work folder continues it rather than the shipped steps
+    # the shipped student continues past its cold start (no cold start run here)
+    assert _logged_steps(work / "student") == [3, 4] and not (work / "student-cold").exists()
+    # not better than the shipped world yet (not evaluated): kept beside it (its student with
+    # the critic, which never ships), a world that loads, and the next fresh work folder
+    # continues it rather than the shipped steps
     kept = ship / "next"
-    assert json.loads((kept / "config.json").read_text())["dit"]["step"] == 10
-    assert load_world(kept).step == 10
+    config = json.loads((kept / "config.json").read_text())
+    assert config["dit"]["step"] == 10 and config["student"]["step"] == 6
+    assert (kept / "critic.safetensors").exists() and not (ship / "critic.safetensors").exists()
+    assert load_world(kept).step == 10 and load_world(kept, student=True).step == 6
+    more = ("--dit-steps", "10", "--decoder-steps", "6", "--student-multi-steps", "5",
+            "--until", "student")  # fmt: skip
+    done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]  # the same folder: its own run resumes
+    assert _logged_steps(work / "student") == [3, 4, 5] and not (work / "student-cold").exists()
     again = tmp_path / "again"
-    more = ("--dit-steps", "12", "--decoder-steps", "6", "--until", "dit")
+    more = ("--dit-steps", "12", "--decoder-steps", "6", "--student-multi-steps", "6",
+            "--until", "student")  # fmt: skip
     done = subprocess.run(build(again, ship, *more), capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = _logged_steps(again / "dit")
     assert steps[0] > 10 and steps[-1] == 12
-    assert json.loads((kept / "config.json").read_text())["dit"]["step"] == 12
+    assert _logged_steps(again / "student") == [6]
+    config = json.loads((kept / "config.json").read_text())
+    assert config["dit"]["step"] == 12 and config["student"]["step"] == 8
 
 
 def test_the_decoder_continues_a_folders_fine_tuning_only_where_it_had_some(tmp_path):

@@ -29,7 +29,11 @@ EMA opens as a world (`matrixgame eval student=RUN ...`).""",
     p.add_argument("--latents", required=True, help="the latent cache of the teacher's VAE")
     p.add_argument("--out", required=True, help="the run folder")
     p.add_argument("--stage", choices=("cold", "multi"), default="cold")
-    p.add_argument("--init", help="continue from this distill run (the cold start)")
+    p.add_argument(
+        "--init",
+        help="continue from this distill run (the cold start), or from a "
+        "world folder's student (and its kept critic)",
+    )
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--student-lr", type=float, default=5e-7)

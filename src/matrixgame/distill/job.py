@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,7 +28,10 @@ class DistillJob:
     latents: str  # the latent cache the episodes come from (the teacher's VAE)
     out: str
     stage: str = "cold"
-    init: str | None = None  # a distill run to continue from (the cold start, for "multi")
+    # a distill run to continue from (the cold start, for "multi"), or a world folder with a
+    # student (and the critic a version in training keeps beside it)
+    init: str | None = None
+    start_step: int = 0  # the step count of a world folder's student (a run's checkpoint wins)
     steps: int = 600
     batch_size: int = 2
     student_lr: float = 5e-7
@@ -70,10 +74,10 @@ def student_sigmas(job: DistillJob) -> torch.Tensor:
 def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
     from matrixgame.distill.dmd import DMDConfig
     from matrixgame.distill.task import DistillTask, StudentCritic
+    from matrixgame.models.loading import load_checked
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import EpisodeDataset
     from matrixgame.train.run_log import RunLog
-    from matrixgame.train.runs import latest_weights
     from matrixgame.worlds.shipped import open_world
 
     init_distributed()
@@ -90,10 +94,7 @@ def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
                          copy.deepcopy(teacher).train().requires_grad_(True),
                          job.student_lr, job.critic_lr)  # fmt: skip
     if job.init:
-        state, config = latest_weights(job.init, prefix="model.")
-        if config.get("model") != "dmd":
-            raise ValueError(f"{job.init}: not a `matrixgame distill` run")
-        pair.load_state_dict(state)
+        load_checked(pair, _init_state(job.init, pair), job.init)
     sigmas = student_sigmas(job)
     dmd = DMDConfig(shift=job.shift, guidance=job.guidance, student_every=job.student_every)
     task = DistillTask(teacher, world.window, world.height, world.width, sigmas, dmd,
@@ -111,6 +112,7 @@ def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
                          checkpoint_every=job.checkpoint_every, seed=job.seed, warmup=0,
                          log_every=1)  # fmt: skip
     trainer = Trainer(pair, task, data, config, meta)
+    trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     teacher.to(trainer.device)
     run = RunLog(job.out)
 
@@ -121,6 +123,31 @@ def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
 
     trainer.fit(log, deadline=deadline)
     return trainer
+
+
+def _init_state(init: str, pair) -> dict:
+    """The student and critic a run starts from: a distill run's latest weights, or a world
+    folder's ``student.safetensors`` with its ``critic.safetensors`` (a version in training
+    keeps both; where the critic is missing it stays the teacher's copy, as at the start)."""
+    from safetensors.torch import load_file
+
+    from matrixgame.train.runs import latest_weights
+
+    folder = Path(init)
+    if (folder / "config.json").exists() and not (folder / "checkpoints").exists():
+        if not (folder / "student.safetensors").exists():
+            raise ValueError(f"{init}: a world folder with no student (student.safetensors)")
+        critic = folder / "critic.safetensors"
+        parts = {
+            "student": load_file(folder / "student.safetensors"),
+            "critic": load_file(critic) if critic.exists() else pair.critic.state_dict(),
+        }
+        return {f"{part}.{k}": v.float() for part, state in parts.items()
+                for k, v in state.items()}  # fmt: skip
+    state, config = latest_weights(init, prefix="model.")
+    if config.get("model") != "dmd":
+        raise ValueError(f"{init}: not a `matrixgame distill` run")
+    return state
 
 
 def _preset(model) -> str:

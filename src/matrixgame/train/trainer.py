@@ -169,7 +169,8 @@ class Trainer:
 
         cfg = self.cfg
         self.stopped = None
-        self.resume()
+        if not self.resume() and self.step >= cfg.steps:
+            self.save()  # started at its target (weights given at their step): a run as trained
         bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not progress or self.rank != 0, desc="train"
         )

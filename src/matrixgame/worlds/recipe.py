@@ -288,7 +288,8 @@ class Recipe:
         """After a call that trained, the version in training as a world folder in
         :attr:`kept` (weights and config, no figures), so that a fresh clone continues it;
         only once its world model has a checkpoint and it is not what ships."""
-        if not self.trained or not _has_checkpoint(self.path("dit")) or self._ships_current():
+        if not self.trained or not _has_checkpoint(self.path("dit")) or \
+                self._ships_current(student=True):  # fmt: skip
             return
         self.export({}, folder=self.kept)
         self.progress(f"[keep] the version in training (world model step "
@@ -388,16 +389,23 @@ class Recipe:
                       checkpoint_every=s.checkpoint_every)  # fmt: skip
         cold, multi = self.work / "student-cold", self.path("student")
         teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
-        if _latest_step(cold) < s.student_cold_steps:
+        seed, seed_step = self._student_seed()
+        past_cold = _has_checkpoint(multi) or seed_step >= s.student_cold_steps
+        if not past_cold and _latest_step(cold) < s.student_cold_steps:
             trainer = train_distill(DistillJob(out=str(cold), stage="cold",
                                                steps=s.student_cold_steps, student_every=5,
+                                               init=seed, start_step=seed_step,
                                                **common), self.train_deadline)  # fmt: skip
             self._mark("student", done=False, step=self._student_step(),
                        teacher_step=teacher_step)  # fmt: skip
             self.trained["student"] = self._student_step()
             if trainer.stopped == "deadline":
                 return False
-        trainer = train_distill(DistillJob(out=str(multi), stage="multi", init=str(cold),
+        seeded = seed is not None and seed_step >= s.student_cold_steps  # past its cold start
+        init = None if _has_checkpoint(multi) else seed if seeded else str(cold)
+        trainer = train_distill(DistillJob(out=str(multi), stage="multi", init=init,
+                                           start_step=seed_step - s.student_cold_steps if seeded
+                                           else 0,
                                            steps=s.student_multi_steps, student_every=3,
                                            segments=s.student_segments, **common),
                                 self.train_deadline)  # fmt: skip
@@ -407,6 +415,19 @@ class Recipe:
                    stopped=trainer.stopped, logs=_scalars(trainer.last_logs))  # fmt: skip
         self.trained["student"] = step
         return False if trainer.stopped == "deadline" else None
+
+    def _student_seed(self) -> tuple[str | None, int]:
+        """(folder, steps) of the student a fresh work folder continues: the kept version's
+        (student and critic) or the shipped one's, when it is of this version and no student
+        run exists here; else (None, 0)."""
+        if self.student_run() is not None:
+            return None, 0
+        folder = self.seed_folder("student")
+        if folder is None:
+            return None, 0
+        step = int(shipped.read_config(folder).get("student", {}).get("step") or 0)
+        self.progress(f"[student] continuing the student of {folder} at step {step}")
+        return str(folder), step
 
     def stage_idm(self):
         from matrixgame.train.jobs import IDMJob, train_idm
@@ -475,16 +496,18 @@ class Recipe:
         """Where a version still in training is kept between calls: ``<ship_to>/next/``."""
         return self.ship_to / "next"
 
-    def _ships_current(self) -> bool:
+    def _ships_current(self, student: bool = False) -> bool:
         """Whether the shipped folder holds this version's weights as trained now (the same
-        presets and window, world-model and decoder steps)."""
+        presets and window, world-model and decoder steps; and ``student``: its student's)."""
         if not self._holds(self.ship_to, "dit"):
             return False
         config = shipped.read_config(self.ship_to)
-        return (config["dit"].get("step"), config["vae"].get("step")) == (
+        same = (config["dit"].get("step"), config["vae"].get("step")) == (
             self._step("dit"),
             _latest_step(self.vae_run()),
         )
+        shipped_student = config.get("student") if isinstance(config.get("student"), dict) else {}
+        return same and (not student or shipped_student.get("step") == self._student_step())
 
     def seed_folder(self, component: str) -> Path | None:
         """The folder a fresh work folder starts this component from: the kept version in
@@ -507,7 +530,9 @@ class Recipe:
         s = self.spec
         if config["vae"]["preset"] != s.vae_preset:
             return False  # another autoencoder: neither its decoder nor its world model fit
-        if component == "dit":
+        if component in ("dit", "student"):
+            if component == "student" and not isinstance(config.get("student"), dict):
+                return False
             window = config["window"]
             return config["dit"]["preset"] == s.dit_preset and \
                 (window["past"], window["current"], window["memory"]) == \
@@ -625,9 +650,13 @@ class Recipe:
             frame_skip=s.frame_skip, maps=list(s.maps),
         )  # fmt: skip
         student = self.student_run()
+        (folder / "critic.safetensors").unlink(missing_ok=True)
         if student is not None:
             state, meta = latest_weights(student, model="dmd")
             shipped.save_component(folder, "student", sub_state(state, "student."))
+            if folder == self.kept:  # a version in training: its critic continues with it
+                raw, _ = latest_weights(student, prefix="model.critic.")
+                shipped.save_component(folder, "critic", raw)
             config["student"] = {
                 "step": self._student_step(),
                 "teacher_step": self.state["stages"].get("student", {}).get("teacher_step"),

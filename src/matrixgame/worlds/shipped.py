@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from matrixgame.io import atomic_path, atomic_write_text
 
 WORLD_FORMAT = "matrixgame-world/1"
-COMPONENTS = ("vae", "dit", "discriminator", "student")
+COMPONENTS = ("vae", "dit", "discriminator", "student", "critic")  # critic: kept, not shipped
 START_KEYS = ("latents", "c2w", "frame_c2w", "keyboard", "mouse", "K")
 
 
