@@ -2,9 +2,10 @@
 retrieval, streaming decode), with memory pools of 1k and 10k latents, as the report's
 ablation: the full stack (INT8 attention projections where the CPU has fast int8, memory
 retrieval compiled), minus INT8, minus compile (retrieval eager), minus batched retrieval
-(a per-candidate Python loop like the release's), and with the decoder compiled too (off
-in the full stack: it did not pay on the CPUs measured). The light
-decoder row joins when the world ships a light decoder.
+(a per-candidate Python loop like the release's), and with the decoder, then the DiT,
+compiled once the stream is steady (off in the full stack: the decoder did not pay on the
+CPUs measured, the DiT compiles for minutes). The light decoder row joins when the world
+ships a light decoder.
 
     python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20]
 
@@ -39,7 +40,8 @@ def walk(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def session_with_pool(world, pool: int, steps: int, compile: str | None = None,
-                      compile_retrieval: bool = False) -> WorldSession:  # fmt: skip
+                      compile_retrieval: bool = False,
+                      compile_dit: str | None = None) -> WorldSession:  # fmt: skip
     """A session reset from a start of ``pool`` random latents along a walk."""
     f = world.vae.config.spatial_factor
     h, w = world.height // f, world.width // f
@@ -54,7 +56,8 @@ def session_with_pool(world, pool: int, steps: int, compile: str | None = None,
     start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
                   torch.zeros(frames, 2), K, frames_per_latent=t)  # fmt: skip
     session = WorldSession(world, steps=steps, decode=True, compile=compile,
-                           compile_retrieval=compile_retrieval)  # fmt: skip
+                           compile_retrieval=compile_retrieval,
+                           compile_dit=compile_dit)  # fmt: skip
     session.world.vae, vae = None, session.world.vae  # skip decoding the whole start
     session.reset(start)
     session.world.vae = vae
@@ -84,7 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="denoising steps per segment")
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled row")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     parser.add_argument("--retrieval-only", action="store_true",
                         help="time only a segment's memory retrieval, per pool size")  # fmt: skip
     args = parser.parse_args()
@@ -95,15 +98,18 @@ def main() -> None:
     int8 = load(args.world)
     report = quantize_dit(int8.dit)
     rows = []
+    full = int8 if report.quantized else fp32  # no fast int8: "minus INT8" is the full row
     for pool in args.pools:  # "full": INT8 (where fast) and the retrieval compiled
         for name, world, compiled in (("full", int8, True), ("minus INT8", fp32, True),
-                                      ("minus compile", int8, False)):  # fmt: skip
-            if world is int8 and not report.quantized:
-                continue  # no fast int8 here: "minus INT8" is the full row (the report says why)
+                                      ("minus compile", full, False)):  # fmt: skip
+            if name == "full" and not report.quantized:
+                continue  # (the report says why)
             rows.append(measure(world, pool, args, name, report, compile_retrieval=compiled))
-    if not args.no_compile:  # the decoder compiled after the first segments (inductor)
-        rows.append(measure(int8, args.pools[0], args, "full + compiled decoder", report,
+    if not args.no_compile:  # the decoder, then the DiT, compiled once steady (inductor)
+        rows.append(measure(full, args.pools[0], args, "full + compiled decoder", report,
                             compile="inductor", compile_retrieval=True))  # fmt: skip
+        rows.append(measure(full, args.pools[0], args, "full + compiled DiT", report,
+                            compile_dit="inductor", compile_retrieval=True))  # fmt: skip
     print(f"int8: {report.backend} ({report.reason})")
     print_table(rows, list(rows[0]))
     print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason}))
@@ -135,14 +141,15 @@ def retrieval_rows(world, args) -> None:
 
 
 def measure(world, pool: int, args, name: str, report, compile: str | None = None,
-            compile_retrieval: bool = False) -> dict:  # fmt: skip
+            compile_retrieval: bool = False, compile_dit: str | None = None) -> dict:  # fmt: skip
     """One configuration's row: segment time and FPS as measured, its parts, and the FPS with
     the retrieval looped per candidate instead of batched."""
-    session = session_with_pool(world, pool, args.steps, compile, compile_retrieval)
+    session = session_with_pool(world, pool, args.steps, compile, compile_retrieval,
+                                compile_dit)  # fmt: skip
     n = session.frames_per_step
     keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
     keys[:, 0] = 1
-    for _ in range(4 if compile else 1):  # warm-up (and the compile, after the first chunks)
+    for _ in range(4 if compile or compile_dit else 1):  # warm-up (and compiles, once steady)
         session.step(keys, mouse)
     dit, decode, total = [], [], []
     for _ in range(args.segments):

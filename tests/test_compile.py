@@ -67,3 +67,40 @@ def test_inductor_decodes_the_same_frames_in_a_session():
         runs.append(np.concatenate(frames).astype(int))
     assert session.decoder.calls["compiled"] >= 2
     assert np.abs(runs[0] - runs[1]).max() <= 1  # uint8 rounding of float differences
+
+
+def test_the_compiled_dit_steps_a_session_as_the_eager_one_without_recompiles():
+    """The DiT compiled once the session's window stops growing (past and memory full):
+    the same latents as eager, segment after segment, and one graph in steady state."""
+    from types import SimpleNamespace
+
+    from matrixgame.data.windows import WindowConfig
+    from matrixgame.inference.session import Start, WorldSession
+    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    world = SimpleNamespace(dit=MatrixGameDiT(DIT_PRESETS["tiny"]).eval(), vae=None,
+                            window=WindowConfig(past=2, current=1, memory=2), height=64,
+                            width=64, meta={})  # fmt: skip
+    n = 9
+    eye = torch.eye(4, dtype=torch.float64)
+    start = Start(torch.randn(16, 3, 4, 4), eye.repeat(3, 1, 1), eye.repeat(n, 1, 1),
+                  torch.zeros(n, 6), torch.zeros(n, 2), torch.full((4,), 32.0))  # fmt: skip
+    keys = torch.zeros(4, 6)
+    keys[:, 0] = 1  # walk on: every segment a new pose, memory chosen anew
+    runs, graphs = [], []
+    for backend in (None, "aot_eager"):
+        session = WorldSession(world, steps=2, compile_dit=backend)
+        session.reset(start)
+        latents = []
+        for _ in range(8):
+            latents.append(session.step(keys, torch.zeros(4, 2)).latents)
+            graphs.append(counters["stats"]["unique_graphs"])
+        runs.append(latents)
+    calls = session.compiled_dit.calls  # segments
+    assert calls["compiled"] >= 5 and calls["eager"] <= 3, calls
+    first = 8 + calls["eager"]  # the first compiled segment: one new graph, then no more
+    assert graphs[first] - graphs[first - 1] == 1 and graphs[-1] == graphs[first], graphs[8:]
+    for a, b in zip(*runs, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -1,11 +1,16 @@
-"""``torch.compile`` of the streaming decoder, once the stream is steady (the release compiles
-only its VAE decoder, ``dynamic=False``, after the first clip).
+"""``torch.compile`` of the streaming decoder and of the DiT, once the stream is steady (the
+release compiles only its VAE decoder, ``dynamic=False``, after the first clip).
 
 The decoder runs one latent per call with its feature cache. The first chunks differ (the
 clip's first frame, caches still filling); they run eagerly, and from the first chunk whose
 cache is full every call has the same shapes and guards: one graph, no recompiles
-(``tests/test_compile.py``). On the CPU measured here the compiled decoder was slower than
-the eager oneDNN path (``benchmarks/realtime.py``), so it is off unless asked for.
+(``tests/test_compile.py``). On the CPUs measured the compiled decoder was slower than the
+eager oneDNN path (``benchmarks/realtime.py``), so it is off unless asked for.
+
+The DiT's window grows over a session's first segments (past and memory filling) and then
+keeps its shapes: the same rule, eager until a call has the shapes of the one before, one
+graph after. Its fused elementwise work paid 1.2-1.3x on a plain AVX2 CPU (BENCHMARKS.md),
+after a compile of about two minutes there, so it is off unless asked for too.
 """
 
 from __future__ import annotations
@@ -33,3 +38,23 @@ class CompiledDecoder:
         self._last = shapes
         self.calls["compiled" if steady else "eager"] += 1
         return (self.compiled if steady else self.eager)(x, cache)
+
+
+class CompiledDiT:
+    """The DiT for a session's windows: :meth:`pick` gives the eager model while the
+    window's shapes still change from one segment to the next, the compiled one (``backend``
+    as for :class:`CompiledDecoder`) once a window has the shapes of the one before."""
+
+    def __init__(self, dit: torch.nn.Module, backend: str = "inductor") -> None:
+        self.eager = dit
+        self.compiled = torch.compile(dit, dynamic=False, backend=backend)
+        self.calls = {"eager": 0, "compiled": 0}  # segments
+        self._last: tuple | None = None  # the previous window's shapes
+
+    def pick(self, batch: dict) -> torch.nn.Module:
+        shapes = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())
+                       if isinstance(v, Tensor))  # fmt: skip
+        steady = shapes == self._last
+        self._last = shapes
+        self.calls["compiled" if steady else "eager"] += 1
+        return self.compiled if steady else self.eager

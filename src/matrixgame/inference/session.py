@@ -160,7 +160,8 @@ class WorldSession:
                  memory: bool = True, seed: int = 0, pool_cap: int | None = None,
                  kinematics: KinematicsConfig | None = None, decode: bool = True,
                  metres_per_unit: float | None = None, compile: str | None = None,
-                 retrieval: str = "topk", compile_retrieval: bool = False) -> None:  # fmt: skip
+                 retrieval: str = "topk", compile_retrieval: bool = False,
+                 compile_dit: str | None = None) -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -186,6 +187,11 @@ class WorldSession:
             from matrixgame.accel.compile import CompiledDecoder
 
             self.decoder = CompiledDecoder(world.vae, compile)
+        self.compiled_dit = None  # ``compile_dit``: its backend, once the window stops growing
+        if compile_dit:
+            from matrixgame.accel.compile import CompiledDiT
+
+            self.compiled_dit = CompiledDiT(world.dit, compile_dit)
 
     @property
     def frames_per_step(self) -> int:
@@ -232,7 +238,8 @@ class WorldSession:
     def generate(self, window: Window) -> Segment:
         """Sample a prepared window's latents with the world's sampler, then commit them."""
         start = time.perf_counter()
-        new = denoise_window(self.world.dit, window.batch, self.window.current, self.steps,
+        dit = self.compiled_dit.pick(window.batch) if self.compiled_dit else self.world.dit
+        new = denoise_window(dit, window.batch, self.window.current, self.steps,
                              self.shift, self.generator, self.sampler, self.sigmas)[0]  # fmt: skip
         return self.commit(window, new, time.perf_counter() - start)
 
