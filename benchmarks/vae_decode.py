@@ -42,7 +42,8 @@ def main() -> None:
             h, w = (int(v) for v in size.split("x"))
             f = vae.config.spatial_factor
             z = torch.randn(1, vae.config.z_dim, args.latents, h // f, w // f)
-            frames = 1 + 4 * (args.latents - 1)
+            t = vae.config.temporal_factor  # frames per latent after the first
+            frames = 1 + t * (args.latents - 1)
             out, ms = {}, {}
             with torch.no_grad():
                 for onednn in (False, True):
@@ -67,14 +68,15 @@ def main() -> None:
 
 @torch.no_grad()
 def streaming_fps(vae: WanVAE, z: torch.Tensor, repeat: int) -> float:
-    """Frames per second decoding one later latent (4 frames) per call, cache kept: what a
-    streaming session does every step."""
+    """Frames per second decoding one later latent (its temporal factor's frames) per call,
+    cache kept: what a streaming session does every step."""
     cache = FeatureCache()
     vae.decode(z[:, :, :1], cache)  # the first latent (one frame) opens the stream
     latent = z[:, :, 1:2]
     for _ in range(2):
         vae.decode(latent, cache)
-    return 4 / median_ms(lambda: vae.decode(latent, cache), repeat * 10, warmup=2) * 1e3
+    frames = vae.config.temporal_factor
+    return frames / median_ms(lambda: vae.decode(latent, cache), repeat * 10, warmup=2) * 1e3
 
 
 if __name__ == "__main__":
