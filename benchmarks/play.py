@@ -53,7 +53,7 @@ def play(page, seconds: float) -> list[dict]:
 
 def prepare(args) -> tuple:
     """The world, with INT8 where it pays (on the server's torch thread)."""
-    world = load_world(args.world)
+    world = load_world(args.world, student=args.student)
     int8 = "off"
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
@@ -69,11 +69,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--int8", choices=("auto", "off"), default="auto")
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--student",
+        action="store_true",
+        help="the world's few-step student (as `matrixgame play --student`)",
+    )
+    parser.add_argument(
+        "--steps", type=int, help="sampler steps per segment (default: the world's or student's)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     world, int8 = torch_thread().submit(prepare, args).result()  # as `matrixgame play` does
-    server = PlayServer(world, load_starts(args.world), ServeConfig(max_sessions=1))
+    server = PlayServer(world, load_starts(args.world),
+                        ServeConfig(max_sessions=1, steps=args.steps))  # fmt: skip
     url, stop = start_in_thread(server)
     from playwright.sync_api import sync_playwright
 
@@ -97,15 +106,16 @@ def main() -> None:
              "FPS": f"{statistics.median(s['fps'] for s in part):.1f}",
              "queued frames": max(s["queued"] for s in part)}
             for name, part in (("first", first), ("last", last))]  # fmt: skip
-    print(f"{args.world}: {args.seconds:.0f} s in Chromium, world at {server.fps} fps, "
-          f"int8 {int8}, last segment {segment}")  # fmt: skip
+    print(f"{world.name}: {args.seconds:.0f} s in Chromium, world at {server.fps} fps, "
+          f"steps {args.steps or 'default'}, int8 {int8}, last segment {segment}")  # fmt: skip
     print_table(rows, ["window", "FPS", "queued frames"])
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else None
     print(f"key press -> frame: median {statistics.median(lat):.0f} ms, p90 {p90:.0f} ms, "
           f"max {lat[-1]:.0f} ms over the last {len(lat)} presses; frames drawn "
           f"{stats['frames']}, dropped {stats['dropped']} (page) + "
           f"{stats['serverDropped']} segments (server)")  # fmt: skip
-    write_json("play", {"machine": machine(), "world": args.world, "seconds": args.seconds,
+    write_json("play", {"machine": machine(), "world": world.name, "steps": args.steps,
+                        "seconds": args.seconds,
                         "world_fps": server.fps, "int8": int8, "samples": samples,
                         "latencies_ms": lat, "rows": rows, "frames": stats["frames"],
                         "dropped_frames": stats["dropped"],

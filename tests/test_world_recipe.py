@@ -126,7 +126,11 @@ def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
     assert segment.frames.shape == (n, 32, 48, 3)
     config = json.loads((ship / "config.json").read_text())
     assert config["student"]["teacher_step"] == 8 and "psnr" in config["student"]["figures"]
-    assert "## The few-step student" in (ship / "README.md").read_text()
+    # also evaluated in one step (its first exit), a figure of its own
+    one, three = config["student"]["figures_1_step"], config["student"]["figures"]
+    assert "psnr" in one and one["psnr"] != three["psnr"]
+    card = (ship / "README.md").read_text()
+    assert "## The few-step student" in card and "In one step" in card
 
 
 def test_a_student_is_refused_where_none_ships_and_a_bad_schedule_named(built, tmp_path):

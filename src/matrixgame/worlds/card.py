@@ -199,6 +199,15 @@ def _student(config: dict) -> list[str]:
         lines += [f"| {g} | {m} | {'yes' if ok else 'no'} |" for g, m, ok in rows]
     else:
         lines.append("Not evaluated yet.")
+    one = student.get("figures_1_step") or {}
+    if one.get("psnr") is not None:
+        teacher = config.get("figures") or {}
+        lines += ["", f"In one step (its first exit, trained too: `matrixgame play --student "
+                  f"--steps 1`, real time on a plain AVX2 CPU): PSNR {_num(one.get('psnr'))} "
+                  f"dB, SSIM {_num(one.get('ssim'), 3)}, sharpness "
+                  f"{_num(one.get('sharpness'))}, against the world model's "
+                  f"{_num(teacher.get('psnr'))} / {_num(teacher.get('ssim'), 3)} / "
+                  f"{_num(teacher.get('sharpness'))}."]  # fmt: skip
     return lines
 
 

@@ -123,6 +123,10 @@ class WorldSpec:
     def student_name(self) -> str:
         return f"{self.name} student"
 
+    @property
+    def student_one_step_name(self) -> str:
+        return f"{self.name} student, 1 step"
+
 
 SPECS = {
     "doom-e1m1": WorldSpec(),
@@ -448,8 +452,8 @@ class Recipe:
             self.progress(f"[eval] no {' or '.join(missing)} checkpoint yet: nothing to evaluate")
             return False
         world = self.world()
-        others = [w for w in (self.student_world(world.vae), self.shipped_world())
-                  if w is not None]  # fmt: skip
+        others = [*self.student_worlds(world.vae), self.shipped_world()]
+        others = [w for w in others if w is not None]
         config = self.eval_config()
         results = evaluate([world, *others], self.heldout, config,
                            trained_idm(self.path("idm")))  # fmt: skip
@@ -479,7 +483,11 @@ class Recipe:
         better = previous is None or figures.get("psnr", -1e9) > previous.get("psnr", -1e9) + 0.05
         gif = None
         if better:
-            self.export(figures, figures_of(report, self.spec.student_name))
+            self.export(
+                figures,
+                figures_of(report, self.spec.student_name),
+                one_step=figures_of(report, self.spec.student_one_step_name),
+            )
             gif = self.rollout_gif()
             shutil.rmtree(self.kept, ignore_errors=True)  # shipped: nothing left to keep
         self._mark("ship", done=True, shipped=better, figures=figures, previous=previous)
@@ -620,8 +628,22 @@ class Recipe:
         student.step = self._student_step()
         return student
 
+    def student_worlds(self, vae) -> list:
+        """The student in its own steps and in one (its first exit, which it is trained on
+        too: the configuration that streams in real time on a plain AVX2 CPU), none before
+        it has a checkpoint."""
+        from dataclasses import replace
+
+        student = self.student_world(vae)
+        if student is None:
+            return []
+        sampler = {**student.meta["sampler"], "steps": 1, "sigmas": [1.0, 0.0]}
+        one = replace(student, name=self.spec.student_one_step_name,
+                      meta={**student.meta, "sampler": sampler})  # fmt: skip
+        return [student, one]
+
     def export(self, figures: dict, student_figures: dict | None = None,
-               folder: Path | None = None) -> None:  # fmt: skip
+               folder: Path | None = None, one_step: dict | None = None) -> None:  # fmt: skip
         """Write the trained weights and config.json into ``folder`` (default: the shipped
         folder; the student's beside them when there is one, an older student removed)."""
         from matrixgame.train.jobs import _vae_meta
@@ -661,6 +683,7 @@ class Recipe:
                 "step": self._student_step(),
                 "teacher_step": self.state["stages"].get("student", {}).get("teacher_step"),
                 "sampler": meta["sampler"], "figures": student_figures or {},
+                "figures_1_step": one_step or {},
             }  # fmt: skip
         else:
             (folder / "student.safetensors").unlink(missing_ok=True)
