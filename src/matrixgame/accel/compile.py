@@ -22,39 +22,44 @@ from matrixgame.models.vae import FeatureCache, WanVAE
 Tensor = torch.Tensor
 
 
-class CompiledDecoder:
+class _Steady:
+    """Which of ``eager`` and ``compiled`` a call takes: compiled once its inputs have the
+    shapes of the call before (counted in ``calls``)."""
+
+    def __init__(self, eager, backend: str) -> None:
+        self.eager = eager
+        self.compiled = torch.compile(eager, dynamic=False, backend=backend)
+        self.calls = {"eager": 0, "compiled": 0}
+        self._last: tuple | None = None  # the previous call's shapes
+
+    def _pick(self, shapes: tuple, ready: bool = True):
+        steady = ready and shapes == self._last
+        self._last = shapes
+        self.calls["compiled" if steady else "eager"] += 1
+        return self.compiled if steady else self.eager
+
+
+class CompiledDecoder(_Steady):
     """``decoder(chunk, cache)`` for :meth:`WanVAE.decode`: eager while the cache fills,
     compiled (``backend``: "inductor", or "aot_eager" to check the graphs cheaply) after."""
 
     def __init__(self, vae: WanVAE, backend: str = "inductor") -> None:
-        self.eager = vae.decoder
-        self.compiled = torch.compile(vae.decoder, dynamic=False, backend=backend)
-        self.calls = {"eager": 0, "compiled": 0}
-        self._last: tuple | None = None  # the cache's shapes at the previous call
+        super().__init__(vae.decoder, backend)
 
     def __call__(self, x: Tensor, cache: FeatureCache) -> Tensor:
         shapes = (cache.first, tuple(None if s is None else tuple(s.shape) for s in cache.slots))
-        steady = not cache.first and shapes == self._last  # the cache stopped changing shape
-        self._last = shapes
-        self.calls["compiled" if steady else "eager"] += 1
-        return (self.compiled if steady else self.eager)(x, cache)
+        # compiled once the cache stopped changing shape (never the clip's first chunk)
+        return self._pick(shapes, ready=not cache.first)(x, cache)
 
 
-class CompiledDiT:
+class CompiledDiT(_Steady):
     """The DiT for a session's windows: :meth:`pick` gives the eager model while the
     window's shapes still change from one segment to the next, the compiled one (``backend``
     as for :class:`CompiledDecoder`) once a window has the shapes of the one before."""
 
     def __init__(self, dit: torch.nn.Module, backend: str = "inductor") -> None:
-        self.eager = dit
-        self.compiled = torch.compile(dit, dynamic=False, backend=backend)
-        self.calls = {"eager": 0, "compiled": 0}  # segments
-        self._last: tuple | None = None  # the previous window's shapes
+        super().__init__(dit, backend)  # calls: segments
 
     def pick(self, batch: dict) -> torch.nn.Module:
-        shapes = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())
-                       if isinstance(v, Tensor))  # fmt: skip
-        steady = shapes == self._last
-        self._last = shapes
-        self.calls["compiled" if steady else "eager"] += 1
-        return self.compiled if steady else self.eager
+        return self._pick(tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())
+                                if isinstance(v, Tensor)))  # fmt: skip
