@@ -43,22 +43,9 @@ def test_steady_state_has_one_graph_and_the_eager_frames(preset):
 
 @pytest.mark.slow
 def test_inductor_decodes_the_same_frames_in_a_session():
-    from types import SimpleNamespace
+    from matrixgame.inference.session import WorldSession
 
-    from matrixgame.data.windows import WindowConfig
-    from matrixgame.inference.session import Start, WorldSession
-    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
-
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    world = SimpleNamespace(dit=MatrixGameDiT(DIT_PRESETS["tiny"]).eval(),
-                            vae=WanVAE(VAE_PRESETS["tiny"]).eval(),
-                            window=WindowConfig(past=2, current=1, memory=2), height=64,
-                            width=64, meta={})  # fmt: skip
-    n = 9
-    eye = torch.eye(4, dtype=torch.float64)
-    start = Start(torch.randn(16, 3, 4, 4), eye.repeat(3, 1, 1), eye.repeat(n, 1, 1),
-                  torch.zeros(n, 6), torch.zeros(n, 2), torch.full((4,), 32.0))  # fmt: skip
+    world, start = _tiny_world(WanVAE(VAE_PRESETS["tiny"]).eval())
     runs = []
     for compile in (None, "inductor"):
         session = WorldSession(world, steps=1, compile=compile)
@@ -72,21 +59,9 @@ def test_inductor_decodes_the_same_frames_in_a_session():
 def test_the_compiled_dit_steps_a_session_as_the_eager_one_without_recompiles():
     """The DiT compiled once the session's window stops growing (past and memory full):
     the same latents as eager, segment after segment, and one graph in steady state."""
-    from types import SimpleNamespace
+    from matrixgame.inference.session import WorldSession
 
-    from matrixgame.data.windows import WindowConfig
-    from matrixgame.inference.session import Start, WorldSession
-    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
-
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    world = SimpleNamespace(dit=MatrixGameDiT(DIT_PRESETS["tiny"]).eval(), vae=None,
-                            window=WindowConfig(past=2, current=1, memory=2), height=64,
-                            width=64, meta={})  # fmt: skip
-    n = 9
-    eye = torch.eye(4, dtype=torch.float64)
-    start = Start(torch.randn(16, 3, 4, 4), eye.repeat(3, 1, 1), eye.repeat(n, 1, 1),
-                  torch.zeros(n, 6), torch.zeros(n, 2), torch.full((4,), 32.0))  # fmt: skip
+    world, start = _tiny_world(None)
     keys = torch.zeros(4, 6)
     keys[:, 0] = 1  # walk on: every segment a new pose, memory chosen anew
     runs, graphs = [], []
@@ -104,3 +79,24 @@ def test_the_compiled_dit_steps_a_session_as_the_eager_one_without_recompiles():
     assert graphs[first] - graphs[first - 1] == 1 and graphs[-1] == graphs[first], graphs[8:]
     for a, b in zip(*runs, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def _tiny_world(vae):
+    """A tiny world (DiT, ``vae`` or none, 2 past + 1 current + 2 memory) and a start of 3
+    latents, compile caches reset."""
+    from types import SimpleNamespace
+
+    from matrixgame.data.windows import WindowConfig
+    from matrixgame.inference.session import Start
+    from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    world = SimpleNamespace(dit=MatrixGameDiT(DIT_PRESETS["tiny"]).eval(), vae=vae,
+                            window=WindowConfig(past=2, current=1, memory=2), height=64,
+                            width=64, meta={})  # fmt: skip
+    n = 9
+    eye = torch.eye(4, dtype=torch.float64)
+    start = Start(torch.randn(16, 3, 4, 4), eye.repeat(3, 1, 1), eye.repeat(n, 1, 1),
+                  torch.zeros(n, 6), torch.zeros(n, 2), torch.full((4,), 32.0))  # fmt: skip
+    return world, start
