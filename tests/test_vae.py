@@ -73,16 +73,40 @@ def test_bad_frame_counts_say_so():
         model.encode(torch.zeros(1, 3, 4, 32, 32))
 
 
-def test_onednn_decode_equals_pytorch_convolution():
+def test_every_cpu_convolution_mode_decodes_and_trains_as_pytorch():
+    """The fast CPU routes (time folded into 2D convolutions; oneDNN's 3D kernel) give
+    PyTorch's own convolution's outputs, and the frames route its gradients too."""
     import matrixgame.models.vae as vae_module
 
     torch.manual_seed(0)
     vae = WanVAE(VAE_PRESETS["tiny"]).eval()
     z = torch.randn(1, 16, 3, 2, 3)
-    outs = []
-    with torch.no_grad():
-        for onednn in (False, True):
-            vae_module.ONEDNN_CONV3D = onednn
-            outs.append(vae.decode(z))
-    vae_module.ONEDNN_CONV3D = True
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    outs, grads = {}, {}
+    try:
+        for mode in vae_module.CPU_CONV3D_MODES:
+            vae_module.CPU_CONV3D = mode
+            with torch.no_grad():
+                outs[mode] = vae.decode(z)
+            vae.zero_grad()
+            vae.decode(vae.encode(x)).square().mean().backward()
+            grads[mode] = torch.cat([p.grad.flatten() for p in vae.parameters()])
+    finally:
+        vae_module.CPU_CONV3D = "frames"
+    for mode in ("frames", "onednn"):
+        torch.testing.assert_close(outs[mode], outs["pytorch"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grads[mode], grads["pytorch"], atol=1e-5, rtol=1e-4)
+
+
+def test_frames_conv3d_equals_conv3d_with_strides_and_groups():
+    from matrixgame.models.vae import frames_conv3d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 11, 10)
+    for kt, stride, groups in ((3, (1, 1, 1), 1), (3, (2, 1, 1), 1), (1, (1, 2, 2), 1),
+                               (3, (1, 2, 2), 2)):  # fmt: skip
+        w = torch.randn(16, 8 // groups, kt, 3, 3)
+        b = torch.randn(16)
+        want = torch.nn.functional.conv3d(x, w, b, stride, groups=groups)
+        torch.testing.assert_close(frames_conv3d(x, w, b, stride, groups), want,
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -156,27 +156,53 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat([history.to(x), x], dim=2)
             pad[4] -= history.shape[2]
         x = F.pad(x, pad)
-        if _onednn_inference(x):
+        mode = _cpu_conv(x, self)
+        if mode == "frames":
+            return frames_conv3d(x, self.weight, self.bias, self.stride, self.groups)
+        if mode == "onednn":
             # PyTorch's CPU heuristic sends small-batch 3D convolutions with 3x3 kernels to
-            # its slow im2col path; oneDNN computes the same thing 3-6x faster (streaming
-            # decode at 96x128, measured in benchmarks/vae_decode.py)
+            # its slow im2col path; oneDNN computes the same thing 3-6x faster
             return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias, self.padding,
                                             self.stride, self.dilation, self.groups)  # fmt: skip
         return super().forward(x)
 
 
-def _onednn_inference(x: Tensor) -> bool:
-    return (
-        ONEDNN_CONV3D
+def frames_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
+                  groups: int = 1) -> Tensor:  # fmt: skip
+    """``F.conv3d(x, weight, bias, stride, groups=groups)`` (no padding, no dilation) as one 2D
+    convolution: each output frame's window of ``kt`` input frames is stacked along the
+    channels (channel-major, as the weight's ``[Cout, Cin, kt, kh, kw]``), so the kernel's
+    time axis folds into its input channels. The same sums in another order; on the CPU
+    oneDNN's 2D kernels run these shapes 2-5x faster than its 3D ones (benchmarks/vae_decode.py)."""
+    b, c, _, h, w = x.shape
+    kt = weight.shape[2]
+    windows = x.unfold(2, kt, stride[0])  # [B, C, T', H, W, kt]
+    t = windows.shape[2]
+    frames = windows.permute(0, 2, 1, 5, 3, 4).reshape(b * t, c * kt, h, w)
+    y = F.conv2d(frames, weight.flatten(1, 2), bias, stride[1:], 0, 1, groups)
+    return y.view(b, t, *y.shape[1:]).transpose(1, 2)
+
+
+def _cpu_conv(x: Tensor, conv: nn.Conv3d) -> str:
+    """How a CPU fp32 convolution runs (:data:`CPU_CONV3D`): "frames", "onednn" (inference
+    only: no autograd) or "pytorch" (``nn.Conv3d``'s own choice; also every other device)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or conv.dilation != (1, 1, 1):
+        return "pytorch"
+    if CPU_CONV3D == "frames":
+        return "frames"
+    onednn = (
+        CPU_CONV3D == "onednn"
         and not torch.compiler.is_compiling()  # a compiled decoder lowers convolutions itself
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
     )
+    return "onednn" if onednn else "pytorch"
 
 
-ONEDNN_CONV3D = True  # route CPU inference convolutions through oneDNN (False: PyTorch's choice)
+# how CPU fp32 3D convolutions run: "frames" (time folded into channels: 2D convolutions,
+# with autograd), "onednn" (oneDNN's 3D kernel, inference only) or "pytorch"
+CPU_CONV3D = "frames"
+CPU_CONV3D_MODES = ("frames", "onednn", "pytorch")
 
 
 def cached_conv(conv: CausalConv3d, x: Tensor, cache: FeatureCache | None) -> Tensor:
