@@ -4,10 +4,10 @@ ablation: the full stack (INT8 attention projections where the CPU has fast int8
 retrieval compiled), minus INT8, minus compile (retrieval eager), minus batched retrieval
 (a per-candidate Python loop like the release's), and with the decoder, then the DiT,
 compiled once the stream is steady (off in the full stack: the decoder did not pay on the
-CPUs measured, the DiT compiles for minutes). The light decoder row joins when the world
-ships a light decoder.
+CPUs measured, the DiT compiles for minutes). Where the world ships a light decoder, the full
+stack decodes with it and a "minus light decoder" row uses the full one.
 
-    python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20]
+    python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20] [--student]
 
 The pool is filled with latents along a random walk before timing, so retrieval scores the
 whole pool every segment. Rows name the CPU capability (AVX2-only machines: see
@@ -28,6 +28,7 @@ from matrixgame.geometry import pose_from_angles
 from matrixgame.geometry.frustum import overlap_sampled
 from matrixgame.inference.session import Start, WorldSession
 from matrixgame.worlds import load
+from matrixgame.worlds.shipped import has_light
 
 
 def walk(n: int, seed: int = 0) -> torch.Tensor:
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--world", default="doom-e1m1")
     parser.add_argument("--steps", type=int, default=3, help="denoising steps per segment")
     parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--student", action="store_true",
+                        help="the world's student (as `matrixgame play --student`)")  # fmt: skip
     parser.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     parser.add_argument("--retrieval-only", action="store_true",
@@ -94,8 +97,9 @@ def main() -> None:
     torch.manual_seed(0)
     if args.retrieval_only:
         return retrieval_rows(load(args.world), args)
-    fp32 = load(args.world)
-    int8 = load(args.world)
+    light = has_light(args.world)
+    fp32 = load(args.world, student=args.student, light=light)
+    int8 = load(args.world, student=args.student, light=light)
     report = quantize_dit(int8.dit)
     rows = []
     full = int8 if report.quantized else fp32  # no fast int8: "minus INT8" is the full row
@@ -105,6 +109,12 @@ def main() -> None:
             if name == "full" and not report.quantized:
                 continue  # (the report says why)
             rows.append(measure(world, pool, args, name, report, compile_retrieval=compiled))
+        if light:  # the full stack with the world's full decoder
+            heavy = load(args.world, student=args.student)
+            if report.quantized:
+                quantize_dit(heavy.dit)
+            rows.append(measure(heavy, pool, args, "minus light decoder", report,
+                                compile_retrieval=True))  # fmt: skip
     if not args.no_compile:  # the decoder, then the DiT, compiled once steady (inductor)
         rows.append(measure(full, args.pools[0], args, "full + compiled decoder", report,
                             compile="inductor", compile_retrieval=True))  # fmt: skip
@@ -164,6 +174,7 @@ def measure(world, pool: int, args, name: str, report, compile: str | None = Non
         "stack": name, "int8": report.backend if any(
             isinstance(m, Int8Linear) for m in world.dit.modules()) else "none",
         "retrieval": "compiled" if compile_retrieval else "eager",
+        "decoder": "light" if world.vae.config.pruning_rate else "full",
         "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
         "steps": args.steps, "frames_per_segment": n,
         "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),

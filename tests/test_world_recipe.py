@@ -105,6 +105,33 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
 
 
 @pytest.mark.slow
+def test_the_shipped_light_decoder_decodes_the_same_latents_with_a_quarter_of_the_channels(
+    built,
+):
+    from matrixgame.worlds import load
+    from matrixgame.worlds.shipped import has_light
+
+    ship = built["ship"]
+    assert has_light(ship)
+    light, full = load(ship, light=True), load(ship)
+    config = json.loads((ship / "config.json").read_text())["light"]
+    assert config["pruning_rate"] == 0.75 and config["step"] == 2
+    assert {"psnr", "full_psnr"} <= set(config["figures"])
+    assert light.vae.config.pruning_rate == 0.75
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert count(light.vae.decoder) < count(full.vae.decoder) / 4  # widths / 4: ~1/16
+    assert torch.equal(light.vae.encoder.conv1.weight, full.vae.encoder.conv1.weight)
+    assert torch.equal(light.dit.patch_embedding.weight, full.dit.patch_embedding.weight)
+    z = torch.randn(1, light.vae.config.z_dim, 2, 4, 6)
+    with torch.no_grad():
+        assert light.vae.decode(z).shape == full.vae.decode(z).shape == (1, 3, 3, 32, 48)
+    assert "**Light decoder**" in (ship / "README.md").read_text()
+
+
+@pytest.mark.slow
 def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
     from matrixgame.inference.session import WorldSession
     from matrixgame.worlds import load
@@ -154,7 +181,7 @@ def test_a_student_is_refused_where_none_ships_and_a_bad_schedule_named(built, t
 
 @pytest.mark.slow
 def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path):
-    from matrixgame.worlds.shipped import load_world
+    from matrixgame.worlds.shipped import component_weights, load_world
 
     work, ship = tmp_path / "fresh", tmp_path / "ship"
     shutil.copytree(built["ship"], ship)
@@ -165,6 +192,7 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((work / "recipe.json").read_text())
     assert state["stages"]["vae"].get("from_shipped") is True
+    assert state["stages"]["light"].get("from_shipped") is True  # taken as shipped
     steps = _logged_steps(work / "dit")
     assert steps[0] > 8 and steps[-1] == 10  # counted on from the shipped step
     decoder = _logged_steps(work / "decoder")
@@ -178,7 +206,16 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     kept = ship / "next"
     config = json.loads((kept / "config.json").read_text())
     assert config["dit"]["step"] == 10 and config["student"]["step"] == 6
+    # the training log goes on where the shipped world's left off (it survives a fresh clone)
+    shipped_log = json.loads((ship / "config.json").read_text())["training_log"]
+    assert shipped_log and shipped_log == built_log(built)
+    assert config["training_log"][: len(shipped_log)] == shipped_log
+    assert config["training_log"][-1]["trained"]["dit"] == 10
     assert (kept / "critic.safetensors").exists() and not (ship / "critic.safetensors").exists()
+    assert config["light"] == json.loads((ship / "config.json").read_text())["light"]
+    light = [component_weights(f, "light") for f in (kept, ship)]
+    assert light[0].keys() == light[1].keys()
+    assert all(torch.equal(light[0][k], light[1][k]) for k in light[0])
     assert load_world(kept).step == 10 and load_world(kept, student=True).step == 6
     more = ("--dit-steps", "10", "--decoder-steps", "6", "--student-multi-steps", "5",
             "--until", "student")  # fmt: skip
@@ -195,6 +232,38 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert _logged_steps(again / "student") == [6]
     config = json.loads((kept / "config.json").read_text())
     assert config["dit"]["step"] == 12 and config["student"]["step"] == 8
+    log = config["training_log"]  # the kept log, continued by a third work folder
+    assert len(log) == len(shipped_log) + 3 and log[-1]["trained"]["dit"] == 12
+
+
+def built_log(built) -> list[dict]:
+    """The training log of the fixture's build (its recipe.json's rows)."""
+    return json.loads((built["work"] / "recipe.json").read_text())["sessions"]
+
+
+@pytest.mark.slow
+def test_a_light_decoder_of_the_shipped_decoder_ships_beside_it_at_once(built, tmp_path):
+    from matrixgame.worlds import load
+
+    work, ship = tmp_path / "fresh", tmp_path / "ship"
+    shutil.copytree(built["ship"], ship, ignore=shutil.ignore_patterns("next"))
+    (ship / "light.safetensors").unlink()
+    config = json.loads((ship / "config.json").read_text())
+    del config["light"]
+    (ship / "config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in ship.glob("*.safetensors")}
+    more = ("--until", "light", "--light-steps", "3")
+    done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _logged_steps(work / "light")[-1] == 3
+    shipped = json.loads((ship / "config.json").read_text())
+    assert shipped["light"]["step"] == 3 and shipped["light"]["decoder_step"] == 4
+    assert {k: v for k, v in shipped.items() if k not in ("light", "training_log")} == \
+        {k: v for k, v in config.items() if k != "training_log"}  # fmt: skip
+    assert shipped["training_log"][-1]["trained"] == {"light": 3}
+    assert all((ship / n).read_bytes() == b for n, b in before.items())  # nothing else moved
+    assert load(ship, light=True).vae.config.pruning_rate == 0.75
+    assert "**Light decoder**" in (ship / "README.md").read_text()
 
 
 def test_the_decoder_continues_a_folders_fine_tuning_only_where_it_had_some(tmp_path):
@@ -292,6 +361,25 @@ def test_load_names_missing_worlds(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a matrixgame-world/1 config"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("log, says", [
+    ({"date": "x"}, r"training_log must be a list"),
+    (["row"], r"training_log\[0\] must be an object"),
+    ([{"date": 1}], r"training_log\[0\]\.date must be a string"),
+    ([{"date": "d", "device": "cpu", "threads": 1, "seconds": "1", "trained": {},
+       "steps": {}}], r"training_log\[0\]\.seconds must be a number"),
+    ([{"date": "d", "device": "cpu", "threads": 1, "seconds": 1, "trained": {}, "steps": {},
+       "figures": {"psnr": "high"}}], r"training_log\[0\]\.figures must be an object with"),
+])  # fmt: skip
+def test_a_malformed_training_log_is_named(tmp_path, log, says):
+    from matrixgame.worlds import world_folder
+    from matrixgame.worlds.shipped import read_config
+
+    config = json.loads((world_folder("doom-e1m1") / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "training_log": log}))
+    with pytest.raises(ValueError, match=says):
+        read_config(tmp_path)
 
 
 def test_a_new_version_of_a_world_neither_continues_an_old_build_nor_its_shipped_weights(

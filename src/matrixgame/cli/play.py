@@ -13,6 +13,9 @@ def _world_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", action="store_true",
                    help="the world's distilled few-step student in place of its world model "
                         "(where it ships one: see its model card)")  # fmt: skip
+    p.add_argument("--light", action="store_true",
+                   help="the world's light decoder (channels pruned, distilled) in place of "
+                        "its full one: faster decoding (where it ships one)")  # fmt: skip
     p.add_argument("--steps", type=int, help="sampler steps per segment (default: the world's)")
     p.add_argument("--int8", choices=("auto", "off"), default="auto",
                    help="INT8 attention projections where this CPU/GPU has fast int8 "
@@ -79,8 +82,12 @@ def _open(args: argparse.Namespace):
     if args.steps is not None and not 1 <= args.steps <= 100:
         raise ValueError(f"--steps must lie in 1..100, got {args.steps}")
     folder = world_folder(args.world)
-    world = load_world(folder, student=args.student)
-    info = {"capability": cpu_capability(), "int8": "off"}
+    world = load_world(folder, student=args.student, light=args.light)
+    info = {
+        "capability": cpu_capability(),
+        "int8": "off",
+        "decoder": "light" if args.light else "full",
+    }
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
 
@@ -102,7 +109,10 @@ def _run_play(args: argparse.Namespace) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"matrixgame play: listening on {args.host}: anyone who reaches this address "
               "can play (and use this machine's CPU)")  # fmt: skip
-    print(f"matrixgame play: {world.name} ({info['capability']}; int8: {info['int8']})")
+    print(
+        f"matrixgame play: {world.name} ({info['capability']}; int8: {info['int8']}; "
+        f"decoder: {info['decoder']})"
+    )
     run(PlayServer(world, starts, config, info), args.host, args.port, not args.no_browser)
 
 

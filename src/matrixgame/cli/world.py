@@ -21,6 +21,9 @@ Train a default world end to end, resuming wherever the last call stopped:
   vae      the autoencoder (reconstruction), early-stopped on held-out PSNR
   latents  latent statistics, then every clip encoded once
   decoder  the decoder fine-tuned adversarially on noisy latents (encoder frozen)
+  light    the decoder pruned by 75% and distilled against it (MG-LightVAE): the
+           real-time decoder of `play --light`; one distilled from the shipped
+           decoder ships beside it at once
   dit      the world model (error-aware, memory-augmented flow matching)
   student  its few-step student (DMD: cold start, then multi-segment rollouts),
            from the world model as trained when this stage runs (--only student
@@ -47,6 +50,7 @@ CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
                             "world model side by side, one process each")  # fmt: skip
     build.add_argument("--vae-steps", type=int, help="autoencoder steps (target)")
     build.add_argument("--decoder-steps", type=int, help="decoder fine-tuning steps (target)")
+    build.add_argument("--light-steps", type=int, help="light decoder steps (target)")
     build.add_argument("--dit-steps", type=int, help="world-model steps (target)")
     build.add_argument("--student-multi-steps", type=int,
                        help="the student's multi-segment steps (target, after its cold "
@@ -72,7 +76,7 @@ def _run_build(args: argparse.Namespace) -> None:
     if args.hours is not None and args.hours <= 0:
         raise ValueError("--hours must be positive")
     spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
-                     dit_steps=args.dit_steps, frames=args.frames,
+                     light_steps=args.light_steps, dit_steps=args.dit_steps, frames=args.frames,
                      student_multi_steps=args.student_multi_steps,
                      eval_clips=args.eval_clips)  # fmt: skip
     recipe = Recipe(spec, args.work, args.hours, args.workers, args.ship_to)

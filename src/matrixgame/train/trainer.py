@@ -171,6 +171,7 @@ class Trainer:
         self.stopped = None
         if not self.resume() and self.step >= cfg.steps:
             self.save()  # started at its target (weights given at their step): a run as trained
+        self.first_step = self.step  # where this call started (it trained if step moved on)
         bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not progress or self.rank != 0, desc="train"
         )

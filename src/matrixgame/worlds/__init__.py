@@ -1,8 +1,8 @@
 """Shipped worlds and the recipe that trains them.
 
 ``load("doom-e1m1")`` returns the ready default world (:mod:`.shipped`); :mod:`.recipe` is
-`matrixgame world build` (record, autoencoder, latents, decoder, world model, evaluation,
-shipping); :mod:`.card` writes the model card.
+`matrixgame world build` (record, autoencoder, latents, decoder, light decoder, world
+model, student, evaluation, shipping); :mod:`.card` writes the model card.
 """
 
 from matrixgame.worlds.shipped import load_world as load

@@ -150,7 +150,7 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
         )
     lines += ["", "## Reproduce", "", "```bash",
               "make world            # matrixgame world build: resumes; --hours H bounds a call",
-              f"matrixgame eval {folder.as_posix()} --data runs/world/eval-data "
+              f"matrixgame eval {_where(folder)} --data runs/world/eval-data "
               "--idm runs/world/idm --out runs/world/report", "```", ""]  # fmt: skip
     path = folder / "README.md"
     atomic_write_text(path, "\n".join(lines))
@@ -234,10 +234,27 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
         f"{config['sampler']['shift']}.",
+        *_light_line(config),
         "- **Weights**: bf16 safetensors (`vae`, `dit`"
         f"{', `discriminator`' if config.get('decoder_step') != 0 else ''}"
-        f"{', `student`' if config.get('student') else ''}), `config.json`.",
+        f"{', `student`' if config.get('student') else ''}"
+        f"{', `light`' if config.get('light') else ''}), `config.json`.",
     ]
+
+
+def _light_line(config: dict) -> list[str]:
+    """The light decoder, where the world ships one: how it was made, its held-out PSNR."""
+    light = config.get("light")
+    if not light:
+        return []
+    f = light.get("figures") or {}
+    psnr = (f" Held-out PSNR {f['psnr']:.2f} dB against the full decoder's "
+            f"{f['full_psnr']:.2f}." if "psnr" in f and "full_psnr" in f else "")  # fmt: skip
+    return [f"- **Light decoder** (`light`): the decoder's channels pruned by "
+            f"{100 * light['pruning_rate']:.0f}% (MG-LightVAE), distilled {light.get('step')} "
+            f"steps against the decoder at step {light.get('decoder_step')}.{psnr} For play "
+            f"on CPUs without fast low-precision paths: `matrixgame play --light`, "
+            f"`load(name, light=True)`."]  # fmt: skip
 
 
 def _trained(row: dict) -> str:
@@ -256,6 +273,16 @@ def _decoder_line(config: dict) -> str:
         return f"{encoder} steps (reconstruction); no adversarial decoder fine-tuning yet"
     return (f"{encoder} steps (reconstruction), then the decoder {decoder} steps of "
             f"adversarial fine-tuning on noisy latents (encoder frozen)")  # fmt: skip
+
+
+def _where(folder: Path) -> str:
+    """The world folder as the card's commands name it: ``worlds/NAME`` from the checkout's
+    root for a shipped world (never this machine's absolute path), else as given."""
+    from matrixgame.worlds.shipped import worlds_root
+
+    if folder.resolve().parent == worlds_root().resolve():
+        return f"worlds/{folder.name}"
+    return folder.as_posix()
 
 
 def _num(x, digits: int = 2) -> str:

@@ -38,15 +38,16 @@ import torch
 from matrixgame.io import atomic_write_text
 from matrixgame.worlds import shipped
 
-STAGES = ("record", "vae", "latents", "decoder", "dit", "student", "idm", "eval", "ship")
+STAGES = ("record", "vae", "latents", "decoder", "light", "dit", "student", "idm", "eval", "ship")
 PREREQUISITES = {
     "record": (), "vae": ("record",), "latents": ("record", "vae"),
-    "decoder": ("record", "vae", "latents"), "dit": ("record", "vae", "latents"),
+    "decoder": ("record", "vae", "latents"), "light": ("record", "vae"),
+    "dit": ("record", "vae", "latents"),
     "student": ("record", "vae", "latents", "dit"),
     "idm": ("record",), "eval": ("latents", "idm"), "ship": ("eval",),
 }  # fmt: skip
-STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "dit": "dit_steps",
-                "student": "student_steps", "idm": "idm_steps"}  # fmt: skip
+STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "light": "light_steps",
+                "dit": "dit_steps", "student": "student_steps", "idm": "idm_steps"}  # fmt: skip
 # training stages that the evaluation can take as they are when a call runs out of time (and
 # that a later stage, run with --only, may start from once they have a checkpoint)
 CONTINUED = ("decoder", "dit", "student")
@@ -86,6 +87,11 @@ class WorldSpec:
     # 200 steps (d_real 1.3, d_fake -1.1, the adaptive weight fell to 3e-4: no adversarial
     # signal); with gamma 1 it learns, and wins again by step 500 (BENCHMARKS.md, 2026-12-02)
     decoder_r1: float = 1.0
+    # the light decoder (MG-LightVAE): the decoder's channels pruned by this share, then
+    # distilled against it, for real-time play on CPUs without fast low-precision paths
+    light_rate: float = 0.75
+    light_steps: int = 2000
+    light_lr: float = 1e-4
     dit_preset: str = "doom-2x"
     dit_steps: int = 40_000
     dit_batch: int = 8
@@ -142,6 +148,7 @@ SPECS = {
         width=48,
         vae_steps=6,
         decoder_steps=4,
+        light_steps=2,
         dit_steps=8,
         dit_batch=2,
         student_cold_steps=2,
@@ -198,7 +205,10 @@ class Recipe:
         path = self.work / "recipe.json"
         if path.exists():
             return json.loads(path.read_text())
-        return {"spec": asdict(self.spec), "stages": {}, "sessions": []}
+        # a fresh work folder continues the training log of the version it continues
+        seed = self.seed_folder("dit")
+        log = shipped.read_config(seed).get("training_log", []) if seed is not None else []
+        return {"spec": asdict(self.spec), "stages": {}, "sessions": log}
 
     def _save_state(self) -> None:
         atomic_write_text(self.work / "recipe.json", json.dumps(self.state, indent=1))
@@ -281,9 +291,11 @@ class Recipe:
             if result is False and stage not in CONTINUED:  # ran out of time mid-stage
                 break
         self._log_session(self.trained, time.monotonic() - start)
-        if self.card is not None:
+        if self.card is not None:  # shipped: its config and card carry this call's row too
             from matrixgame.worlds.card import write_card
 
+            config = shipped.read_config(self.ship_to)
+            shipped.write_config(self.ship_to, {**config, "training_log": self.state["sessions"]})
             write_card(self.ship_to, self.state, *self.card)
         self.keep()
         return self.state
@@ -358,6 +370,49 @@ class Recipe:
         stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
         trainer = train_decoder(job, self.train_deadline, stop)
         return self._finish("decoder", trainer, s.decoder_steps)
+
+    def stage_light(self):
+        """The decoder pruned by ``light_rate`` and distilled against the world's decoder as it
+        is when this stage runs (MG-LightVAE); a fresh clone takes the kept or shipped one."""
+        from matrixgame.accel.light_vae import LightVAEJob, train_light_vae
+        from matrixgame.train.runs import latest_weights
+
+        s, out = self.spec, self.path("light")
+        seed = self.seed_folder("light")
+        if not _has_checkpoint(out) and seed is not None:
+            self._mark("light", done=True, from_shipped=True, seed=str(seed))
+            return None
+        teacher = self.vae_run()
+        job = LightVAEJob(data=str(self.path("record")), vae=str(teacher), out=str(out),
+                          rate=s.light_rate, steps=s.light_steps, batch_size=s.vae_batch,
+                          frames=s.vae_frames, lr=s.light_lr,
+                          checkpoint_every=s.checkpoint_every, cpu_bf16=self.cpu_bf16)  # fmt: skip
+        trainer = train_light_vae(job, self.train_deadline)
+        figures = {"psnr": vae_heldout_psnr(out, self.heldout),
+                   "full_psnr": vae_heldout_psnr(teacher, self.heldout)}  # fmt: skip
+        step = _run_decoder_step(teacher, latest_weights(teacher, model="vae")[1])
+        self._mark("light", decoder_step=step, figures=figures)
+        result = self._finish("light", trainer, s.light_steps)
+        if result is None:  # finished (not cut by the deadline)
+            self._ship_light(step)
+        return result
+
+    def _ship_light(self, decoder_step: int) -> None:
+        """A light decoder distilled from the shipped decoder (the same encoder and decoder
+        steps) ships beside it at once: it changes none of the world's figures."""
+        if not self._holds(self.ship_to, "vae"):
+            return
+        config = shipped.read_config(self.ship_to)
+        if (config.get("encoder_step"), _decoder_step(self.ship_to)) != (
+            self._step("vae"),
+            decoder_step,
+        ):
+            return
+        light = self._export_light(self.ship_to)
+        shipped.write_config(self.ship_to, {**config, "light": light})
+        self.progress(f"[light] shipped beside the world in {self.ship_to}")
+        if self.card is None:  # the card at the run's end, with the figures it has
+            self.card = (None, None, None)
 
     def stage_dit(self):
         from matrixgame.train.jobs import DiTJob, train_dit
@@ -538,6 +593,9 @@ class Recipe:
         s = self.spec
         if config["vae"]["preset"] != s.vae_preset:
             return False  # another autoencoder: neither its decoder nor its world model fit
+        if component == "light":
+            light = config.get("light")
+            return isinstance(light, dict) and light.get("pruning_rate") == s.light_rate
         if component in ("dit", "student"):
             if component == "student" and not isinstance(config.get("student"), dict):
                 return False
@@ -551,7 +609,8 @@ class Recipe:
         done = trainer.step >= target or trainer.stopped == "stop"
         self._mark(stage, done=done, step=trainer.step, stopped=trainer.stopped,
                    logs=_scalars(trainer.last_logs))  # fmt: skip
-        self.trained[stage] = trainer.step
+        if trainer.step > trainer.first_step:  # a run seeded at its target trained nothing
+            self.trained[stage] = trainer.step
         return False if trainer.stopped == "deadline" else None
 
     def _stale(self, stage: str) -> bool:
@@ -656,11 +715,10 @@ class Recipe:
         shipped.save_component(folder, "vae", sub_state(vae_state, prefix))
         if prefix:  # the decoder stage's run: its discriminator continues with it
             shipped.save_component(folder, "discriminator", sub_state(vae_state, "disc."))
-            decoder_step = _latest_step(vae_run)
-        else:  # an autoencoder run (or one seeded from a world folder)
-            if _folder_preset(folder) != s.vae_preset:  # another version's discriminator
-                (folder / "discriminator.safetensors").unlink(missing_ok=True)
-            decoder_step = vae_cfg.get("decoder_step", 0)
+        elif _folder_preset(folder) != s.vae_preset:  # an autoencoder run (or one seeded from
+            # a world folder) over another version's folder: its discriminator goes
+            (folder / "discriminator.safetensors").unlink(missing_ok=True)
+        decoder_step = _run_decoder_step(vae_run, vae_cfg)
         dit_state, dit_cfg = latest_weights(self.path("dit"), model="dit")
         shipped.save_component(folder, "dit", dit_state)
         config = shipped.world_config(
@@ -669,7 +727,7 @@ class Recipe:
             {"name": "euler", "steps": s.sampler_steps, "shift": s.shift},
             encoder_step=_latest_step(self.path("vae")), figures=figures,
             decoder_step=decoder_step,
-            frame_skip=s.frame_skip, maps=list(s.maps),
+            frame_skip=s.frame_skip, maps=list(s.maps), training_log=self.state["sessions"],
         )  # fmt: skip
         student = self.student_run()
         (folder / "critic.safetensors").unlink(missing_ok=True)
@@ -687,8 +745,32 @@ class Recipe:
             }  # fmt: skip
         else:
             (folder / "student.safetensors").unlink(missing_ok=True)
+        light = self._export_light(folder)
+        if light is not None:
+            config["light"] = light
         shipped.write_config(folder, config)
         shipped.save_starts(folder, self.starts())
+
+    def _export_light(self, folder: Path) -> dict | None:
+        """Write the light decoder into ``folder`` (from its run, or the folder a fresh work
+        folder took it from); its config.json entry, None where there is none."""
+        from matrixgame.train.runs import latest_weights, sub_state
+
+        run, info = self.path("light"), self.state["stages"].get("light", {})
+        if _has_checkpoint(run):
+            state, cfg = latest_weights(run, model="vae")
+            shipped.save_component(folder, "light", sub_state(state, cfg["weights_prefix"]))
+            return {"pruning_rate": cfg["pruning_rate"], "step": _latest_step(run),
+                    "decoder_step": info.get("decoder_step"),
+                    "figures": info.get("figures", {})}  # fmt: skip
+        seed = Path(info["seed"]) if info.get("from_shipped") else None
+        if seed is not None and (seed / "light.safetensors").exists():
+            light = shipped.read_config(seed)["light"]
+            if seed.resolve() != folder.resolve():
+                shipped.save_component(folder, "light", shipped.component_weights(seed, "light"))
+            return light
+        (folder / "light.safetensors").unlink(missing_ok=True)
+        return None
 
     def starts(self, count: int = 4) -> list:
         """Session starts from the held-out trajectories: each one's first full window of
@@ -851,6 +933,14 @@ def _decoder_step(folder: Path) -> int:
         return int(config["decoder_step"])
     step = int(config["vae"].get("step", 0))
     return step if step != int(config.get("encoder_step", -1)) else 0
+
+
+def _run_decoder_step(run: Path, config: dict) -> int:
+    """The adversarial steps of a VAE run's decoder: the decoder stage's own step, else what
+    the run's ``config`` says (a run seeded from a world folder), else 0."""
+    if config.get("weights_prefix"):  # the decoder stage's run
+        return _latest_step(run)
+    return int(config.get("decoder_step") or 0)
 
 
 def _folder_preset(folder: Path) -> str | None:

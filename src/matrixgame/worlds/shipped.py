@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from matrixgame.io import atomic_path, atomic_write_text
 
 WORLD_FORMAT = "matrixgame-world/1"
-COMPONENTS = ("vae", "dit", "discriminator", "student", "critic")  # critic: kept, not shipped
+# critic: kept, not shipped; light: the VAE with its decoder pruned (encoder unchanged)
+COMPONENTS = ("vae", "dit", "discriminator", "student", "critic", "light")
 START_KEYS = ("latents", "c2w", "frame_c2w", "keyboard", "mouse", "K")
 
 
@@ -129,6 +130,36 @@ def _check_config(config: dict, path: Path) -> None:
     if "student" in config:
         _check_sampler(config["student"].get("sampler") if isinstance(config["student"], dict)
                        else None, "student.sampler", fail, number)  # fmt: skip
+    _check_log(config.get("training_log", []), fail)
+    if "light" in config:
+        light = config["light"]
+        if not isinstance(light, dict) or light.get("pruning_rate") not in (0.5, 0.75):
+            raise fail("light.pruning_rate must be 0.5 or 0.75 (MG-LightVAE's)")
+
+
+# a training-log row's fields, their types and how an error names them (the recipe's rows;
+# the model card prints them)
+LOG_FIELDS = {"date": (str, "a string"), "device": (str, "a string"),
+              "threads": (int, "an integer"), "seconds": (int | float, "a number"),
+              "trained": (dict, "an object"), "steps": (dict, "an object")}  # fmt: skip
+
+
+def _check_log(log, fail) -> None:
+    """The training log (a row per recipe call), which a fresh work folder continues."""
+    if not isinstance(log, list):
+        raise fail("training_log must be a list of rows")
+    for i, row in enumerate(log):
+        if not isinstance(row, dict):
+            raise fail(f"training_log[{i}] must be an object")
+        for key, (kind, says) in LOG_FIELDS.items():
+            value = row.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise fail(f"training_log[{i}].{key} must be {says}, got {value!r:.40}")
+        figures = row.get("figures") or {}
+        numbers = isinstance(figures, dict) and all(
+            isinstance(figures.get(k, 0.0), int | float) for k in ("psnr", "ssim"))  # fmt: skip
+        if not numbers:
+            raise fail(f"training_log[{i}].figures must be an object with numbers")
 
 
 def _check_sampler(sampler, name: str, fail, number) -> None:
@@ -178,11 +209,14 @@ def write_config(folder: str | Path, config: dict) -> Path:
     return path
 
 
-def build_vae(config: dict):
-    """The world's VAE (fp32, eval mode) with its latent statistics, weights not loaded."""
+def build_vae(config: dict, light: bool = False):
+    """The world's VAE (fp32, eval mode) with its latent statistics, weights not loaded;
+    ``light``: with its light (pruned) decoder."""
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
 
     spec = config["vae"]
+    if light:
+        spec = {**spec, "pruning_rate": config["light"]["pruning_rate"]}
     preset = replace(VAE_PRESETS[spec["preset"]], latent_mean=tuple(spec["latent_mean"]),
                      latent_std=tuple(spec["latent_std"]))  # fmt: skip
     if spec.get("pruning_rate"):  # a light decoder beside the full encoder
@@ -202,11 +236,17 @@ def has_student(name_or_path: str | Path) -> bool:
     return (folder / "student.safetensors").exists() and "student" in read_config(folder)
 
 
-def load_world(name_or_path: str | Path, student: bool = False):
+def has_light(name_or_path: str | Path) -> bool:
+    """Whether a shipped world ships a light (pruned) decoder beside its full one."""
+    folder = world_folder(name_or_path)
+    return (folder / "light.safetensors").exists() and "light" in read_config(folder)
+
+
+def load_world(name_or_path: str | Path, student: bool = False, light: bool = False):
     """The ready world (:class:`matrixgame.train.runs.World`) of a shipped folder: DiT and VAE
     in fp32 on the CPU, the training window, frame size; ``meta`` is its config.json.
     ``student``: the distilled few-step student in place of the world model (``meta``'s
-    sampler is then the student's)."""
+    sampler is then the student's); ``light``: the light decoder in place of the full one."""
     from matrixgame.data.windows import WindowConfig
     from matrixgame.models.loading import load_checked
     from matrixgame.train.runs import World
@@ -215,9 +255,11 @@ def load_world(name_or_path: str | Path, student: bool = False):
     config = read_config(folder)
     if student and "student" not in config:
         raise ValueError(f"{folder}: this world ships no student (config.json has none)")
-    vae, dit = build_vae(config), build_dit(config)
+    if light and "light" not in config:
+        raise ValueError(f"{folder}: this world ships no light decoder (config.json has none)")
+    vae, dit = build_vae(config, light), build_dit(config)
     dit_file = "student" if student else "dit"
-    for component, model in (("vae", vae), (dit_file, dit)):
+    for component, model in (("light" if light else "vae", vae), (dit_file, dit)):
         state = component_weights(folder, component)
         if state is None:
             raise ValueError(f"{folder}: {component}.safetensors is missing")
