@@ -5,6 +5,7 @@ that key, frames dropped, how many frames wait in the page's queue (a growing qu
 be growing lag), and the server's DiT and decode time per segment.
 
     python benchmarks/play.py [--world doom-e1m1] [--seconds 300] [--int8 auto|off]
+                              [--student] [--steps N] [--light]
 
 The player holds W for 2 s, lets go for 1 s, turns with the mouse, and repeats; each key
 press is a latency sample. FPS and queue are sampled every 5 s; the table compares the
@@ -53,7 +54,7 @@ def play(page, seconds: float) -> list[dict]:
 
 def prepare(args) -> tuple:
     """The world, with INT8 where it pays (on the server's torch thread)."""
-    world = load_world(args.world, student=args.student)
+    world = load_world(args.world, student=args.student, light=args.light)
     int8 = "off"
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
@@ -73,6 +74,9 @@ def main() -> None:
         "--student",
         action="store_true",
         help="the world's few-step student (as `matrixgame play --student`)",
+    )
+    parser.add_argument(
+        "--light", action="store_true", help="the world's light decoder (as `play --light`)"
     )
     parser.add_argument(
         "--steps", type=int, help="sampler steps per segment (default: the world's or student's)"
@@ -107,7 +111,8 @@ def main() -> None:
              "queued frames": max(s["queued"] for s in part)}
             for name, part in (("first", first), ("last", last))]  # fmt: skip
     print(f"{world.name}: {args.seconds:.0f} s in Chromium, world at {server.fps} fps, "
-          f"steps {args.steps or 'default'}, int8 {int8}, last segment {segment}")  # fmt: skip
+          f"steps {args.steps or 'default'}, int8 {int8}, "
+          f"decoder {'light' if args.light else 'full'}, last segment {segment}")  # fmt: skip
     print_table(rows, ["window", "FPS", "queued frames"])
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else None
     print(f"key press -> frame: median {statistics.median(lat):.0f} ms, p90 {p90:.0f} ms, "
@@ -115,6 +120,7 @@ def main() -> None:
           f"{stats['frames']}, dropped {stats['dropped']} (page) + "
           f"{stats['serverDropped']} segments (server)")  # fmt: skip
     write_json("play", {"machine": machine(), "world": world.name, "steps": args.steps,
+                        "light": args.light,
                         "seconds": args.seconds,
                         "world_fps": server.fps, "int8": int8, "samples": samples,
                         "latencies_ms": lat, "rows": rows, "frames": stats["frames"],

@@ -41,3 +41,17 @@ def test_the_default_world_decodes_and_steps_on_the_cpu():
     assert seg.frames.shape == (session.frames_per_step, world.height, world.width, 3)
     assert torch.isfinite(seg.latents).all()
     assert seg.frames.std() > 2  # an image, not a flat field
+
+
+def test_the_default_worlds_light_decoder_decodes_a_start_close_to_the_full_one():
+    from matrixgame.inference.session import decode_frames
+    from matrixgame.models.vae import FeatureCache
+
+    light, full = load(NAME, light=True), load(NAME)
+    assert light.vae.config.pruning_rate == 0.75
+    latents = load_starts(NAME)[0].latents
+    frames = [decode_frames(w.vae, latents, FeatureCache()).astype(np.float64)
+              for w in (light, full)]  # fmt: skip
+    assert frames[0].shape == frames[1].shape
+    mse = np.mean((frames[0] - frames[1]) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 28  # the same scene (32 dB at 600 steps)

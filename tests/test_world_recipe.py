@@ -260,7 +260,9 @@ def test_a_light_decoder_of_the_shipped_decoder_ships_beside_it_at_once(built, t
     assert shipped["light"]["step"] == 3 and shipped["light"]["decoder_step"] == 4
     assert {k: v for k, v in shipped.items() if k not in ("light", "training_log")} == \
         {k: v for k, v in config.items() if k != "training_log"}  # fmt: skip
-    assert shipped["training_log"][-1]["trained"] == {"light": 3}
+    row = shipped["training_log"][-1]
+    assert row["trained"] == {"light": 3}  # the steps of the version it continues:
+    assert row["steps"] == {"vae": 6, "decoder": 4, "dit": 8, "student": 4}
     assert all((ship / n).read_bytes() == b for n, b in before.items())  # nothing else moved
     assert load(ship, light=True).vae.config.pruning_rate == 0.75
     assert "**Light decoder**" in (ship / "README.md").read_text()

@@ -817,10 +817,25 @@ class Recipe:
         figures = evaluated or self.state["stages"].get("ship", {}).get("figures")
         row = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds),
                "device": _device_name(), "threads": torch.get_num_threads(), "trained": trained,
-               "steps": {**{k: self._step(k) for k in ("vae", "decoder", "dit")},
-                         "student": self._student_step()},
+               "steps": self._version_steps(),
                "evaluated": evaluated is not None, "figures": figures}  # fmt: skip
         self._update(lambda state: state["sessions"].append(row))
+
+    def _version_steps(self) -> dict:
+        """The steps of the version this folder trains (the training log's): its runs', and
+        where a component has no run here yet, the folder's it continues from."""
+        from matrixgame.train.runs import latest_weights
+
+        seed = self.seed_folder("dit")
+        config = shipped.read_config(seed) if seed is not None else {}
+        run = self.vae_run()
+        decoder = _run_decoder_step(run, latest_weights(run, model="vae")[1]) \
+            if _has_checkpoint(run) else 0  # fmt: skip
+        student = self._student_step()
+        return {"vae": self._step("vae"), "decoder": decoder,
+                "dit": self._step("dit") or config.get("dit", {}).get("step", 0),
+                "student": student if student is not None else
+                (config.get("student") or {}).get("step")}  # fmt: skip
 
 
 class HeldoutStop:
