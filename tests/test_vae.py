@@ -82,7 +82,7 @@ def test_every_cpu_convolution_mode_decodes_and_trains_as_pytorch():
     vae = WanVAE(VAE_PRESETS["tiny"]).eval()
     z = torch.randn(1, 16, 3, 2, 3)
     x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
-    outs, grads = {}, {}
+    outs, grads, default = {}, {}, vae_module.CPU_CONV3D
     try:
         for mode in vae_module.CPU_CONV3D_MODES:
             vae_module.CPU_CONV3D = mode
@@ -92,7 +92,7 @@ def test_every_cpu_convolution_mode_decodes_and_trains_as_pytorch():
             vae.decode(vae.encode(x)).square().mean().backward()
             grads[mode] = torch.cat([p.grad.flatten() for p in vae.parameters()])
     finally:
-        vae_module.CPU_CONV3D = "frames"
+        vae_module.CPU_CONV3D = default
     for mode in ("frames", "onednn"):
         torch.testing.assert_close(outs[mode], outs["pytorch"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grads[mode], grads["pytorch"], atol=1e-5, rtol=1e-4)

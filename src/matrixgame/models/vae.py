@@ -172,8 +172,8 @@ def frames_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[
     """``F.conv3d(x, weight, bias, stride, groups=groups)`` (no padding, no dilation) as one 2D
     convolution: each output frame's window of ``kt`` input frames is stacked along the
     channels (channel-major, as the weight's ``[Cout, Cin, kt, kh, kw]``), so the kernel's
-    time axis folds into its input channels. The same sums in another order; on the CPU
-    oneDNN's 2D kernels run these shapes 2-5x faster than its 3D ones (benchmarks/vae_decode.py)."""
+    time axis folds into its input channels. The same sums in another order, by oneDNN's 2D
+    kernels and with autograd (:data:`CPU_CONV3D` says when it runs)."""
     b, c, _, h, w = x.shape
     kt = weight.shape[2]
     windows = x.unfold(2, kt, stride[0])  # [B, C, T', H, W, kt]
@@ -199,9 +199,12 @@ def _cpu_conv(x: Tensor, conv: nn.Conv3d) -> str:
     return "onednn" if onednn else "pytorch"
 
 
-# how CPU fp32 3D convolutions run: "frames" (time folded into channels: 2D convolutions,
-# with autograd), "onednn" (oneDNN's 3D kernel, inference only) or "pytorch"
-CPU_CONV3D = "frames"
+# how CPU fp32 3D convolutions run: "onednn" (oneDNN's 3D kernel at inference; training
+# takes PyTorch's), "frames" (time folded into channels: 2D convolutions, with autograd) or
+# "pytorch". On AVX2 (benchmarks/vae_decode.py, 2026-12-03) "frames" decoded no faster than
+# "onednn" (streaming doom-2x: 82 vs 80 FPS; whole clips 74 vs 87) and trained 10% slower
+# than PyTorch's route, so "onednn" is the default; the benchmark compares all three
+CPU_CONV3D = "onednn"
 CPU_CONV3D_MODES = ("frames", "onednn", "pytorch")
 
 
