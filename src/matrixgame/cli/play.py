@@ -7,9 +7,15 @@ import argparse
 import os
 
 
-def _world_arguments(p: argparse.ArgumentParser) -> None:
+def _world_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--world", default="doom-e1m1",
                    help="a shipped world's name or folder (default: doom-e1m1)")  # fmt: skip
+    p.add_argument("--mode", choices=("auto", "realtime", "quality"), default=mode,
+                   help="realtime: the world's student in one step with its light decoder "
+                        "(what it ships of them); quality: the world model with its own "
+                        "sampler and full decoder; auto: realtime on a CPU, quality on a "
+                        f"GPU (default: {mode}). --student, --light and --steps override "
+                        "it")  # fmt: skip
     p.add_argument("--student", action="store_true",
                    help="the world's distilled few-step student in place of its world model "
                         "(where it ships one: see its model card)")  # fmt: skip
@@ -33,7 +39,7 @@ def add_play(sub: argparse._SubParsersAction) -> None:
         "starts, the memory retrieved, a top-down trail with revisits marked, and MP4 "
         "recording. Binds to 127.0.0.1 unless --host says otherwise.",
     )
-    _world_arguments(p)
+    _world_arguments(p, "auto")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -63,7 +69,7 @@ keys: any of W, S, A, D held for the segment; mouse: (pitch, yaw) per frame in m
     )
     p.add_argument("script", help="action script (JSON)")
     p.add_argument("--out", required=True, help="the video (.mp4)")
-    _world_arguments(p)
+    _world_arguments(p, "quality")
     p.add_argument("--start", help="a shipped start (index or name; default 0) or an image file")
     p.add_argument("--poses", help="also write the frames' poses and each step's retrieved "
                                    "memory as JSON here")  # fmt: skip
@@ -82,11 +88,13 @@ def _open(args: argparse.Namespace):
     if args.steps is not None and not 1 <= args.steps <= 100:
         raise ValueError(f"--steps must lie in 1..100, got {args.steps}")
     folder = world_folder(args.world)
+    resolve_mode(args, folder, torch.cuda.is_available())
     world = load_world(folder, student=args.student, light=args.light)
     info = {
         "capability": cpu_capability(),
         "int8": "off",
-        "decoder": "light" if args.light else "full",
+        "mode": f"{args.mode}: {'student' if args.student else 'world model'}, "
+        f"{args.steps or 'its'} steps, {'light' if args.light else 'full'} decoder",
     }
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
@@ -95,6 +103,21 @@ def _open(args: argparse.Namespace):
         info["int8"] = (f"{report.backend}, {len(report.replaced)} layers" if report.quantized
                         else f"off ({report.reason})")  # fmt: skip
     return world, load_starts(folder), info
+
+
+def resolve_mode(args: argparse.Namespace, folder, cuda: bool) -> None:
+    """Set ``args.student``, ``args.light`` and ``args.steps`` from ``args.mode`` where the
+    flags left them open: real time is the student in one step (its trained first exit) with
+    the light decoder, where the world ships them; "auto" is real time without ``cuda``."""
+    from matrixgame.worlds.shipped import has_light, has_student
+
+    if args.mode == "auto":
+        args.mode = "quality" if cuda else "realtime"
+    if args.mode == "realtime":
+        args.student = args.student or has_student(folder)
+        args.light = args.light or has_light(folder)
+        if args.steps is None and args.student:
+            args.steps = 1
 
 
 def _run_play(args: argparse.Namespace) -> None:
@@ -111,7 +134,7 @@ def _run_play(args: argparse.Namespace) -> None:
               "can play (and use this machine's CPU)")  # fmt: skip
     print(
         f"matrixgame play: {world.name} ({info['capability']}; int8: {info['int8']}; "
-        f"decoder: {info['decoder']})"
+        f"mode {info['mode']})"
     )
     run(PlayServer(world, starts, config, info), args.host, args.port, not args.no_browser)
 

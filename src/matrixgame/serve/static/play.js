@@ -115,7 +115,11 @@ function toImage(buffer, at, w, h) {
 // -- drawing ----------------------------------------------------------------------------------
 
 function draw(now) {
-  const interval = state.info ? 1000 / state.info.fps : 57;
+  // more than a segment queued (jitter, or the start's frames): play a third faster until
+  // caught up, so a steady backlog does not add its length to every key's latency
+  const step = state.info ? state.info.frames_per_step : 4;
+  const interval = (state.info ? 1000 / state.info.fps : 57) *
+    (state.queue.length > step ? 0.75 : 1);
   if (state.queue.length && now >= state.nextDraw) {
     const item = state.queue.shift();
     ctx.putImageData(item.image, 0, 0);
