@@ -187,12 +187,12 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     shutil.copytree(built["ship"], ship)
     assert json.loads((ship / "config.json").read_text())["student"]["step"] == 4  # 2 + 2
     more = ("--dit-steps", "10", "--decoder-steps", "6", "--student-multi-steps", "4",
-            "--until", "student")  # fmt: skip
+            "--light-steps", "3", "--until", "student")  # fmt: skip
     done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((work / "recipe.json").read_text())
     assert state["stages"]["vae"].get("from_shipped") is True
-    assert state["stages"]["light"].get("from_shipped") is True  # taken as shipped
+    assert _logged_steps(work / "light") == [3]  # the shipped light decoder (2) continued
     steps = _logged_steps(work / "dit")
     assert steps[0] > 8 and steps[-1] == 10  # counted on from the shipped step
     decoder = _logged_steps(work / "decoder")
@@ -212,10 +212,12 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert config["training_log"][: len(shipped_log)] == shipped_log
     assert config["training_log"][-1]["trained"]["dit"] == 10
     assert (kept / "critic.safetensors").exists() and not (ship / "critic.safetensors").exists()
-    assert config["light"] == json.loads((ship / "config.json").read_text())["light"]
+    assert config["light"]["step"] == 3 and config["light"]["decoder_step"] == 6
+    # distilled from a decoder that moved on (6 steps, 4 shipped): not shipped beside it
+    assert json.loads((ship / "config.json").read_text())["light"]["step"] == 2
     light = [component_weights(f, "light") for f in (kept, ship)]
     assert light[0].keys() == light[1].keys()
-    assert all(torch.equal(light[0][k], light[1][k]) for k in light[0])
+    assert not all(torch.equal(light[0][k], light[1][k]) for k in light[0])
     assert load_world(kept).step == 10 and load_world(kept, student=True).step == 6
     more = ("--dit-steps", "10", "--decoder-steps", "6", "--student-multi-steps", "5",
             "--until", "student")  # fmt: skip
@@ -224,12 +226,13 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert _logged_steps(work / "student") == [3, 4, 5] and not (work / "student-cold").exists()
     again = tmp_path / "again"
     more = ("--dit-steps", "12", "--decoder-steps", "6", "--student-multi-steps", "6",
-            "--until", "student")  # fmt: skip
+            "--light-steps", "4", "--until", "student")  # fmt: skip
     done = subprocess.run(build(again, ship, *more), capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = _logged_steps(again / "dit")
     assert steps[0] > 10 and steps[-1] == 12
     assert _logged_steps(again / "student") == [6]
+    assert _logged_steps(again / "light") == [4]  # the kept one (3) continued
     config = json.loads((kept / "config.json").read_text())
     assert config["dit"]["step"] == 12 and config["student"]["step"] == 8
     log = config["training_log"]  # the kept log, continued by a third work folder

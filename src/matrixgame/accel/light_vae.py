@@ -409,12 +409,15 @@ class LightVAEJob:
     checkpoint_every: int = 200
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
+    init: str | None = None  # a light VAE's weights to continue (a world's light.safetensors)
+    start_step: int = 0  # the step count of the weights in init
 
 
 def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop = None) -> Trainer:
     """Prune the teacher's decoder by ``job.rate`` and distil it on the dataset's frames; the
     run reads back as a VAE (``trained_vae``) with the teacher's encoder and latents."""
     from matrixgame.data.dataset import ClipDataset
+    from matrixgame.train.jobs import _init_from
     from matrixgame.train.run_log import RunLog
     from matrixgame.train.vae_task import reconstruction_strip
 
@@ -433,6 +436,7 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
         clips = torch.stack([data[i]["frames"] for i in range(min(len(data), job.batch_size))])
         latents = teacher.encode(frames_to_model(clips.to(device), meta["height"], meta["width"]))
     student = prune_decoder(teacher, job.rate, latents).train()
+    _init_from(student, job.init)
     model = LightDistill(student, teacher, feature_channels(teacher, job.rate))
     del teacher, latents  # the student holds a copy of the encoder, the model the decoder
     task = LightDecoderTask(meta["height"], meta["width"], features=job.features)
@@ -442,6 +446,7 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
                          checkpoint_every=job.checkpoint_every, seed=job.seed,
                          cpu_bf16=job.cpu_bf16)  # fmt: skip
     trainer = Trainer(model, task, data, config, meta)
+    trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)
     probe = data[0]["frames"][None]
 

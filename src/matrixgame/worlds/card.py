@@ -252,9 +252,9 @@ def _light_line(config: dict) -> list[str]:
             f"{f['full_psnr']:.2f}." if "psnr" in f and "full_psnr" in f else "")  # fmt: skip
     return [f"- **Light decoder** (`light`): the decoder's channels pruned by "
             f"{100 * light['pruning_rate']:.0f}% (MG-LightVAE), distilled {light.get('step')} "
-            f"steps against the decoder at step {light.get('decoder_step')}.{psnr} For play "
-            f"on CPUs without fast low-precision paths: `matrixgame play --light`, "
-            f"`load(name, light=True)`."]  # fmt: skip
+            f"steps against the decoder at step {light.get('decoder_step')}.{psnr} "
+            f"`matrixgame play` decodes with it in its realtime mode (the default on a CPU; "
+            f"`--light`), `load(name, light=True)`."]  # fmt: skip
 
 
 def _trained(row: dict) -> str:

@@ -373,28 +373,33 @@ class Recipe:
 
     def stage_light(self):
         """The decoder pruned by ``light_rate`` and distilled against the world's decoder as it
-        is when this stage runs (MG-LightVAE); a fresh clone takes the kept or shipped one."""
+        is when this stage runs (MG-LightVAE); a fresh clone continues the kept or shipped
+        one at its step."""
         from matrixgame.accel.light_vae import LightVAEJob, train_light_vae
         from matrixgame.train.runs import latest_weights
 
         s, out = self.spec, self.path("light")
+        init, start = None, 0
         seed = self.seed_folder("light")
         if not _has_checkpoint(out) and seed is not None:
-            self._mark("light", done=True, from_shipped=True, seed=str(seed))
-            return None
+            light = shipped.read_config(seed)["light"]
+            init, start = str(seed / "light.safetensors"), int(light.get("step", 0))
+            self._mark("light", decoder_step=light.get("decoder_step"),
+                       figures=light.get("figures", {}))  # fmt: skip
         teacher = self.vae_run()
         job = LightVAEJob(data=str(self.path("record")), vae=str(teacher), out=str(out),
                           rate=s.light_rate, steps=s.light_steps, batch_size=s.vae_batch,
-                          frames=s.vae_frames, lr=s.light_lr,
+                          frames=s.vae_frames, lr=s.light_lr, init=init, start_step=start,
                           checkpoint_every=s.checkpoint_every, cpu_bf16=self.cpu_bf16)  # fmt: skip
         trainer = train_light_vae(job, self.train_deadline)
-        figures = {"psnr": vae_heldout_psnr(out, self.heldout),
-                   "full_psnr": vae_heldout_psnr(teacher, self.heldout)}  # fmt: skip
-        step = _run_decoder_step(teacher, latest_weights(teacher, model="vae")[1])
-        self._mark("light", decoder_step=step, figures=figures)
         result = self._finish("light", trainer, s.light_steps)
-        if result is None:  # finished (not cut by the deadline)
-            self._ship_light(step)
+        if "light" in self.trained:  # its figures and teacher, where this call trained it
+            figures = {"psnr": vae_heldout_psnr(out, self.heldout),
+                       "full_psnr": vae_heldout_psnr(teacher, self.heldout)}  # fmt: skip
+            step = _run_decoder_step(teacher, latest_weights(teacher, model="vae")[1])
+            self._mark("light", decoder_step=step, figures=figures)
+            if result is None:  # finished (not cut by the deadline)
+                self._ship_light(step)
         return result
 
     def _ship_light(self, decoder_step: int) -> None:
@@ -752,8 +757,8 @@ class Recipe:
         shipped.save_starts(folder, self.starts())
 
     def _export_light(self, folder: Path) -> dict | None:
-        """Write the light decoder into ``folder`` (from its run, or the folder a fresh work
-        folder took it from); its config.json entry, None where there is none."""
+        """Write the light decoder into ``folder`` (from its run, else from the folder a fresh
+        work folder would continue it from); its config.json entry, None where there is none."""
         from matrixgame.train.runs import latest_weights, sub_state
 
         run, info = self.path("light"), self.state["stages"].get("light", {})
@@ -763,14 +768,14 @@ class Recipe:
             return {"pruning_rate": cfg["pruning_rate"], "step": _latest_step(run),
                     "decoder_step": info.get("decoder_step"),
                     "figures": info.get("figures", {})}  # fmt: skip
-        seed = Path(info["seed"]) if info.get("from_shipped") else None
-        if seed is not None and (seed / "light.safetensors").exists():
-            light = shipped.read_config(seed)["light"]
-            if seed.resolve() != folder.resolve():
-                shipped.save_component(folder, "light", shipped.component_weights(seed, "light"))
-            return light
-        (folder / "light.safetensors").unlink(missing_ok=True)
-        return None
+        seed = self.seed_folder("light")
+        if seed is None:
+            (folder / "light.safetensors").unlink(missing_ok=True)
+            return None
+        light = shipped.read_config(seed)["light"]
+        if seed.resolve() != Path(folder).resolve():
+            shipped.save_component(folder, "light", shipped.component_weights(seed, "light"))
+        return light
 
     def starts(self, count: int = 4) -> list:
         """Session starts from the held-out trajectories: each one's first full window of
