@@ -93,8 +93,9 @@ def _open(args: argparse.Namespace):
     info = {
         "capability": cpu_capability(),
         "int8": "off",
-        "mode": f"{args.mode}: {'student' if args.student else 'world model'}, "
-        f"{args.steps or 'its'} steps, {'light' if args.light else 'full'} decoder",
+        "mode": f"{args.mode}: {'student' if args.student else 'world model'} in "
+        f"{args.steps or 'its own'} step{'' if args.steps == 1 else 's'}, "
+        f"{'light' if args.light else 'full'} decoder",
     }
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
