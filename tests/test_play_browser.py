@@ -1,16 +1,19 @@
 """The play page in a real browser: Debian's Chromium (headless, no network, no downloaded
-browser) driven by Playwright against `matrixgame play`'s server on the shipped default
-world. It holds W, moves the mouse under pointer lock, sees the frames and the pose respond,
-reads the page's FPS and key-to-frame latency, records a clip, and keeps a screenshot."""
+browser) driven by Playwright against `matrixgame play`'s server on the shipped default world,
+as it serves it on a CPU. It holds W, moves the mouse under pointer lock, sees the frames and
+the pose respond, reads the page's FPS and key-to-frame latency, records a clip, and keeps a
+screenshot."""
 
+import argparse
 import math
 import os
 from pathlib import Path
 
 import pytest
 
+from matrixgame.cli.play import resolve_mode
 from matrixgame.serve.app import PlayServer, ServeConfig, start_in_thread
-from matrixgame.worlds.shipped import load_starts, load_world
+from matrixgame.worlds.shipped import load_starts, load_world, world_folder
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -24,8 +27,13 @@ def url():
         f"{CHROMIUM} is missing: the browser test needs Debian's chromium "
         "(`make test` installs it: apt-get install chromium)"
     )
-    world = load_world("doom-e1m1")
-    server = PlayServer(world, load_starts("doom-e1m1"), ServeConfig(max_sessions=1))
+    # what `matrixgame play` serves on a CPU (its auto mode): the student in one step with
+    # the light decoder
+    args = argparse.Namespace(mode="auto", student=False, light=False, steps=None)
+    resolve_mode(args, world_folder("doom-e1m1"), cuda=False)
+    world = load_world("doom-e1m1", student=args.student, light=args.light)
+    server = PlayServer(world, load_starts("doom-e1m1"),
+                        ServeConfig(max_sessions=1, steps=args.steps))  # fmt: skip
     address, stop = start_in_thread(server)
     yield address
     stop()
