@@ -1,11 +1,12 @@
 """Real time on the CPU: a streaming WorldSession of the default world, end to end (DiT, memory
 retrieval, streaming decode), with memory pools of 1k and 10k latents, as the report's
-ablation: the full stack (INT8 attention projections where the CPU has fast int8, memory
-retrieval compiled), minus INT8, minus compile (retrieval eager), minus batched retrieval
-(a per-candidate Python loop like the release's), and with the decoder, then the DiT,
-compiled once the stream is steady (off in the full stack: the decoder did not pay on the
-CPUs measured, the DiT compiles for minutes). Where the world ships a light decoder, the full
-stack decodes with it and a "minus light decoder" row uses the full one.
+ablation. "full" is what `matrixgame play` runs: the DiT in bf16 where the CPU multiplies
+bf16 fast, else in float32 with INT8 attention projections where it has fast int8; memory
+retrieval compiled; the world's light decoder where it ships one. Then the stack minus each
+part (bf16, INT8, compile: retrieval eager, the light decoder: the full one), INT8 on top of
+bf16 (which play leaves out), every row's FPS with the retrieval looped per candidate like
+the release's, and the decoder, then the DiT, compiled once the stream is steady (off in the
+full stack: the decoder did not pay on the CPUs measured, the DiT compiles for minutes).
 
     python benchmarks/realtime.py [--world doom-e1m1] [--steps 3] [--segments 20] [--student]
 
@@ -22,8 +23,9 @@ import time
 import torch
 
 from common import median_ms, print_table, write_json
-from matrixgame.accel.capability import cpu_capability
+from matrixgame.accel.capability import cpu_capability, fast_int8
 from matrixgame.accel.int8 import Int8Linear, quantize_dit
+from matrixgame.accel.precision import cast_dit, model_dtype
 from matrixgame.geometry import pose_from_angles
 from matrixgame.geometry.frustum import overlap_sampled
 from matrixgame.inference.session import Start, WorldSession
@@ -98,31 +100,44 @@ def main() -> None:
     if args.retrieval_only:
         return retrieval_rows(load(args.world), args)
     light = has_light(args.world)
-    fp32 = load(args.world, student=args.student, light=light)
-    int8 = load(args.world, student=args.student, light=light)
-    report = quantize_dit(int8.dit)
+
+    def world(dtype: str = "auto", int8: str = "auto", decoder_light: bool = light):
+        """The world as `matrixgame play` prepares it (bf16 and int8 where they pay), or as
+        asked: ``int8`` "auto", "int8" (forced) or "off"."""
+        w = load(args.world, student=args.student, light=decoder_light)
+        precision = cast_dit(w.dit, dtype)
+        report = quantize_dit(w.dit, backend=int8) if int8 != "off" else None
+        return w, precision, report
+
+    full, precision, report = world()
     rows = []
-    full = int8 if report.quantized else fp32  # no fast int8: "minus INT8" is the full row
-    for pool in args.pools:  # "full": INT8 (where fast) and the retrieval compiled
-        for name, world, compiled in (("full", int8, True), ("minus INT8", fp32, True),
-                                      ("minus compile", full, False)):  # fmt: skip
-            if name == "full" and not report.quantized:
-                continue  # (the report says why)
-            rows.append(measure(world, pool, args, name, report, compile_retrieval=compiled))
-        if light:  # the full stack with the world's full decoder
-            heavy = load(args.world, student=args.student)
-            if report.quantized:
-                quantize_dit(heavy.dit)
-            rows.append(measure(heavy, pool, args, "minus light decoder", report,
+    for pool in args.pools:  # "full": what play runs (retrieval compiled, light decoder)
+        rows.append(measure(full, pool, args, "full", compile_retrieval=True))
+        if precision.dtype != torch.float32:  # float32 with and without int8, int8 on bf16
+            rows.append(measure(world("float32")[0], pool, args, "minus bf16",
                                 compile_retrieval=True))  # fmt: skip
+            if fast_int8():
+                rows.append(measure(world("float32", "off")[0], pool, args,
+                                    "minus bf16, minus INT8", compile_retrieval=True))  # fmt: skip
+                rows.append(measure(world(int8="int8")[0], pool, args, "plus INT8 on bf16",
+                                    compile_retrieval=True))  # fmt: skip
+        elif report.quantized:
+            rows.append(measure(world(int8="off")[0], pool, args, "minus INT8",
+                                compile_retrieval=True))  # fmt: skip
+        rows.append(measure(full, pool, args, "minus compile", compile_retrieval=False))
+        if light:  # the full stack with the world's full decoder
+            rows.append(measure(world(decoder_light=False)[0], pool, args,
+                                "minus light decoder", compile_retrieval=True))  # fmt: skip
     if not args.no_compile:  # the decoder, then the DiT, compiled once steady (inductor)
-        rows.append(measure(full, args.pools[0], args, "full + compiled decoder", report,
+        rows.append(measure(full, args.pools[0], args, "full + compiled decoder",
                             compile="inductor", compile_retrieval=True))  # fmt: skip
-        rows.append(measure(full, args.pools[0], args, "full + compiled DiT", report,
+        rows.append(measure(full, args.pools[0], args, "full + compiled DiT",
                             compile_dit="inductor", compile_retrieval=True))  # fmt: skip
+    print(f"dtype: {precision.name} ({precision.reason})")
     print(f"int8: {report.backend} ({report.reason})")
     print_table(rows, list(rows[0]))
-    print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason}))
+    print(write_json("realtime", {"rows": rows, "world": args.world, "int8": report.reason,
+                                  "dtype": precision.reason}))  # fmt: skip
 
 
 def retrieval_rows(world, args) -> None:
@@ -150,7 +165,7 @@ def retrieval_rows(world, args) -> None:
     print(write_json("realtime_retrieval", {"rows": rows, "world": args.world}))
 
 
-def measure(world, pool: int, args, name: str, report, compile: str | None = None,
+def measure(world, pool: int, args, name: str, compile: str | None = None,
             compile_retrieval: bool = False, compile_dit: str | None = None) -> dict:  # fmt: skip
     """One configuration's row: segment time and FPS as measured, its parts, and the FPS with
     the retrieval looped per candidate instead of batched."""
@@ -171,8 +186,8 @@ def measure(world, pool: int, args, name: str, report, compile: str | None = Non
     batched, looped = retrieval_ms(session)
     seg_ms = 1e3 * sorted(total)[len(total) // 2]
     return {
-        "stack": name, "int8": report.backend if any(
-            isinstance(m, Int8Linear) for m in world.dit.modules()) else "none",
+        "stack": name, "dtype": str(model_dtype(world.dit)).removeprefix("torch."),
+        "int8": "int8" if any(isinstance(m, Int8Linear) for m in world.dit.modules()) else "none",
         "retrieval": "compiled" if compile_retrieval else "eager",
         "decoder": "light" if world.vae.config.pruning_rate else "full",
         "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),

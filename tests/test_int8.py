@@ -192,6 +192,14 @@ def test_auto_on_a_cpu_with_fast_int8(monkeypatch):
     assert report.hardware.startswith("CPU")
 
 
+def test_auto_leaves_a_bf16_model_on_the_cpu_as_it_is(monkeypatch):
+    monkeypatch.setattr(capability, "fast_int8", lambda: True)
+    report = quantize_dit(model := tiny_dit().to(torch.bfloat16), backend="auto")
+    assert not report.quantized and "bf16" in report.reason
+    assert not any(isinstance(m, Int8Linear) for m in model.modules())
+    assert quantize_dit(model, backend="int8").quantized  # asked for: given
+
+
 def test_auto_falls_back_without_fast_int8(monkeypatch):
     monkeypatch.setattr(capability, "fast_int8", lambda: False)
     fp32, model = tiny_dit(), tiny_dit()

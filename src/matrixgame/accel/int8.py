@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from matrixgame.accel import capability
+from matrixgame.accel.precision import model_dtype
 from matrixgame.models.dit import Block, SelfAttention
 
 Tensor = torch.Tensor
@@ -163,7 +164,8 @@ def quantize_dit(model: nn.Module, ffn: bool = False, backend: str = "auto") -> 
 
     ``model``: a :class:`~matrixgame.models.dit.MatrixGameDiT`, a ``Block`` or anything holding
     them, on its inference device and dtype. Backends: ``"auto"`` takes ``"int8"`` on CUDA
-    (sm >= 7.5) and on CPUs with VNNI/AMX and otherwise leaves the model as is; ``"int8"``
+    (sm >= 7.5) and on CPUs with VNNI/AMX (for a float32 model: a CPU's bf16 one is as fast
+    without, BENCHMARKS.md) and otherwise leaves the model as is; ``"int8"``
     forces :class:`Int8Linear`'s GEMM (slow on a plain AVX2 CPU); ``"reference"`` swaps in
     its float fake-quant twin; ``"torchao"`` calls torchao's ``quantize_`` with
     ``Int8DynamicActivationInt8WeightConfig`` on the same modules (``pip install torchao``).
@@ -175,6 +177,9 @@ def quantize_dit(model: nn.Module, ffn: bool = False, backend: str = "auto") -> 
     if backend == "auto":
         if not fast:
             return Int8Report("none", f"left in float: {hardware} has no fast int8", (), hardware)
+        if device.type == "cpu" and model_dtype(model) == torch.bfloat16:
+            return Int8Report("none", f"left in bf16: on {hardware} int8 on top of a bf16 "
+                              "model was measured no faster", (), hardware)  # fmt: skip
         backend, reason = "int8", f"{hardware} multiplies int8 fast"
     elif backend == "int8":
         reason = "int8 asked for" + ("" if fast else f"; slow: {hardware} has no fast int8")

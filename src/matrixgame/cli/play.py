@@ -26,6 +26,9 @@ def _world_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--int8", choices=("auto", "off"), default="auto",
                    help="INT8 attention projections where this CPU/GPU has fast int8 "
                         "(auto) or never (off)")  # fmt: skip
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="the world model's dtype: auto is bfloat16 where this CPU (AVX-512 "
+                        "BF16, AMX) or GPU multiplies it fast, else float32")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the session")
 
@@ -77,10 +80,12 @@ keys: any of W, S, A, D held for the segment; mouse: (pitch, yaw) per frame in m
 
 
 def _open(args: argparse.Namespace):
-    """The world with its starts, INT8 applied where it pays, and what was chosen."""
+    """The world with its starts, bf16 and INT8 applied where they pay, and what was
+    chosen."""
     import torch
 
     from matrixgame.accel.capability import cpu_capability
+    from matrixgame.accel.precision import cast_dit
     from matrixgame.worlds.shipped import load_starts, load_world, world_folder
 
     if args.threads:
@@ -90,12 +95,14 @@ def _open(args: argparse.Namespace):
     folder = world_folder(args.world)
     resolve_mode(args, folder, torch.cuda.is_available())
     world = load_world(folder, student=args.student, light=args.light)
+    precision = cast_dit(world.dit, args.dtype)
     info = {
         "capability": cpu_capability(),
+        "dtype": f"{precision.name} ({precision.reason})",
         "int8": "off",
         "mode": f"{args.mode}: {'student' if args.student else 'world model'} in "
         f"{args.steps or 'its own'} step{'' if args.steps == 1 else 's'}, "
-        f"{'light' if args.light else 'full'} decoder",
+        f"{'light' if args.light else 'full'} decoder, {precision.name}",
     }
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
@@ -134,8 +141,8 @@ def _run_play(args: argparse.Namespace) -> None:
         print(f"matrixgame play: listening on {args.host}: anyone who reaches this address "
               "can play (and use this machine's CPU)")  # fmt: skip
     print(
-        f"matrixgame play: {world.name} ({info['capability']}; int8: {info['int8']}; "
-        f"mode {info['mode']})"
+        f"matrixgame play: {world.name} ({info['capability']}; {info['dtype']}; "
+        f"int8: {info['int8']}; mode {info['mode']})"
     )
     run(PlayServer(world, starts, config, info), args.host, args.port, not args.no_browser)
 

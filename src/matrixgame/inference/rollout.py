@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from matrixgame.accel.precision import model_dtype
 from matrixgame.data.windows import WindowConfig, window_inputs, window_kwargs
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import get_sampler, sigma_schedule
@@ -42,11 +43,17 @@ def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: floa
     b, k = past.shape[0], past.shape[2]
     shape = (b, past.shape[1], current, *past.shape[3:])
     noise = torch.randn(shape, generator=generator).to(past)
-    cond = window_kwargs(batch)
+    # the model in its own dtype (bf16 where that pays: matrixgame.accel.precision), the
+    # sampler in the latents' (float32)
+    dtype = model_dtype(model)
+    cond = {name: value.to(dtype) if value.is_floating_point() else value
+            for name, value in window_kwargs(batch).items()}  # fmt: skip
+    past_in = past.to(dtype)
 
     def velocity(x, sigma):
         t = torch.cat([torch.zeros(b, k), torch.full((b, current), NUM_TIMESTEPS * sigma)], 1)
-        return model(torch.cat([past, x], 2), t.to(x), None, **cond)[:, :, k:]
+        v = model(torch.cat([past_in, x.to(dtype)], 2), t.to(x), None, **cond)[:, :, k:]
+        return v.to(x.dtype)
 
     levels = sigma_schedule(steps, shift) if sigmas is None else sigmas
     return get_sampler(sampler)(velocity, noise, levels, generator=generator)

@@ -50,7 +50,8 @@ function onText(msg) {
     select.innerHTML = "";
     msg.starts.forEach((name, i) => select.add(new Option(`${i}: ${name}`, String(i))));
     $("status").textContent = `${msg.width}x${msg.height} at ${msg.fps} fps, ` +
-      `${msg.frames_per_step} frames per step, ${msg.sampler_steps} sampler steps`;
+      `${msg.frames_per_step} frames per step, ${msg.sampler_steps} sampler steps` +
+      (msg.mode ? `; ${msg.mode}` : "");
   } else if (msg.type === "error") {
     state.errors.push(msg.message);
     $("status").textContent = `server: ${msg.message}`;
