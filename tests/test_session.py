@@ -80,7 +80,10 @@ def test_steps_decode_in_stream_what_the_whole_sequence_decodes_to():
     from matrixgame.train.vae_task import to_uint8
 
     expected = to_uint8(whole.permute(1, 2, 3, 0)).numpy()
-    np.testing.assert_array_equal(np.concatenate(frames), expected)
+    # the session decodes a segment's latents in one call, the whole sequence one latent a
+    # call: the same sums, rounded apart at most by a level of uint8 here and there
+    difference = np.abs(np.concatenate(frames).astype(int) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
 def test_actions_are_integrated_into_poses_with_momentum():

@@ -1,5 +1,7 @@
 """The Wan2.2 VAE: equality with the public reference, streaming, presets."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -39,6 +41,27 @@ def test_streaming_equals_whole_clip(reference):
     torch.testing.assert_close(torch.cat(pieces, 2), whole, atol=1e-5, rtol=0)
     # the release's streaming decoder (two calls sharing a cache, clamped)
     torch.testing.assert_close(whole.clamp(-1, 1), g["golden.decoded_stream"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["reference", "doom-2x"])
+@torch.no_grad()
+def test_chunks_of_several_latents_decode_what_one_at_a_time_does(reference, preset):
+    """The session streams a segment's latents in one decoder call (after the clip's first
+    latent, which stands alone): the same frames as the release's one latent a call."""
+    if preset == "reference":
+        model = reference[0]
+    else:
+        torch.manual_seed(0)
+        model = WanVAE(replace(VAE_PRESETS[preset], dim=8, dec_dim=8)).eval()
+    z = torch.randn(1, model.config.z_dim, 7, 4, 6, generator=torch.Generator().manual_seed(1))
+    one = model.decode(z)
+    for chunk in (2, 3, 7):
+        cache = FeatureCache()  # a first piece of 3 latents, then segments of 2
+        spans = ((0, 3), (3, 5), (5, 7))
+        pieces = [model.decode(z[:, :, a:b], cache, chunk=chunk) for a, b in spans]
+        torch.testing.assert_close(torch.cat(pieces, 2), one, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        model.decode(z, chunk=0)
 
 
 def test_tiny_preset_shapes_and_gradients():

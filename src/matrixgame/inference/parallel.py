@@ -169,10 +169,11 @@ class DecoderLink:
 
 
 @torch.no_grad()
-def decoder_loop(vae, sink, source: int = 0, decoder=None) -> int:
+def decoder_loop(vae, sink, source: int = 0, decoder=None, chunk: int = 1) -> int:
     """The decoder rank: receive latents from rank ``source`` until STOP, decode them with
-    a streaming cache (a new one at each RESET) and pass ``[T, H, W, 3]`` uint8 frames to
-    ``sink``; returns the frames passed on."""
+    a streaming cache (a new one at each RESET), ``chunk`` latents a call as the session
+    does, and pass ``[T, H, W, 3]`` uint8 frames to ``sink``; returns the frames passed
+    on."""
     from matrixgame.inference.session import decode_frames
     from matrixgame.models.vae import FeatureCache
 
@@ -187,7 +188,7 @@ def decoder_loop(vae, sink, source: int = 0, decoder=None) -> int:
         dist.recv(latents, source)
         if kind == RESET:
             cache = FeatureCache()
-        frames = decode_frames(vae, latents, cache, decoder)
+        frames = decode_frames(vae, latents, cache, decoder, chunk)
         frames = frames if keep < 0 else frames[:keep]
         sink(frames)
         total += len(frames)
@@ -211,7 +212,7 @@ def generate_parallel(world, start, script, sink, steps: int | None = None, seed
     n = size - 1
     group = dist.new_group(list(range(n)))  # every rank takes part in creating it
     if rank == n:
-        decoder_loop(world.vae, sink)
+        decoder_loop(world.vae, sink, chunk=world.window.current)
         return None
     dit = SequenceParallelDiT(world.dit, group) if n > 1 else world.dit
     session = WorldSession(SimpleNamespace(**{**vars(world), "dit": dit}), steps=steps,

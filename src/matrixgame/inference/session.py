@@ -375,14 +375,17 @@ class WorldSession:
         if not self.decode or self.world.vae is None:
             return None, cache
         cache = _copy_cache(cache)
-        return decode_frames(self.world.vae, latents, cache, self.decoder), cache
+        frames = decode_frames(self.world.vae, latents, cache, self.decoder, self.window.current)
+        return frames, cache
 
 
-def decode_frames(vae, latents: Tensor, cache: FeatureCache, decoder=None) -> np.ndarray:
+def decode_frames(vae, latents: Tensor, cache: FeatureCache, decoder=None,
+                  chunk: int = 1) -> np.ndarray:  # fmt: skip
     """``[T, H, W, 3]`` uint8 frames of latents ``[z, t, h, w]`` through ``vae``'s streaming
-    decoder (or a light ``decoder``), continuing ``cache`` (updated in place)."""
+    decoder (or a compiled ``decoder``), ``chunk`` latents a call, continuing ``cache``
+    (updated in place)."""
     with torch.no_grad():
-        video = vae.decode(latents[None].float(), cache, decoder)[0]
+        video = vae.decode(latents[None].float(), cache, decoder, chunk)[0]
     return to_uint8(video.permute(1, 2, 3, 0)).numpy()
 
 
