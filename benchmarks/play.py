@@ -4,8 +4,11 @@ page's own figures: frames drawn per second, key press to the first frame genera
 that key, frames dropped, how many frames wait in the page's queue (a growing queue would
 be growing lag), and the server's DiT and decode time per segment.
 
-    python benchmarks/play.py [--world doom-e1m1] [--seconds 300] [--int8 auto|off]
-                              [--student] [--steps N] [--light]
+    python benchmarks/play.py [--seconds 300] [any option of `matrixgame play`'s world:
+                              --world, --mode, --student, --light, --steps, --dtype, --int8]
+
+The world is opened as `matrixgame play` opens it (its auto mode by default: on a CPU the
+student in one step with the light decoder, bf16 where the CPU has it).
 
 The player holds W for 2 s, lets go for 1 s, turns with the mouse, and repeats; each key
 press is a latency sample. FPS and queue are sampled every 5 s; the table compares the
@@ -18,11 +21,9 @@ import argparse
 import statistics
 import time
 
-import torch
-
 from common import machine, print_table, write_json
+from matrixgame.cli.play import _open, _world_arguments
 from matrixgame.serve.app import PlayServer, ServeConfig, start_in_thread, torch_thread
-from matrixgame.worlds.shipped import load_starts, load_world
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -52,41 +53,15 @@ def play(page, seconds: float) -> list[dict]:
     return samples
 
 
-def prepare(args) -> tuple:
-    """The world, with INT8 where it pays (on the server's torch thread)."""
-    world = load_world(args.world, student=args.student, light=args.light)
-    int8 = "off"
-    if args.int8 == "auto":
-        from matrixgame.accel.int8 import quantize_dit
-
-        report = quantize_dit(world.dit)
-        int8 = report.backend if report.quantized else f"off ({report.reason})"
-    return world, int8
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", default="doom-e1m1")
     parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--int8", choices=("auto", "off"), default="auto")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument(
-        "--student",
-        action="store_true",
-        help="the world's few-step student (as `matrixgame play --student`)",
-    )
-    parser.add_argument(
-        "--light", action="store_true", help="the world's light decoder (as `play --light`)"
-    )
-    parser.add_argument(
-        "--steps", type=int, help="sampler steps per segment (default: the world's or student's)"
-    )
+    # the world's options as `matrixgame play` takes them (--world, --mode, --student,
+    # --light, --steps, --dtype, --int8, --threads, --seed), opened as it opens them
+    _world_arguments(parser, "auto")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    world, int8 = torch_thread().submit(prepare, args).result()  # as `matrixgame play` does
-    server = PlayServer(world, load_starts(args.world),
-                        ServeConfig(max_sessions=1, steps=args.steps))  # fmt: skip
+    world, starts, info = torch_thread().submit(_open, args).result()
+    server = PlayServer(world, starts, ServeConfig(max_sessions=1, steps=args.steps), info)
     url, stop = start_in_thread(server)
     from playwright.sync_api import sync_playwright
 
@@ -111,8 +86,8 @@ def main() -> None:
              "queued frames": max(s["queued"] for s in part)}
             for name, part in (("first", first), ("last", last))]  # fmt: skip
     print(f"{world.name}: {args.seconds:.0f} s in Chromium, world at {server.fps} fps, "
-          f"steps {args.steps or 'default'}, int8 {int8}, "
-          f"decoder {'light' if args.light else 'full'}, last segment {segment}")  # fmt: skip
+          f"{info['capability']}, mode {info['mode']}, int8 {info['int8']}, "
+          f"last segment {segment}")  # fmt: skip
     print_table(rows, ["window", "FPS", "queued frames"])
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else None
     print(f"key press -> frame: median {statistics.median(lat):.0f} ms, p90 {p90:.0f} ms, "
@@ -122,7 +97,8 @@ def main() -> None:
     write_json("play", {"machine": machine(), "world": world.name, "steps": args.steps,
                         "light": args.light,
                         "seconds": args.seconds,
-                        "world_fps": server.fps, "int8": int8, "samples": samples,
+                        "world_fps": server.fps, "mode": info["mode"], "int8": info["int8"],
+                        "dtype": info["dtype"], "samples": samples,
                         "latencies_ms": lat, "rows": rows, "frames": stats["frames"],
                         "dropped_frames": stats["dropped"],
                         "dropped_segments": stats["serverDropped"]})  # fmt: skip

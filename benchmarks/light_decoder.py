@@ -1,0 +1,69 @@
+"""The light decoder against its full decoder, streaming as `matrixgame play` does: one
+segment's latents per call with the cache kept, side by side in one run (same latents), per
+thread count, and one latent a call (the release's way) for comparison.
+
+    python benchmarks/light_decoder.py [--world doom-e1m1] [--threads 1 2] [--repeat 40]
+
+The issue's goal: the 75% light decoder >= 4x faster than its full one (its PSNR cost is in
+the world's model card). Rows name the CPU capability.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import median_ms, print_table, write_json
+from matrixgame.accel.capability import cpu_capability
+from matrixgame.models.vae import FeatureCache
+from matrixgame.worlds import load
+from matrixgame.worlds.shipped import has_light
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", default="doom-e1m1")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=40, help="timed calls per figure")
+    args = parser.parse_args()
+    if not has_light(args.world):
+        raise SystemExit(f"{args.world} ships no light decoder")
+    decoders = {"full": load(args.world).vae, "light": load(args.world, light=True).vae}
+    world = load(args.world)
+    f, current = world.vae.config.spatial_factor, world.window.current
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, world.dit.config.in_dim, 4 + current, world.height // f,
+                    world.width // f, generator=g)  # fmt: skip
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for chunk, way in ((current, "a segment a call (play)"), (1, "a latent a call")):
+            ms = {name: segment_ms(vae, z, current, chunk, args.repeat)
+                  for name, vae in decoders.items()}  # fmt: skip
+            rows.append({"world": args.world, "capability": cpu_capability(),
+                         "threads": threads, "calls": way, "latents": current,
+                         "full_ms": round(ms["full"], 2), "light_ms": round(ms["light"], 2),
+                         "speedup": round(ms["full"] / ms["light"], 2)})  # fmt: skip
+    print_table(rows, list(rows[0]))
+    print(write_json("light_decoder", {"rows": rows}))
+
+
+@torch.no_grad()
+def segment_ms(vae, z: torch.Tensor, current: int, chunk: int, repeat: int) -> float:
+    """Milliseconds to decode one segment of ``current`` later latents, the stream opened by
+    the latents before it (cache kept, copied per call as a session does)."""
+    cache = FeatureCache()
+    vae.decode(z[:, :, :-current], cache, chunk=chunk)
+    segment = z[:, :, -current:]
+
+    def step():
+        fresh = FeatureCache()
+        fresh.slots, fresh.first = list(cache.slots), cache.first
+        vae.decode(segment, fresh, chunk=chunk)
+
+    return median_ms(step, repeat, warmup=3)
+
+
+if __name__ == "__main__":
+    main()
