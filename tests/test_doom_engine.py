@@ -111,6 +111,40 @@ def test_nav_grid_paths_stay_in_walkable_space():
     assert grid.clear(np.array([64.0, 64.0]), np.array([200.0, 200.0]))
 
 
+_PLANS = """
+import json, sys
+import numpy as np
+from matrixgame.data.engine.agent import Explorer, NavGrid
+from matrixgame.data.engine.game import Line
+walls = [Line(0, 0, 1024, 0, True, 0, 128), Line(1024, 0, 1024, 1024, True, 0, 128),
+         Line(1024, 1024, 0, 1024, True, 0, 128), Line(0, 1024, 0, 0, True, 0, 128)]
+grid = NavGrid.build(walls, (512, 512))
+paths = []
+for seed in range(8):  # an open room: every frontier cell ties with many at its distance
+    explorer = Explorer(grid, np.random.default_rng(seed))
+    explorer._plan(np.array([512.0, 512.0]))
+    paths.append([list(map(int, c)) for c in explorer.path])
+print(json.dumps(paths))
+"""
+
+
+def test_the_explorer_plans_alike_on_every_cpu():
+    """NumPy sorts with whichever SIMD kernel the CPU has (AVX-512, AVX2, baseline), and its
+    default sort orders ties differently by kernel: the explorer's choice among equally
+    distant frontier cells must not depend on it, or one seed records other trajectories on
+    other machines. Each run switches off more of the kernels this CPU has."""
+    from numpy._core import _multiarray_umath as umath
+
+    found = [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+    outputs = set()
+    for off in range(len(found) + 1):
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(found[len(found) - off :])}
+        run = subprocess.run([sys.executable, "-c", _PLANS], env=env, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        outputs.add(run.stdout)
+    assert len(outputs) == 1 and len(found) > 0
+
+
 def _small_dataset(root) -> RecordConfig:
     """Two maps, two clips each (one a held-out trajectory), 120 frames a clip."""
     return RecordConfig(

@@ -222,7 +222,10 @@ class Explorer:
             self.seen[:] = False
             frontier = dist > 4
         cells = np.argwhere(frontier)
-        order = np.argsort(dist[frontier])[: self.cfg.choices]
+        # stable: NumPy's default sort orders ties by whichever SIMD kernel the CPU runs
+        # (AVX-512, AVX2, baseline differ), and the same seed recorded other trajectories
+        # on other machines
+        order = np.argsort(dist[frontier], kind="stable")[: self.cfg.choices]
         target = tuple(cells[self.rng.choice(order)])
         self.path = self.grid.path(parents, target)[1:]
 
