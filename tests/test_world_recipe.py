@@ -156,6 +156,9 @@ def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
     # also evaluated in one step (its first exit), a figure of its own
     one, three = config["student"]["figures_1_step"], config["student"]["figures"]
     assert "psnr" in one and one["psnr"] != three["psnr"]
+    # and its cold start alone (the multi-segment stage continued it), evaluated beside it
+    cold = config["student"]["cold_start"]
+    assert cold["step"] == 2 and "psnr" in cold["figures"]
     card = (ship / "README.md").read_text()
     assert "## The few-step student" in card and "In one step" in card
 
@@ -337,6 +340,23 @@ def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
     report = json.loads((work / "report" / "report.json").read_text())
     assert "tiny (shipped)" in report["fidelity"]["methods"]
     assert state["stages"]["ship"]["previous"] == figures_of(report, "tiny (shipped)")
+
+
+def test_the_card_compares_multi_segment_training_with_its_cold_start_alone():
+    from matrixgame.worlds.card import _cold_start_line
+
+    def figures(psnr, first, last):
+        return {"psnr": psnr, "drift_first_psnr": first, "drift_last_psnr": last}
+
+    student = {"step": 3000, "sampler": {"steps": 3}, "figures": figures(18.0, 19.0, 17.5),
+               "cold_start": {"step": 600, "figures": figures(17.0, 19.2, 16.0)}}  # fmt: skip
+    (line,) = [x for x in _cold_start_line(student) if x]
+    assert "600 steps" in line and "17.50 vs 16.00 dB" in line and "1.50 vs 3.20" in line
+    assert "holds up better" in line and "does not" not in line
+    student["cold_start"]["figures"]["drift_last_psnr"] = 18.0
+    assert "does not hold up better" in "".join(_cold_start_line(student))
+    del student["cold_start"]["figures"]["drift_last_psnr"]  # not measured: no line
+    assert _cold_start_line(student) == [] and _cold_start_line({"figures": {}}) == []
 
 
 def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):

@@ -133,6 +133,10 @@ class WorldSpec:
     def student_one_step_name(self) -> str:
         return f"{self.name} student, 1 step"
 
+    @property
+    def student_cold_name(self) -> str:
+        return f"{self.name} student, cold start only"
+
 
 SPECS = {
     "doom-e1m1": WorldSpec(),
@@ -547,6 +551,7 @@ class Recipe:
                 figures,
                 figures_of(report, self.spec.student_name),
                 one_step=figures_of(report, self.spec.student_one_step_name),
+                cold=figures_of(report, self.spec.student_cold_name),
             )
             gif = self.rollout_gif()
             shutil.rmtree(self.kept, ignore_errors=True)  # shipped: nothing left to keep
@@ -695,8 +700,12 @@ class Recipe:
     def student_worlds(self, vae) -> list:
         """The student in its own steps and in one (its first exit, which it is trained on
         too: the configuration that streams in real time on a plain AVX2 CPU), none before
-        it has a checkpoint."""
+        it has a checkpoint; and where the multi-segment student has a cold start beside it
+        (``student-cold/``), that cold start alone: the distillation issue's comparison of
+        multi-segment training against the single segment."""
         from dataclasses import replace
+
+        from matrixgame.train.runs import trained_world
 
         student = self.student_world(vae)
         if student is None:
@@ -704,10 +713,16 @@ class Recipe:
         sampler = {**student.meta["sampler"], "steps": 1, "sigmas": [1.0, 0.0]}
         one = replace(student, name=self.spec.student_one_step_name,
                       meta={**student.meta, "sampler": sampler})  # fmt: skip
-        return [student, one]
+        cold = self.work / "student-cold"
+        if self.student_run() == cold or not _has_checkpoint(cold):
+            return [student, one]
+        alone = trained_world(cold, self.spec.student_cold_name)
+        alone.vae, alone.step = vae, _latest_step(cold)
+        return [student, one, alone]
 
     def export(self, figures: dict, student_figures: dict | None = None,
-               folder: Path | None = None, one_step: dict | None = None) -> None:  # fmt: skip
+               folder: Path | None = None, one_step: dict | None = None,
+               cold: dict | None = None) -> None:  # fmt: skip
         """Write the trained weights and config.json into ``folder`` (default: the shipped
         folder; the student's beside them when there is one, an older student removed)."""
         from matrixgame.train.jobs import _vae_meta
@@ -748,6 +763,9 @@ class Recipe:
                 "sampler": meta["sampler"], "figures": student_figures or {},
                 "figures_1_step": one_step or {},
             }  # fmt: skip
+            if cold:  # its cold start alone, evaluated beside it
+                cold_step = _latest_step(self.work / "student-cold")
+                config["student"]["cold_start"] = {"step": cold_step, "figures": cold}
         else:
             (folder / "student.safetensors").unlink(missing_ok=True)
         light = self._export_light(folder)
