@@ -53,6 +53,34 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_checkpoints_the_step_in_flight_and_resumes(tmp_path, signum):
+    """A signal ends the fit at the step in flight with a checkpoint there (not the last
+    interval's), exit code 130; the same command then continues to the same weights."""
+    data = make_dataset(tmp_path / "data")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    subprocess.run(train_command(data, straight, 30), check=True, capture_output=True, env=env)
+    command = [*train_command(data, broken, 30)[:-1], "30"]  # no checkpoint before the end
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env)  # fmt: skip
+    log, deadline = broken / "log.jsonl", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if log.exists() and log.read_text().strip():  # training: 10 steps logged
+            proc.send_signal(signum)
+            break
+        time.sleep(0.01)
+    out, _ = proc.communicate(timeout=120)
+    step = int((broken / "checkpoints" / "latest").read_text())
+    assert proc.returncode == 130, out
+    assert 10 <= step < 30, step  # where it was, not at an interval's end
+    assert f"interrupted at step {step} (checkpointed)" in out
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    a, b = final_weights(straight), final_weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 class NaNAfter:
     """A VAE task whose loss turns NaN at one step."""
 

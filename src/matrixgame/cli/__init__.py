@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        args.run_command(args)
+        code = args.run_command(args)  # a command may return its exit code (Ctrl-C: 130)
     except ValueError as err:
         print(f"matrixgame: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a read-only folder: the state before is kept
         print(f"matrixgame: error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0

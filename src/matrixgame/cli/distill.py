@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from matrixgame.cli.train import finish
+
 
 def add_distill(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -56,7 +58,7 @@ EMA opens as a world (`matrixgame eval student=RUN ...`).""",
     p.set_defaults(run_command=_run)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     import time
 
     from matrixgame.distill.job import DistillJob, train_distill
@@ -76,3 +78,4 @@ def _run(args: argparse.Namespace) -> None:
     trainer = train_distill(job, deadline)
     print(f"{args.out}: step {trainer.step} of {args.steps}"
           + (f" (stopped: {trainer.stopped})" if trainer.stopped else ""))  # fmt: skip
+    return finish(trainer)

@@ -204,27 +204,42 @@ def _job(cls, args: argparse.Namespace, **renamed):
     return cls(**{**values, **renamed})
 
 
-def _run_train_vae(args: argparse.Namespace) -> None:
+INTERRUPTED = 130  # the shell's exit code for a command ended by Ctrl-C
+
+
+def finish(trainer) -> int:
+    """A training command's exit code: 130 where Ctrl-C or SIGTERM ended the fit (at a
+    checkpoint), else 0."""
+    if trainer.stopped != "signal":
+        return 0
+    print(f"interrupted at step {trainer.step} (checkpointed): the same command continues it")
+    return INTERRUPTED
+
+
+def _run_train_vae(args: argparse.Namespace) -> int:
     from matrixgame.train.jobs import VAEJob, train_vae
 
     trainer = train_vae(_job(VAEJob, args))
     print(f"step {trainer.step}: psnr {trainer.last_logs.get('psnr', 0.0):.2f} dB")
+    return finish(trainer)
 
 
-def _run_train_decoder(args: argparse.Namespace) -> None:
+def _run_train_decoder(args: argparse.Namespace) -> int:
     from matrixgame.train.jobs import DecoderJob, train_decoder
 
     trainer = train_decoder(_job(DecoderJob, args))
     print(f"step {trainer.step}: psnr {trainer.last_logs.get('psnr', 0.0):.2f} dB")
+    return finish(trainer)
 
 
-def _run_train_light_vae(args: argparse.Namespace) -> None:
+def _run_train_light_vae(args: argparse.Namespace) -> int:
     from matrixgame.accel.light_vae import LightVAEJob, train_light_vae
 
     trainer = train_light_vae(_job(LightVAEJob, args))
     logs = trainer.last_logs
     print(f"step {trainer.step}: psnr against the teacher {logs.get('psnr_teacher', 0.0):.2f} "
           f"dB, against the frames {logs.get('psnr', 0.0):.2f} dB")  # fmt: skip
+    return finish(trainer)
 
 
 def _run_train_latents(args: argparse.Namespace) -> None:
@@ -234,20 +249,24 @@ def _run_train_latents(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(manifest.shards)} clips of latents")
 
 
-def _run_train_dit(args: argparse.Namespace) -> None:
+def _run_train_dit(args: argparse.Namespace) -> int:
     from matrixgame.train.jobs import DiTJob, train_dit
 
     trainer = train_dit(_job(DiTJob, args))
     print(f"step {trainer.step}: loss {trainer.last_logs.get('loss', float('nan')):.4f}")
+    return finish(trainer)
 
 
-def _run_train_idm(args: argparse.Namespace) -> None:
+def _run_train_idm(args: argparse.Namespace) -> int:
     from matrixgame.eval.idm import heldout_accuracy, trained_idm
     from matrixgame.train.jobs import IDMJob, train_idm
 
     trainer = train_idm(_job(IDMJob, args))
     print(f"step {trainer.step}: loss {trainer.last_logs.get('loss', float('nan')):.4f}")
+    if trainer.stopped == "signal":
+        return finish(trainer)
     scores = heldout_accuracy(trained_idm(args.out), args.data)
     if scores:
         print("held-out clips: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in scores.items()))  # fmt: skip
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from matrixgame.cli.train import INTERRUPTED
 from matrixgame.worlds.recipe import STAGES
 
 
@@ -66,7 +67,7 @@ CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     ls.set_defaults(run_command=_run_list)
 
 
-def _run_build(args: argparse.Namespace) -> None:
+def _run_build(args: argparse.Namespace) -> int:
     import torch
 
     from matrixgame.worlds.recipe import Recipe, spec_with
@@ -84,6 +85,11 @@ def _run_build(args: argparse.Namespace) -> None:
     for stage, info in state["stages"].items():
         step = f" step {info['step']}" if "step" in info else ""
         print(f"{stage:8s} {'done' if info.get('done') else 'partial'}{step}")
+    if recipe.interrupted:
+        print("interrupted (checkpointed, the version in training kept): the same command "
+              "continues it")  # fmt: skip
+        return INTERRUPTED
+    return 0
 
 
 def _run_list(args: argparse.Namespace) -> None:

@@ -1,7 +1,9 @@
 """One training loop for every model here: deterministic data order, EMA, gradient
 clipping, a guard against non-finite losses, bf16 autocast on CUDA (and optionally on CPUs
 with fast bf16), DDP under ``torchrun``,
-and atomic checkpoints from which ``resume`` continues bit for bit.
+and atomic checkpoints from which ``resume`` continues bit for bit. Ctrl-C or SIGTERM during
+a fit ends it as its deadline does: the step in flight finishes and is checkpointed (a
+second signal acts at once).
 
 A task supplies the loss: ``task.loss(model, batch, step) -> (loss, logs)``; the trainer
 knows nothing about diffusion or VAEs. A task that carries state between steps (the DiT
@@ -11,10 +13,13 @@ checkpoint (process 0's under DDP, where each process banks its own residuals).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -162,9 +167,10 @@ class Trainer:
         stop: Callable[[int], bool] | None = None,
     ) -> dict:
         """Train to ``cfg.steps``. ``deadline`` (a ``time.monotonic()`` value) ends the run
-        early with a checkpoint at the current step; ``stop(step)``, asked after every
-        checkpoint, ends it there when it returns True (early stopping). ``self.stopped``
-        then says why ("deadline", "stop"); resuming continues bit for bit either way."""
+        early with a checkpoint at the current step, and so does SIGINT or SIGTERM;
+        ``stop(step)``, asked after every checkpoint, ends it there when it returns True
+        (early stopping). ``self.stopped`` then says why ("deadline", "signal", "stop");
+        resuming continues bit for bit either way."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -175,9 +181,16 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not progress or self.rank != 0, desc="train"
         )
-        logs: dict = {}
         data = self.batches()
         start = time.perf_counter()
+        with _signals_end_fit() as signalled:
+            logs = self._loop(data, bar, start, log, deadline, stop, signalled)
+        bar.close()
+        self.last_logs = logs
+        return logs
+
+    def _loop(self, data, bar, start: float, log, deadline, stop, signalled: list) -> dict:
+        cfg, logs = self.cfg, {}
         while self.step < cfg.steps:
             batch = _to(next(data), self.device)
             self._seed_step()
@@ -220,14 +233,13 @@ class Trainer:
                 if stop is not None and self.step < cfg.steps and stop(self.step):
                     self.stopped = "stop"
                     break
-            late = deadline is not None and _past(deadline, self.world, self.device)
-            if late and self.step < cfg.steps:
+            late, halt = _agreed((deadline is not None and time.monotonic() >= deadline,
+                                  bool(signalled)), self.world, self.device)  # fmt: skip
+            if (late or halt) and self.step < cfg.steps:
                 if self.step % cfg.checkpoint_every:
                     self.save()
-                self.stopped = "deadline"
+                self.stopped = "signal" if halt else "deadline"
                 break
-        bar.close()
-        self.last_logs = logs
         return logs
 
     def _average_gradients(self) -> None:
@@ -368,12 +380,44 @@ class Trainer:
         )
 
 
-def _past(deadline: float, world_size: int, device: torch.device) -> bool:
-    """Whether the deadline has passed, agreed by every process (rank 0 decides)."""
-    late = torch.tensor([time.monotonic() >= deadline], dtype=torch.uint8, device=device)
-    if world_size > 1:
-        dist.broadcast(late, 0)
-    return bool(late.item())
+def _agreed(flags: tuple[bool, ...], world_size: int, device: torch.device) -> tuple[bool, ...]:
+    """``flags`` as every process sees them: each true on all once it is true on any (so
+    that every process stops at the same step); one collective under DDP."""
+    if world_size == 1:
+        return flags
+    value = torch.tensor(flags, dtype=torch.uint8, device=device)
+    dist.all_reduce(value, dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in value.tolist())
+
+
+@contextlib.contextmanager
+def _signals_end_fit():
+    """SIGINT and SIGTERM, while a fit runs on the main thread, are noted (the list yielded
+    gets their numbers) instead of raising; the first restores the previous handlers, so a
+    second one acts as it would have."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {k: signal.getsignal(k) for k in kinds}
+
+    def restore() -> None:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler if handler is not None else signal.SIG_DFL)
+
+    def note(signum, frame) -> None:
+        received.append(signum)
+        restore()
+        print(f"\n{signal.Signals(signum).name}: finishing the step and checkpointing "
+              "(again to stop at once)", flush=True)  # fmt: skip
+
+    for kind in kinds:
+        signal.signal(kind, note)
+    try:
+        yield received
+    finally:
+        restore()
 
 
 def _full(t: Tensor) -> Tensor:

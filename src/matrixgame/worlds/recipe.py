@@ -273,6 +273,7 @@ class Recipe:
             stages = (only,)
         start = time.monotonic()
         self.trained: dict[str, int] = {}  # stage -> step reached, for the training log
+        self.interrupted = False  # Ctrl-C or SIGTERM ended a stage (at its checkpoint)
         self.evaluated: dict | None = None  # the held-out figures, when this call evaluated
         self.card: tuple | None = None  # the model card's inputs, when this call shipped
         self.train_deadline = self.deadline
@@ -292,6 +293,9 @@ class Recipe:
                 break
             self.progress(f"[{stage}] ...")
             result = getattr(self, f"stage_{stage}")()
+            if self.interrupted:  # the rest is left to the next call; this one keeps and logs
+                self.progress(f"[{stage}] interrupted at a checkpoint: rerun to continue")
+                break
             if result is False and stage not in CONTINUED:  # ran out of time mid-stage
                 break
         self._log_session(self.trained, time.monotonic() - start)
@@ -467,7 +471,7 @@ class Recipe:
             self._mark("student", done=False, step=self._student_step(),
                        teacher_step=teacher_step)  # fmt: skip
             self.trained["student"] = self._student_step()
-            if trainer.stopped == "deadline":
+            if self._ended(trainer) is False:
                 return False
         seeded = seed is not None and seed_step >= s.student_cold_steps  # past its cold start
         init = None if _has_checkpoint(multi) else seed if seeded else str(cold)
@@ -482,7 +486,7 @@ class Recipe:
         self._mark("student", done=done, step=step, teacher_step=teacher_step,
                    stopped=trainer.stopped, logs=_scalars(trainer.last_logs))  # fmt: skip
         self.trained["student"] = step
-        return False if trainer.stopped == "deadline" else None
+        return self._ended(trainer)
 
     def _student_seed(self) -> tuple[str | None, int]:
         """(folder, steps) of the student a fresh work folder continues: the kept version's
@@ -621,7 +625,13 @@ class Recipe:
                    logs=_scalars(trainer.last_logs))  # fmt: skip
         if trainer.step > trainer.first_step:  # a run seeded at its target trained nothing
             self.trained[stage] = trainer.step
-        return False if trainer.stopped == "deadline" else None
+        return self._ended(trainer)
+
+    def _ended(self, trainer) -> bool | None:
+        """False where a trainer stopped short of its target at the deadline or on a signal
+        (which also ends this call: :attr:`interrupted`)."""
+        self.interrupted = self.interrupted or trainer.stopped == "signal"
+        return False if trainer.stopped in ("deadline", "signal") else None
 
     def _stale(self, stage: str) -> bool:
         """The evaluation (and shipping) are redone when a model trained since."""
