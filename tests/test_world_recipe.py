@@ -359,6 +359,39 @@ def test_the_card_compares_multi_segment_training_with_its_cold_start_alone():
     assert _cold_start_line(student) == [] and _cold_start_line({"figures": {}}) == []
 
 
+@pytest.mark.parametrize("stopped", ["signal", "deadline"])
+def test_an_interrupted_stage_ends_the_call_which_logs_and_keeps(tmp_path, monkeypatch, stopped):
+    """Ctrl-C in the world-model stage (its trainer checkpointed and stopped "signal") ends
+    the call there: no later stage runs, the call's row is logged, the version is kept. Out
+    of time ("deadline"), the call goes on to the stages that evaluate and ship."""
+    from types import SimpleNamespace
+
+    from matrixgame.worlds.recipe import STAGES, Recipe, spec_with
+
+    recipe = Recipe(spec_with("tiny"), tmp_path / "work", ship_to=tmp_path / "ship",
+                    progress=lambda *_: None)  # fmt: skip
+    ran, kept = [], []
+
+    def stage(name):
+        def run():
+            ran.append(name)
+            if name == "dit":
+                recipe.trained["dit"] = 5
+                return recipe._ended(SimpleNamespace(stopped=stopped))
+            return None
+
+        return run
+
+    for name in STAGES:
+        monkeypatch.setattr(recipe, f"stage_{name}", stage(name))
+    monkeypatch.setattr(recipe, "keep", lambda: kept.append(True))
+    recipe.run()
+    before = list(STAGES[: STAGES.index("dit") + 1])
+    assert ran == (before if stopped == "signal" else list(STAGES))
+    assert recipe.interrupted == (stopped == "signal") and kept == [True]
+    assert recipe.state["sessions"][-1]["trained"] == {"dit": 5}
+
+
 def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):
     from matrixgame.worlds.recipe import HeldoutStop
 
