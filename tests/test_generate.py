@@ -22,11 +22,13 @@ def _script(tmp_path, obj, name="walk.json"):
     return str(path)
 
 
-def test_a_script_becomes_an_mp4_with_its_poses_and_memory(world, tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_script_becomes_an_mp4_with_its_poses_and_memory(world, tmp_path, capsys, dtype):
     script = _script(tmp_path, {"segments": [{"frames": 6, "keys": "W"},
                                              {"frames": 5, "mouse": [0.0, 0.5]}]})  # fmt: skip
     out, poses = tmp_path / "walk.mp4", tmp_path / "poses.json"
-    args = ["generate", script, "--out", str(out), "--world", str(world), "--poses", str(poses)]
+    args = ["generate", script, "--out", str(out), "--world", str(world), "--poses", str(poses),
+            "--dtype", dtype]  # fmt: skip
     assert main(args) == 0
     video, fps = read_video(out)
     assert video.shape == (9 + 11, 64, 64, 3) and fps == pytest.approx(17.5)  # start + script
