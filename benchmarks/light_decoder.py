@@ -29,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     if not has_light(args.world):
         raise SystemExit(f"{args.world} ships no light decoder")
-    decoders = {"full": load(args.world).vae, "light": load(args.world, light=True).vae}
     world = load(args.world)
+    decoders = {"full": world.vae, "light": load(args.world, light=True).vae}
     f, current = world.vae.config.spatial_factor, world.window.current
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, world.dit.config.in_dim, 4 + current, world.height // f,
@@ -57,12 +57,7 @@ def segment_ms(vae, z: torch.Tensor, current: int, chunk: int, repeat: int) -> f
     vae.decode(z[:, :, :-current], cache, chunk=chunk)
     segment = z[:, :, -current:]
 
-    def step():
-        fresh = FeatureCache()
-        fresh.slots, fresh.first = list(cache.slots), cache.first
-        vae.decode(segment, fresh, chunk=chunk)
-
-    return median_ms(step, repeat, warmup=3)
+    return median_ms(lambda: vae.decode(segment, cache.copy(), chunk=chunk), repeat, warmup=3)
 
 
 if __name__ == "__main__":

@@ -374,7 +374,7 @@ class WorldSession:
         a failure leaves the session's own untouched."""
         if not self.decode or self.world.vae is None:
             return None, cache
-        cache = _copy_cache(cache)
+        cache = cache.copy()
         frames = decode_frames(self.world.vae, latents, cache, self.decoder, self.window.current)
         return frames, cache
 
@@ -387,13 +387,6 @@ def decode_frames(vae, latents: Tensor, cache: FeatureCache, decoder=None,
     with torch.no_grad():
         video = vae.decode(latents[None].float(), cache, decoder, chunk)[0]
     return to_uint8(video.permute(1, 2, 3, 0)).numpy()
-
-
-def _copy_cache(cache: FeatureCache) -> FeatureCache:
-    out = FeatureCache()
-    out.slots = list(cache.slots)  # tensors are replaced, never written in place
-    out.first = cache.first
-    return out
 
 
 def _kinematics(meta: dict) -> KinematicsConfig:

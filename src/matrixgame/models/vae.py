@@ -127,6 +127,14 @@ class FeatureCache:
         self.index = 0
         self.first = True
 
+    def copy(self) -> FeatureCache:
+        """Another cache at the same point of the stream (the slots' tensors are shared:
+        layers replace them, never write into them), for a step that may fail or be
+        retried while this one stays as it was."""
+        out = FeatureCache()
+        out.slots, out.first = list(self.slots), self.first
+        return out
+
     def start_chunk(self) -> None:
         self.index = 0
 
