@@ -11,9 +11,11 @@ import torch
 from helpers import make_world_and_latents
 from matrixgame.cli import main
 from matrixgame.data.windows import WindowConfig
-from matrixgame.diffusion.samplers import sigma_schedule
+from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
+from matrixgame.distill.dmd import DMDConfig
 from matrixgame.distill.job import DistillJob, train_distill
-from matrixgame.distill.rollout import mask_window, self_rollout
+from matrixgame.distill.rollout import conditioned, mask_window, sample_with_exit, self_rollout
+from matrixgame.distill.task import DistillTask, StudentCritic
 from matrixgame.geometry import pose_from_angles
 from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
 from matrixgame.train.memory_sampling import EpisodeDataset
@@ -99,6 +101,51 @@ def test_masks_drop_the_past_and_the_memory_consistently():
     )
     null = mask_window(full, drop_memory=True, null_actions=True)
     assert (null["keyboard"] == -1).all() and (null["mouse"] == 1).all()
+
+
+def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_noise(monkeypatch):
+    import matrixgame.distill.task as task_module
+
+    teacher = _student().requires_grad_(False)
+    torch.manual_seed(1)
+    pair = StudentCritic(MatrixGameDiT(DIT_PRESETS["tiny"]), MatrixGameDiT(DIT_PRESETS["tiny"]),
+                         1e-4, 1e-4)  # fmt: skip
+    levels = sigma_schedule(3, 3.0)
+    batch = _collate([EpisodeDataset(Clips(), WINDOW, segments=2, history=4)[0]])
+    seen = {}
+    rollout, regression = task_module.self_rollout, task_module.regression_loss
+    monkeypatch.setattr(task_module, "self_rollout",
+                        lambda *a, **k: seen.setdefault("roll", rollout(*a, **k)))  # fmt: skip
+
+    def spy(x, target):
+        seen["target"] = target
+        return regression(x, target)
+
+    monkeypatch.setattr(task_module, "regression_loss", spy)
+
+    probe = DistillTask(teacher, WINDOW, H, W, sigma_schedule(2, 5.0), DMDConfig(), segments=2)
+    step = next(i for i in range(100) if probe.choices(i)["exit_step"] == 0)  # no re-noising
+
+    def loss(weight):
+        seen.clear()
+        task = DistillTask(teacher, WINDOW, H, W, sigma_schedule(2, 5.0),
+                           DMDConfig(student_every=1, regression=weight), segments=2,
+                           teacher_sigmas=levels)  # fmt: skip
+        torch.manual_seed(7)
+        return task.loss(pair, batch, step)
+
+    with_term, logs = loss(0.5)
+    roll, target = seen["roll"], seen["target"]
+    expected = sample_euler(conditioned(teacher, roll.batch, WINDOW.current), roll.noise, levels)
+    torch.testing.assert_close(target, expected)
+    student = conditioned(pair.student, roll.batch, WINDOW.current)  # the noise it started from
+    torch.testing.assert_close(roll.x, sample_with_exit(student, roll.noise, sigma_schedule(2, 5.0),
+                                                        0))  # fmt: skip
+    without, _ = loss(0.0)
+    assert "target" not in seen
+    torch.testing.assert_close(with_term - without, torch.tensor(0.5 * logs["regression"]))
+    with pytest.raises(ValueError, match="teacher's levels"):
+        DistillTask(teacher, WINDOW, H, W, levels, DMDConfig(regression=1.0))
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,15 @@ EMA opens as a world (`matrixgame eval student=RUN ...`).""",
                    help="shifted even levels, or the release's [1000, 666, 333]")  # fmt: skip
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--guidance", type=float, default=1.0, help="teacher CFG (1: off)")
+    p.add_argument("--regression", type=float, default=0.0,
+                   help="weight of DMD's regression term: the student's sample against the "
+                        "teacher's ODE sample from the same noise (0: off, as DMD2)")  # fmt: skip
+    p.add_argument(
+        "--regression-steps",
+        type=int,
+        default=0,
+        help="the teacher's Euler steps for that target (0: its own sampler's)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--hours", type=float, help="stop after this long (resume later)")
     p.add_argument("--seed", type=int, default=0)
@@ -71,8 +80,9 @@ def _run(args: argparse.Namespace) -> int:
         student_lr=args.student_lr, critic_lr=args.critic_lr,
         student_every=args.student_every, segments=args.segments, mask=args.mask,
         history=args.history, sampler_steps=args.sampler_steps, shift=args.shift,
-        schedule=args.schedule, guidance=args.guidance,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        schedule=args.schedule, guidance=args.guidance, regression=args.regression,
+        regression_steps=args.regression_steps, checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
     )  # fmt: skip
     deadline = time.monotonic() + 3600 * args.hours if args.hours else None
     trainer = train_distill(job, deadline)

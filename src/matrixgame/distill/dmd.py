@@ -3,7 +3,9 @@ Self-Forcing and CausVid train a few-step student against a flow-matching teache
 
 The student's sample x is re-noised to x_s; the teacher (real score) and a critic trained on
 the student's own samples (fake score) each predict x_0. Their difference is the reverse-KL
-gradient of DMD eq. 7, divided per sample by mean |x - x0_teacher| (DMD eq. 8).
+gradient of DMD eq. 7, divided per sample by mean |x - x0_teacher| (DMD eq. 8). Optionally,
+DMD's regression term (eq. 9; DMD2 drops it): the student's sample against the teacher's
+deterministic ODE sample from the same noise and condition.
 
 Models are velocity predictors ``model(x_s, sigma, **cond) -> v`` with ``sigma [B]`` in (0, 1)
 and x_s = (1 - s) x_0 + s eps (``diffusion.flow_matching``). Tensors are ``[B, ...]``.
@@ -42,6 +44,7 @@ class DMDConfig:
     max_sigma: float = 0.98
     guidance: float = 1.0
     student_every: int = 5
+    regression: float = 0.0  # weight of the regression term (0: off, as DMD2)
 
     def __post_init__(self):
         if not self.shift > 0:
@@ -52,6 +55,8 @@ class DMDConfig:
             )
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if not self.regression >= 0:
+            raise ValueError(f"regression must be >= 0, got {self.regression}")
         if isinstance(self.student_every, bool) or not isinstance(self.student_every, int):
             raise ValueError(f"student_every must be an int, got {self.student_every!r}")
         if self.student_every < 1:
@@ -157,3 +162,15 @@ def critic_loss(
     target = (noise - x).to(work)
     loss = (critic(x_s, sigma, **cond).to(work) - target).pow(2).mean()
     return loss, {"loss": float(loss.detach()), "target_rms": float(target.pow(2).mean().sqrt())}
+
+
+def regression_loss(x: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """DMD's regression term (eq. 9): mean squared distance of the student's samples
+    ``x [B, ...]`` to ``target [B, ...]``, the teacher's deterministic (ODE) samples from the
+    same noise and condition; returns (loss, logs). It ties the student to the teacher's
+    noise-to-sample map, where the distribution-matching gradient alone lets it seek modes
+    of its own (sharp, invented detail). The paper measures it with LPIPS on pixels; here
+    on latents, squared. ``target`` gets no gradient."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    loss = (x.to(work) - target.detach().to(work)).pow(2).mean()
+    return loss, {"loss": float(loss.detach())}

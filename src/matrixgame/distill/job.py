@@ -44,6 +44,10 @@ class DistillJob:
     shift: float = 5.0  # of the student's schedule and of the DMD timesteps
     schedule: str = "shifted"  # or "distilled": the release's [1000, 666, 333]
     guidance: float = 1.0  # the teacher's CFG (1: off)
+    # DMD's regression term: its weight (0: off) and the teacher's Euler steps for its target
+    # (0: the teacher world's own sampler, as it plays; its shift too)
+    regression: float = 0.0
+    regression_steps: int = 0
     teacher_steps: int = 50  # the teacher's sampler in the sample strips
     checkpoint_every: int = 100
     ema_decay: float = 0.99
@@ -61,6 +65,8 @@ class DistillJob:
             raise ValueError("need 1 <= sampler_steps <= 50, segments >= 1, 0 <= mask <= 1")
         if min(self.student_lr, self.critic_lr) <= 0:
             raise ValueError("learning rates must be positive")
+        if not self.regression >= 0 or not 0 <= self.regression_steps <= 100:
+            raise ValueError("need regression >= 0 and 0 <= regression_steps <= 100")
 
 
 def student_sigmas(job: DistillJob) -> torch.Tensor:
@@ -69,6 +75,17 @@ def student_sigmas(job: DistillJob) -> torch.Tensor:
     if job.schedule == "distilled":
         return distilled_schedule(job.shift)
     return sigma_schedule(job.sampler_steps, job.shift)
+
+
+def teacher_sigmas(job: DistillJob, world) -> torch.Tensor:
+    """The levels of the regression term's target: the teacher world's Euler sampler (its
+    steps unless ``job.regression_steps`` says otherwise, its shift)."""
+    from matrixgame.diffusion.samplers import sigma_schedule
+    from matrixgame.inference.session import DEFAULT_SHIFT, DEFAULT_STEPS
+
+    sampler = (world.meta or {}).get("sampler") or {}
+    steps = job.regression_steps or sampler.get("steps", DEFAULT_STEPS)
+    return sigma_schedule(steps, sampler.get("shift", DEFAULT_SHIFT))
 
 
 def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
@@ -96,9 +113,10 @@ def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
     if job.init:
         load_checked(pair, _init_state(job.init, pair), job.init)
     sigmas = student_sigmas(job)
-    dmd = DMDConfig(shift=job.shift, guidance=job.guidance, student_every=job.student_every)
+    dmd = DMDConfig(shift=job.shift, guidance=job.guidance, student_every=job.student_every,
+                    regression=job.regression)  # fmt: skip
     task = DistillTask(teacher, world.window, world.height, world.width, sigmas, dmd,
-                       segments, job.mask, job.seed)  # fmt: skip
+                       segments, job.mask, job.seed, teacher_sigmas(job, world))  # fmt: skip
     meta = {
         "model": "dmd", "preset": _preset(teacher), "latents": job.latents,
         "window": asdict(world.window), "teacher": str(job.teacher), "stage": job.stage,

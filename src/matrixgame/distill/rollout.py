@@ -101,6 +101,7 @@ class SelfRollout:
     """The last segment of every sample's rollout, ready for the DMD loss."""
 
     x: Tensor  # [B, z, C, h, w] the student's sample (graph through the exit step only)
+    noise: Tensor  # [B, z, C, h, w] the noise that sample started from
     batch: dict  # its window, collated and masked: past, memory, actions, camera
     null: dict  # the same window's unconditional branch (null actions, no memory)
     segments: int
@@ -147,4 +148,4 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
     past = masked["past"]
     noise = torch.randn((past.shape[0], past.shape[1], c, *past.shape[3:]), device=past.device)
     x = sample_with_exit(velocity, noise, sigmas, exit_step)
-    return SelfRollout(x, masked, null, segments, windows, generated)
+    return SelfRollout(x, noise, masked, null, segments, windows, generated)

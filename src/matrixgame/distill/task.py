@@ -3,9 +3,11 @@
 critic (:mod:`.dmd`), and the critic's flow matching on the same samples.
 
 The critic is updated every step and the student every ``student_every``-th (the report:
-5 in the cold start, 3 after); on a critic-only step the rollout runs without grad. The
-step's choices (segments, exit step, masks) come from the step number alone, so every
-process of a distributed run makes the same ones and leaves the same gradients unset.
+5 in the cold start, 3 after), with DMD's regression term where it is weighted (its
+target: the teacher's Euler sample at ``teacher_sigmas`` from the student's noise, same
+window); on a critic-only step the rollout runs without grad. The step's choices
+(segments, exit step, masks) come from the step number alone, so every process of a
+distributed run makes the same ones and leaves the same gradients unset.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import torch
 from torch import nn
 
 from matrixgame.data.windows import WindowConfig
-from matrixgame.distill.dmd import DMDConfig, critic_loss, dmd_loss, sample_dmd_sigma
+from matrixgame.diffusion.samplers import sample_euler
+from matrixgame.distill.dmd import (
+    DMDConfig,
+    critic_loss,
+    dmd_loss,
+    regression_loss,
+    sample_dmd_sigma,
+)
 from matrixgame.distill.rollout import conditioned, self_rollout
 
 Tensor = torch.Tensor
@@ -53,6 +62,11 @@ class DistillTask:
     segments: int = 1  # rollouts of 1..segments segments; 1 is the cold start (true past)
     mask: float = 0.2  # probability of masking the past, and (apart) the memory
     seed: int = 0
+    teacher_sigmas: Tensor | None = None  # the regression target's levels (dmd.regression)
+
+    def __post_init__(self) -> None:
+        if self.dmd.regression > 0 and self.teacher_sigmas is None:
+            raise ValueError("the regression term needs the teacher's levels (teacher_sigmas)")
 
     def choices(self, step: int) -> dict:
         """The step's segments, exit step, masks and noise seeds: from the step alone."""
@@ -89,5 +103,11 @@ class DistillTask:
             loss = loss + student_loss
             logs.update(dmd_loss=dmd_logs["loss"], dmd_grad=dmd_logs["grad_norm"],
                         normaliser=dmd_logs["normaliser"])  # fmt: skip
+            if self.dmd.regression > 0:
+                with torch.no_grad():
+                    target = sample_euler(teacher, roll.noise, self.teacher_sigmas)
+                reg, reg_logs = regression_loss(roll.x, target)
+                loss = loss + self.dmd.regression * reg
+                logs["regression"] = reg_logs["loss"]
         logs["loss"] = float(loss.detach())
         return loss, logs

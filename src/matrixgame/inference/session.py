@@ -151,6 +151,10 @@ class Window:
     state: SessionState
 
 
+# a world's sampler where its config names none (a `train dit` run): Euler, as the recipe
+DEFAULT_STEPS, DEFAULT_SHIFT = 4, 3.0
+
+
 class WorldSession:
     """A world model streaming frames for actions. ``world`` holds ``dit``, ``vae``,
     ``window`` (:class:`WindowConfig`), ``height``, ``width`` and ``meta`` (its config:
@@ -166,8 +170,8 @@ class WorldSession:
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
         self.height, self.width = world.height, world.width
-        self.steps = steps or sampler.get("steps", 4)
-        self.shift = shift or sampler.get("shift", 3.0)
+        self.steps = steps or sampler.get("steps", DEFAULT_STEPS)
+        self.shift = shift or sampler.get("shift", DEFAULT_SHIFT)
         self.sampler = sampler.get("name", "euler")
         get_sampler(self.sampler)  # an unknown name fails here, not at the first step
         # a distilled student's exact schedule, unless steps or shift are chosen here

@@ -252,6 +252,11 @@ class Recipe:
     def path(self, stage: str) -> Path:
         return self.work / {"record": "data", "eval": "report"}.get(stage, stage)
 
+    @property
+    def cold_run(self) -> Path:
+        """The student's cold start (``student-cold/``), beside its multi-segment run."""
+        return self.work / "student-cold"
+
     # -- the stages ------------------------------------------------------------------------
 
     def run(self, until: str = "ship", only: str | None = None) -> dict:
@@ -459,7 +464,7 @@ class Recipe:
                       batch_size=s.student_batch, student_lr=s.student_lr,
                       critic_lr=s.critic_lr, sampler_steps=s.student_sampler_steps,
                       checkpoint_every=s.checkpoint_every)  # fmt: skip
-        cold, multi = self.work / "student-cold", self.path("student")
+        cold, multi = self.cold_run, self.path("student")
         teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
         seed, seed_step = self._student_seed()
         past_cold = _has_checkpoint(multi) or seed_step >= s.student_cold_steps
@@ -649,7 +654,7 @@ class Recipe:
 
     def _student_step(self) -> int | None:
         """The student's steps (cold start + multi-segment), None before it has any."""
-        cold, multi = _latest_step(self.work / "student-cold"), self._step("student")
+        cold, multi = _latest_step(self.cold_run), self._step("student")
         if not (cold or multi):
             return None
         return (self.spec.student_cold_steps if multi else 0) + (multi or cold)
@@ -689,7 +694,7 @@ class Recipe:
 
     def student_run(self) -> Path | None:
         """The student's latest run: the multi-segment stage's, else the cold start's."""
-        for run in (self.path("student"), self.work / "student-cold"):
+        for run in (self.path("student"), self.cold_run):
             if _has_checkpoint(run):
                 return run
         return None
@@ -723,7 +728,7 @@ class Recipe:
         sampler = {**student.meta["sampler"], "steps": 1, "sigmas": [1.0, 0.0]}
         one = replace(student, name=self.spec.student_one_step_name,
                       meta={**student.meta, "sampler": sampler})  # fmt: skip
-        cold = self.work / "student-cold"
+        cold = self.cold_run
         if self.student_run() == cold or not _has_checkpoint(cold):
             return [student, one]
         alone = trained_world(cold, self.spec.student_cold_name)
@@ -774,7 +779,7 @@ class Recipe:
                 "figures_1_step": one_step or {},
             }  # fmt: skip
             if cold:  # its cold start alone, evaluated beside it
-                cold_step = _latest_step(self.work / "student-cold")
+                cold_step = _latest_step(self.cold_run)
                 config["student"]["cold_start"] = {"step": cold_step, "figures": cold}
         else:
             (folder / "student.safetensors").unlink(missing_ok=True)
