@@ -161,6 +161,13 @@ def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
     assert cold["step"] == 2 and "psnr" in cold["figures"]
     card = (ship / "README.md").read_text()
     assert "## The few-step student" in card and "In one step" in card
+    # `matrixgame eval` opens it as FOLDER:student (teacher vs student in one report)
+    from matrixgame.worlds.shipped import open_world
+
+    opened = open_world(f"{ship}:student")
+    assert opened.name == "tiny student" and opened.meta["sampler"] == sampler
+    assert torch.equal(opened.dit.blocks[0].self_attn.q.weight,
+                       student.dit.blocks[0].self_attn.q.weight)  # fmt: skip
 
 
 def test_a_student_is_refused_where_none_ships_and_a_bad_schedule_named(built, tmp_path):

@@ -40,8 +40,9 @@ Record an evaluation set with loops, e.g.:
 """,
     )
     p.add_argument("worlds", nargs="+", metavar="[NAME=]RUN",
-                   help="`train dit` run folders or shipped worlds (worlds/doom-e1m1, or its "
-                        "name); several are compared in one report, e.g. error buffer off, or "
+                   help="`train dit` or `distill` run folders, or shipped worlds "
+                        "(worlds/doom-e1m1, or its name; doom-e1m1:student, its student); "
+                        "several are compared in one report, e.g. error buffer off, or "
                         "teacher vs student")  # fmt: skip
     p.add_argument("--data", required=True, help="recorded dataset folder with held-out clips")
     p.add_argument("--out", required=True, help="report folder")

@@ -290,12 +290,15 @@ def world_config(name: str, vae_meta: dict, vae_step: int, dit_meta: dict, dit_s
 
 
 def open_world(path: str | Path, name: str | None = None):
-    """A world from a `train dit` run folder or a shipped world (folder or name)."""
+    """A world from a `train dit` or `distill` run folder, or a shipped world (folder or
+    name); ``doom-e1m1:student`` is a shipped world's distilled student (its own sampler)."""
     from matrixgame.train.runs import trained_world
 
     if (Path(path) / "checkpoints").exists():
         return trained_world(path, name)
-    world = load_world(path)
+    folder, colon, part = str(path).rpartition(":")
+    student = bool(colon) and part == "student" and not Path(path).exists()
+    world = load_world(folder if student else path, student=student)
     world.name = name or world.name
     return world
 
