@@ -14,7 +14,7 @@ from matrixgame.data.windows import WindowConfig
 from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
 from matrixgame.distill.dmd import DMDConfig
 from matrixgame.distill.job import DistillJob, train_distill
-from matrixgame.distill.rollout import conditioned, mask_window, sample_with_exit, self_rollout
+from matrixgame.distill.rollout import conditioned, mask_window, self_rollout
 from matrixgame.distill.task import DistillTask, StudentCritic
 from matrixgame.geometry import pose_from_angles
 from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
@@ -123,12 +123,12 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
 
     monkeypatch.setattr(task_module, "regression_loss", spy)
 
-    probe = DistillTask(teacher, WINDOW, H, W, sigma_schedule(2, 5.0), DMDConfig(), segments=2)
-    step = next(i for i in range(100) if probe.choices(i)["exit_step"] == 0)  # no re-noising
+    probe = DistillTask(teacher, WINDOW, H, W, sigma_schedule(3, 5.0), DMDConfig(), segments=2)
+    step = next(i for i in range(100) if probe.choices(i)["exit_step"] == 1)  # after re-noising
 
     def loss(weight):
         seen.clear()
-        task = DistillTask(teacher, WINDOW, H, W, sigma_schedule(2, 5.0),
+        task = DistillTask(teacher, WINDOW, H, W, sigma_schedule(3, 5.0),
                            DMDConfig(student_every=1, regression=weight), segments=2,
                            teacher_sigmas=levels)  # fmt: skip
         torch.manual_seed(7)
@@ -136,11 +136,14 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
 
     with_term, logs = loss(0.5)
     roll, target = seen["roll"], seen["target"]
-    expected = sample_euler(conditioned(teacher, roll.batch, WINDOW.current), roll.noise, levels)
+    # the teacher's ODE from where the student's exit step starts (its re-noised sample)
+    s = float(sigma_schedule(3, 5.0)[1])
+    assert roll.exit_sigma == s and 1 > s > levels[1]  # 0.91: above the teacher's 0.86
+    below = torch.cat([torch.tensor([s], dtype=levels.dtype), levels[1:]])
+    expected = sample_euler(conditioned(teacher, roll.batch, WINDOW.current), roll.exit_x, below)
     torch.testing.assert_close(target, expected)
-    student = conditioned(pair.student, roll.batch, WINDOW.current)  # the noise it started from
-    torch.testing.assert_close(roll.x, sample_with_exit(student, roll.noise, sigma_schedule(2, 5.0),
-                                                        0))  # fmt: skip
+    student = conditioned(pair.student, roll.batch, WINDOW.current)
+    torch.testing.assert_close(roll.x, roll.exit_x - s * student(roll.exit_x, s))
     without, _ = loss(0.0)
     assert "target" not in seen
     torch.testing.assert_close(with_term - without, torch.tensor(0.5 * logs["regression"]))

@@ -82,9 +82,11 @@ def conditioned(model, batch: dict, current: int, null: dict | None = None) -> C
     return velocity
 
 
-def sample_with_exit(velocity: Callable, noise: Tensor, sigmas: Tensor, exit_step: int) -> Tensor:
+def sample_with_exit(velocity: Callable, noise: Tensor, sigmas: Tensor,
+                     exit_step: int) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The student's few-step sample (``sample_renoise``) stopped at ``exit_step``: the steps
-    before it without grad, then the exit step's x_0 prediction with its graph."""
+    before it without grad, then the exit step's x_0 prediction with its graph; returns
+    (that prediction, the exit step's input: the sample at level ``sigmas[exit_step]``)."""
     levels = sigmas.tolist()
     if not 0 <= exit_step < len(levels) - 1:
         raise ValueError(f"exit_step must lie in 0..{len(levels) - 2}, got {exit_step}")
@@ -93,7 +95,7 @@ def sample_with_exit(velocity: Callable, noise: Tensor, sigmas: Tensor, exit_ste
         for s, s_next in zip(levels[:exit_step], levels[1 : exit_step + 1], strict=True):
             x = renoise_step(x - s * velocity(x, s), s_next)
     s = levels[exit_step]
-    return x - s * velocity(x, s)
+    return x - s * velocity(x, s), x
 
 
 @dataclass
@@ -101,7 +103,8 @@ class SelfRollout:
     """The last segment of every sample's rollout, ready for the DMD loss."""
 
     x: Tensor  # [B, z, C, h, w] the student's sample (graph through the exit step only)
-    noise: Tensor  # [B, z, C, h, w] the noise that sample started from
+    exit_x: Tensor  # [B, z, C, h, w] the exit step's input (no graph), at level exit_sigma
+    exit_sigma: float
     batch: dict  # its window, collated and masked: past, memory, actions, camera
     null: dict  # the same window's unconditional branch (null actions, no memory)
     segments: int
@@ -147,5 +150,6 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
     velocity = conditioned(student, masked, c)
     past = masked["past"]
     noise = torch.randn((past.shape[0], past.shape[1], c, *past.shape[3:]), device=past.device)
-    x = sample_with_exit(velocity, noise, sigmas, exit_step)
-    return SelfRollout(x, noise, masked, null, segments, windows, generated)
+    x, exit_x = sample_with_exit(velocity, noise, sigmas, exit_step)
+    return SelfRollout(x, exit_x, float(sigmas[exit_step]), masked, null, segments, windows,
+                       generated)  # fmt: skip

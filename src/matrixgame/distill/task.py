@@ -4,10 +4,10 @@ critic (:mod:`.dmd`), and the critic's flow matching on the same samples.
 
 The critic is updated every step and the student every ``student_every``-th (the report:
 5 in the cold start, 3 after), with DMD's regression term where it is weighted (its
-target: the teacher's Euler sample at ``teacher_sigmas`` from the student's noise, same
-window); on a critic-only step the rollout runs without grad. The step's choices
-(segments, exit step, masks) come from the step number alone, so every process of a
-distributed run makes the same ones and leaves the same gradients unset.
+target: the teacher's Euler ODE, at ``teacher_sigmas``, from the point the student's exit
+step starts at, same window); on a critic-only step the rollout runs without grad. The
+step's choices (segments, exit step, masks) come from the step number alone, so every
+process of a distributed run makes the same ones and leaves the same gradients unset.
 """
 
 from __future__ import annotations
@@ -105,9 +105,17 @@ class DistillTask:
                         normaliser=dmd_logs["normaliser"])  # fmt: skip
             if self.dmd.regression > 0:
                 with torch.no_grad():
-                    target = sample_euler(teacher, roll.noise, self.teacher_sigmas)
+                    levels = ode_levels(self.teacher_sigmas, roll.exit_sigma)
+                    target = sample_euler(teacher, roll.exit_x, levels)
                 reg, reg_logs = regression_loss(roll.x, target)
                 loss = loss + self.dmd.regression * reg
                 logs["regression"] = reg_logs["loss"]
         logs["loss"] = float(loss.detach())
         return loss, logs
+
+
+def ode_levels(sigmas: Tensor, start: float) -> Tensor:
+    """A sampler's levels (from 1 to 0) for an ODE that starts at level ``start``: ``start``,
+    then those of ``sigmas`` below it (at ``start`` 1, all of them)."""
+    below = sigmas[sigmas < start - 1e-9]
+    return torch.cat([torch.tensor([start], dtype=sigmas.dtype), below])
