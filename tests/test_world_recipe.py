@@ -249,6 +249,45 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert len(log) == len(shipped_log) + 3 and log[-1]["trained"]["dit"] == 12
 
 
+@pytest.mark.slow
+def test_from_shipped_a_new_student_of_the_shipped_world_model_ships_alone_when_better(
+    built, tmp_path
+):
+    """--from shipped: a fresh work folder starts from the shipped weights although a kept
+    version exists; its new student of the shipped world model is evaluated beside the
+    shipped student on the same clips and ships alone when it beats it (the world model,
+    the same weights, is never re-shipped on figures of other clips)."""
+    from matrixgame.worlds.card import figures_of
+
+    work, ship = tmp_path / "fresh", tmp_path / "ship"
+    shutil.copytree(built["ship"], ship)
+    shutil.copytree(built["ship"], ship / "next")
+    config = json.loads((ship / "next/config.json").read_text())
+    config["dit"]["step"] = 99  # a kept version in training that --from shipped passes by
+    (ship / "next/config.json").write_text(json.dumps(config))
+    shipped_step = json.loads((ship / "config.json").read_text())["dit"]["step"]
+    more = ("--from", "shipped", "--dit-steps", str(shipped_step), "--student-multi-steps", "4")
+    done = subprocess.run(build(work, ship, *more), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((work / "recipe.json").read_text())
+    assert state["stages"]["dit"]["step"] == shipped_step  # seeded at its step, not next/'s
+    assert _logged_steps(work / "student") == [3, 4]  # the shipped student (2 + 2) went on
+    report = json.loads((work / "report" / "report.json").read_text())
+    new, old = figures_of(report, "tiny student"), figures_of(report, "tiny student (shipped)")
+    methods = report["fidelity"]["methods"]
+    assert "psnr" in new and "psnr" in old and "tiny (shipped)" not in methods
+    ship_state = state["stages"]["ship"]
+    assert ship_state["shipped"] is False  # the same world model
+    assert ship_state["student_shipped"] == (new["psnr"] > old["psnr"] + 0.05)
+    config = json.loads((ship / "config.json").read_text())
+    assert config["dit"]["step"] == shipped_step
+    assert config["student"]["step"] == (6 if ship_state["student_shipped"] else 4)
+    if ship_state["student_shipped"]:
+        assert config["student"]["figures"]["psnr"] == new["psnr"] and not (ship / "next").exists()
+    else:  # kept: this call's version (the shipped world model, the new student)
+        assert json.loads((ship / "next/config.json").read_text())["dit"]["step"] == shipped_step
+
+
 def built_log(built) -> list[dict]:
     """The training log of the fixture's build (its recipe.json's rows)."""
     return json.loads((built["work"] / "recipe.json").read_text())["sessions"]

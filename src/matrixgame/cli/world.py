@@ -39,8 +39,11 @@ Every stage checkpoints (at least every --checkpoint-every steps) and resumes;
 next call continues it. Larger --dit-steps (etc.) continue a finished stage. A call
 that trained keeps the version in training (not better than the shipped one yet)
 as a world folder in worlds/NAME/next/ (commit it). On a fresh clone (no WORK
-folder) the stages start from that kept version, else the shipped weights. Runs on
-CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
+folder) the stages start from that kept version, else the shipped weights (--from
+shipped: from the shipped weights, e.g. to distil a new student of the shipped world
+model; the kept version is replaced once this call trains, git history keeps it). A
+student of the shipped world model ships alone when it beats the shipped student on
+the same clips. Runs on CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     )
     build.add_argument("--world", default="doom-e1m1", help="which world's recipe")
     build.add_argument("--work", default="runs/world", help="folder of the stages' runs")
@@ -61,6 +64,10 @@ CUDA unchanged where a GPU is present. Stages: {", ".join(STAGES)}.""",
     build.add_argument("--workers", type=int, default=2, help="recording processes")
     build.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     build.add_argument("--ship-to", help="shipped world folder (default: worlds/NAME)")
+    build.add_argument("--from", dest="seed_from", choices=("kept", "shipped"), default="kept",
+                       help="what a fresh work folder starts from: the kept version in "
+                            "training (worlds/NAME/next/, else the shipped weights) or the "
+                            "shipped weights")  # fmt: skip
     build.set_defaults(run_command=_run_build)
 
     ls = what.add_parser("list", help="the shipped worlds and their held-out figures")
@@ -80,7 +87,9 @@ def _run_build(args: argparse.Namespace) -> int:
                      light_steps=args.light_steps, dit_steps=args.dit_steps, frames=args.frames,
                      student_multi_steps=args.student_multi_steps,
                      eval_clips=args.eval_clips)  # fmt: skip
-    recipe = Recipe(spec, args.work, args.hours, args.workers, args.ship_to)
+    recipe = Recipe(
+        spec, args.work, args.hours, args.workers, args.ship_to, seed_from=args.seed_from
+    )
     state = recipe.run(args.until, args.only)
     for stage, info in state["stages"].items():
         step = f" step {info['step']}" if "step" in info else ""
