@@ -403,6 +403,9 @@ def test_the_card_compares_multi_segment_training_with_its_cold_start_alone():
     assert "does not hold up better" in "".join(_cold_start_line(student))
     del student["cold_start"]["figures"]["drift_last_psnr"]  # not measured: no line
     assert _cold_start_line(student) == [] and _cold_start_line({"figures": {}}) == []
+    from matrixgame.worlds.card import _regression
+
+    assert _regression(student) == "" and "weight 1, toward" in _regression({"regression": 1.0})
 
 
 @pytest.mark.parametrize("stopped", ["signal", "deadline"])

@@ -189,10 +189,10 @@ def _student(config: dict) -> list[str]:
     lines = ["", "## The few-step student", "",
              f"`student.safetensors`: DMD-distilled from the world model at step "
              f"{student.get('teacher_step', '?')} (a cold start on recorded pasts, then "
-             f"multi-segment rollouts on its own past and memory), {student.get('step', '?')} "
-             f"steps; samples in {sampler.get('steps', '?')} steps (`load(name, student=True)`, "
-             f"`matrixgame play --student`). Against the world model at "
-             f"{config['sampler']['steps']} steps:", ""]  # fmt: skip
+             f"multi-segment rollouts on its own past and memory{_regression(student)}), "
+             f"{student.get('step', '?')} steps; samples in {sampler.get('steps', '?')} steps "
+             f"(`load(name, student=True)`, `matrixgame play --student`). Against the world "
+             f"model at {config['sampler']['steps']} steps:", ""]  # fmt: skip
     rows = student_goals(config.get("figures") or {}, figures)
     if rows:
         lines += ["| goal | measured | met |", "|---|---|---|"]
@@ -210,6 +210,15 @@ def _student(config: dict) -> list[str]:
                   f"{_num(teacher.get('psnr'))} / {_num(teacher.get('ssim'), 3)} / "
                   f"{_num(teacher.get('sharpness'))}."]  # fmt: skip
     return lines
+
+
+def _regression(student: dict) -> str:
+    """How its last stage used DMD's regression term, where it did."""
+    weight = student.get("regression") or 0.0
+    if not weight:
+        return ""
+    return (f"; its last run with DMD's regression term, weight {weight:g}, toward the world "
+            f"model's own samples from the same noise")  # fmt: skip
 
 
 def _cold_start_line(student: dict) -> list[str]:

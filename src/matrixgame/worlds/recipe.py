@@ -817,6 +817,7 @@ class Recipe:
                 "step": self._student_step(),
                 "teacher_step": self.state["stages"].get("student", {}).get("teacher_step"),
                 "sampler": meta["sampler"], "figures": student_figures or {},
+                "regression": (meta.get("job") or {}).get("regression", 0.0),
                 "figures_1_step": one_step or {},
             }  # fmt: skip
             if cold:  # its cold start alone, evaluated beside it
