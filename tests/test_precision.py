@@ -32,6 +32,18 @@ def test_an_unknown_dtype_is_named():
     assert model_dtype(world.dit) == torch.float32  # left as it was
 
 
+def test_the_play_and_generate_commands_offer_exactly_the_dtypes_there_are():
+    # the CLI spells the choices out so that `--help` does not import torch; they must not drift
+    import argparse
+
+    from matrixgame.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb in ("play", "generate"):
+        dtype = next(a for a in sub.choices[verb]._actions if a.dest == "dtype")
+        assert tuple(dtype.choices) == precision.CHOICES and dtype.default == "auto"
+
+
 def test_a_bf16_world_model_streams_what_the_float32_one_does(monkeypatch):
     monkeypatch.setattr(precision.capability, "fast_bf16", lambda: True)
     clip, context, total = _clip(), 5, 11
