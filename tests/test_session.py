@@ -243,3 +243,44 @@ def test_the_releases_reference_scheme_equals_its_per_frame_selection():
     assert latents.shape[1] == 11 and torch.isfinite(latents).all()
     with pytest.raises(ValueError, match="retrieval"):
         WorldSession(world, retrieval="nearest")
+
+
+def test_guidance_adds_each_dropped_conditions_difference():
+    """Classifier-free guidance on the actions and the memory: one Euler step is linear in
+    the velocity, so the guided sample is x + (a - 1) (x - x_null_actions) + (m - 1) (x -
+    x_no_memory) of the unguided samples from the same noise (the actions' branch batched
+    with the window); the session takes the world's weights unless told otherwise."""
+    from matrixgame.data.windows import window_inputs, with_null_actions, without_memory
+    from matrixgame.inference.rollout import Guidance, denoise_window
+
+    world, clip = _world(), _clip()
+    with torch.no_grad():  # a trained model's action layers are not at their zero init
+        for p in world.dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    item = window_inputs(clip, 3, world.window, H, W, 1.0, 2, True)
+    batch = {k: v[None] for k, v in item.items()}
+    assert batch["memory"].shape[2] == 2
+
+    def sample(b, actions=1.0, memory=1.0):
+        gen = torch.Generator().manual_seed(5)
+        return denoise_window(world.dit, b, 2, steps=1, shift=3.0, generator=gen,
+                              guidance=Guidance(actions, memory))  # fmt: skip
+
+    x, x_na, x_nm = sample(batch), sample(with_null_actions(batch)), sample(without_memory(batch))
+    assert not torch.allclose(x, x_na) and not torch.allclose(x, x_nm)  # both matter
+    for a, m in ((0.0, 1.0), (2.5, 1.0), (1.0, 3.0), (2.0, 1.5)):
+        expected = x + (a - 1) * (x - x_na) + (m - 1) * (x - x_nm)
+        torch.testing.assert_close(sample(batch, a, m), expected, rtol=1e-4, atol=1e-5)
+    # a window without memory has nothing to guide
+    torch.testing.assert_close(sample(without_memory(batch), 1.0, 3.0), x_nm)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance"):
+            Guidance(actions=bad)
+    guided = SimpleNamespace(**{**vars(world), "meta": {"sampler": {"guidance": {"actions": 2.5}}}})
+    assert WorldSession(guided).guidance == Guidance(2.5, 1.0)
+    assert WorldSession(guided, guidance={"memory": 2.0}).guidance == Guidance(2.5, 2.0)
+    assert WorldSession(guided, guidance=Guidance()).guidance == Guidance()
+    with pytest.raises(ValueError, match="guidance"):
+        WorldSession(world, guidance={"memory": -2})
+    with pytest.raises(ValueError, match="guidance"):
+        WorldSession(world, guidance={"action": 2})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from matrixgame.cli.options import add_guidance_arguments, guidance_of
+
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
     from matrixgame.eval.protocols import PROTOCOLS
@@ -59,6 +61,7 @@ Record an evaluation set with loops, e.g.:
     p.add_argument("--steps", type=int, default=4, help="denoising steps per window")
     p.add_argument("--shift", type=float, default=3.0, help="flow-matching schedule shift")
     p.add_argument("--seed", type=int, default=0)
+    add_guidance_arguments(p, "each world's own")
     p.add_argument("--idm", help="a `train idm` run (action accuracy, Fréchet distance)")
     p.add_argument("--lpips", help="local LPIPS (AlexNet) weights: .pth or .safetensors")
     p.add_argument("--fvd", help="local I3D (Kinetics-400) weights for FVD: .pt or .safetensors")
@@ -84,7 +87,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     config = EvalConfig(context=args.context, horizons=horizons, seconds=args.seconds,
                         bucket_seconds=args.bucket_seconds, clips=args.clips, split=args.split,
                         steps=args.steps, shift=args.shift, seed=args.seed,
-                        fvd_size=args.fvd_size)  # fmt: skip
+                        guidance=guidance_of(args), fvd_size=args.fvd_size)  # fmt: skip
     idm = lpips = i3d = None
     if args.idm:
         from matrixgame.eval.idm import trained_idm

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from matrixgame.cli.options import add_guidance_arguments, guidance_of
+
 
 def _world_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--world", default="doom-e1m1",
@@ -31,6 +33,7 @@ def _world_arguments(p: argparse.ArgumentParser, mode: str) -> None:
                         "BF16, AMX) or GPU multiplies it fast, else float32")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the session")
+    add_guidance_arguments(p, "the world's own, see its model card")
 
 
 def add_play(sub: argparse._SubParsersAction) -> None:
@@ -136,7 +139,7 @@ def _run_play(args: argparse.Namespace) -> None:
     # loaded on the thread that will step it (see serve.app.torch_thread)
     world, starts, info = torch_thread().submit(_open, args).result()
     config = ServeConfig(max_sessions=args.max_sessions, idle_s=args.idle_timeout,
-                         steps=args.steps)  # fmt: skip
+                         steps=args.steps, guidance=guidance_of(args))  # fmt: skip
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"matrixgame play: listening on {args.host}: anyone who reaches this address "
               "can play (and use this machine's CPU)")  # fmt: skip
@@ -160,7 +163,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     if not args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out {args.out}: the video is written as MP4; name it *.mp4")
     world, starts, info = _open(args)
-    session = WorldSession(world, steps=args.steps, seed=args.seed)
+    session = WorldSession(world, steps=args.steps, seed=args.seed, guidance=guidance_of(args))
     check_script(script, session, world.meta.get("kinematics"))
     start = choose_start(starts, args.start, world)
     fps = float(world.meta.get("fps", 17.5))
@@ -190,10 +193,12 @@ def _generate_parallel(args: argparse.Namespace, world, start, script, fps: floa
     rank, size = dist.get_rank(), dist.get_world_size()
     if rank == size - 1:
         with Mp4Writer(args.out, fps) as video:
-            generate_parallel(world, start, script, video.write, args.steps, args.seed)
+            generate_parallel(world, start, script, video.write, args.steps, args.seed,
+                              guidance=guidance_of(args))  # fmt: skip
         print(f"{args.out}: decoded by rank {rank}; {size - 1} DiT ranks (Ulysses)")
     else:
-        log = generate_parallel(world, start, script, None, args.steps, args.seed)
+        log = generate_parallel(world, start, script, None, args.steps, args.seed,
+                                guidance=guidance_of(args))  # fmt: skip
         if log is not None and args.poses:
             write_log(args.poses, log, fps)
             print(f"{args.poses}: per-frame poses and each step's memory")

@@ -148,3 +148,20 @@ def window_kwargs(batch: dict) -> dict:
         "keyboard_memory": -torch.ones(b, m, 6, device=device),
         "mouse_memory": torch.ones(b, m, 2, device=device),
     }  # fmt: skip
+
+
+def with_null_actions(batch: dict) -> dict:
+    """A window with its actions replaced by the null actions (keyboard -1, mouse +1), as
+    the DiT's training drops them (``DiTTask.drop_actions``): its branch without actions,
+    for classifier-free guidance on the actions."""
+    return {**batch, "keyboard": -torch.ones_like(batch["keyboard"]),
+            "mouse": torch.ones_like(batch["mouse"])}  # fmt: skip
+
+
+def without_memory(batch: dict) -> dict:
+    """A collated window with its memory latents removed (their camera rays too), as the
+    DiT's training drops them (``DiTTask.drop_memory``)."""
+    m = batch["memory"].shape[2]
+    return {**batch, "memory": batch["memory"][:, :, :0],
+            "memory_index": batch["memory_index"][:, :0],
+            "plucker": batch["plucker"][:, :, m:]}  # fmt: skip

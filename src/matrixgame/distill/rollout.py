@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from matrixgame.data.windows import WindowConfig, window_kwargs
+from matrixgame.data.windows import WindowConfig, window_kwargs, with_null_actions, without_memory
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import renoise_step
 from matrixgame.inference.session import Start, WorldSession
@@ -52,13 +52,8 @@ def mask_window(batch: dict, drop_past: bool = False, drop_memory: bool = False,
         out["plucker"] = torch.cat([batch["plucker"][:, :, :m], batch["plucker"][:, :, m + p :]], 2)
         out["first_index"] = batch["first_index"] + p
     if drop_memory:
-        out["memory"] = out["memory"][:, :, :0]
-        out["memory_index"] = out["memory_index"][:, :0]
-        out["plucker"] = out["plucker"][:, :, m:]
-    if null_actions:
-        out["keyboard"] = -torch.ones_like(out["keyboard"])
-        out["mouse"] = torch.ones_like(out["mouse"])
-    return out
+        out = without_memory(out)
+    return with_null_actions(out) if null_actions else out
 
 
 def conditioned(model, batch: dict, current: int, null: dict | None = None) -> Callable:

@@ -31,7 +31,7 @@ import torch
 from matrixgame.data.shards import Clip, Manifest, read_clip
 from matrixgame.eval import metrics
 from matrixgame.geometry.frustum import ViewVolume, overlap_sampled
-from matrixgame.inference.rollout import decode_frames
+from matrixgame.inference.rollout import Guidance, decode_frames
 from matrixgame.inference.session import Start, WorldSession, replay
 from matrixgame.train.latents import latent_clip
 from matrixgame.train.runs import World
@@ -57,6 +57,9 @@ class EvalConfig:
     steps: int = 4
     shift: float = 3.0
     seed: int = 0
+    # classifier-free guidance (inference.rollout.Guidance) or weights overriding each
+    # world's own ({"actions": a}); None: each world's own
+    guidance: Guidance | dict | None = None
 
 
 @dataclass
@@ -143,7 +146,8 @@ def eval_session(world: World, config: EvalConfig, memory: bool,
     distilled = ((getattr(world, "meta", None) or {}).get("sampler") or {}).get("distilled")
     steps, shift = (None, None) if distilled else (config.steps, config.shift)
     return WorldSession(world, steps=steps, shift=shift, memory=memory, seed=config.seed,
-                        decode=False, metres_per_unit=metres_per_unit)  # fmt: skip
+                        decode=False, metres_per_unit=metres_per_unit,
+                        guidance=config.guidance)  # fmt: skip
 
 
 def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = True,

@@ -195,7 +195,7 @@ def decoder_loop(vae, sink, source: int = 0, decoder=None, chunk: int = 1) -> in
 
 
 def generate_parallel(world, start, script, sink, steps: int | None = None, seed: int = 0,
-                      progress=None) -> dict | None:  # fmt: skip
+                      progress=None, guidance: dict | None = None) -> dict | None:  # fmt: skip
     """``matrixgame generate`` in the N+1 layout (call it on every rank of a torchrun job
     of N+1 processes): the DiT ranks step a session through ``script`` from ``start``, the
     last rank decodes and passes every frame batch to ``sink``. Returns, on rank 0, the
@@ -216,7 +216,7 @@ def generate_parallel(world, start, script, sink, steps: int | None = None, seed
         return None
     dit = SequenceParallelDiT(world.dit, group) if n > 1 else world.dit
     session = WorldSession(SimpleNamespace(**{**vars(world), "dit": dit}), steps=steps,
-                           seed=seed, decode=False)  # fmt: skip
+                           seed=seed, decode=False, guidance=guidance)  # fmt: skip
     link = DecoderLink(n) if rank == 0 else None
 
     def started(_) -> None:

@@ -8,6 +8,7 @@ the camera poses, exactly as the training windows are built (:func:`window_input
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,13 @@ import numpy as np
 import torch
 
 from matrixgame.accel.precision import model_dtype
-from matrixgame.data.windows import WindowConfig, window_inputs, window_kwargs
+from matrixgame.data.windows import (
+    WindowConfig,
+    window_inputs,
+    window_kwargs,
+    with_null_actions,
+    without_memory,
+)
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import get_sampler, sigma_schedule
 from matrixgame.train.vae_task import to_uint8
@@ -24,21 +31,64 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance (Ho & Salimans 2022) on a window's conditions, each weight 1
+    for off: the velocity ``v + (a - 1) (v - v_no_actions) + (m - 1) (v - v_no_memory)``,
+    where ``v_no_actions`` sees the null actions and ``v_no_memory`` no memory latents,
+    everything else the same (the DiT's training drops both: ``DiTTask``). With the actions
+    alone it is the usual ``v_null + a (v - v_null)``. Each weight != 1 costs one more DiT
+    evaluation per step (the actions' in the same batch)."""
+
+    actions: float = 1.0
+    memory: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("actions", "memory"):
+            g = getattr(self, name)
+            if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+                raise ValueError(f"{name} guidance must be a finite number >= 0 (1: off), "
+                                 f"got {g!r}")  # fmt: skip
+
+    @classmethod
+    def from_meta(cls, meta) -> Guidance:
+        """A world's ``sampler.guidance`` (``{"actions": a, "memory": m}``; absent: off)."""
+        if meta is None:
+            return cls()
+        if not isinstance(meta, dict) or set(meta) - {"actions", "memory"}:
+            raise ValueError(f"a sampler's guidance is {{'actions': a, 'memory': m}}, "
+                             f"got {meta!r}")  # fmt: skip
+        return cls(**meta)
+
+    @property
+    def off(self) -> bool:
+        return self.actions == 1.0 and self.memory == 1.0
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     steps: int = 4
     shift: float = 3.0
     memory: bool = True  # False: the ablation without retrieved memory
     seed: int = 0
+    guidance: Guidance = Guidance()
+
+
+def _model_inputs(batch: dict, dtype: torch.dtype) -> tuple[Tensor, dict]:
+    """A window's past latents and conditioning in the model's ``dtype``."""
+    cond = {name: value.to(dtype) if value.is_floating_point() else value
+            for name, value in window_kwargs(batch).items()}  # fmt: skip
+    return batch["past"].to(dtype), cond
 
 
 @torch.no_grad()
 def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: float = 3.0,
                    generator: torch.Generator | None = None, sampler: str = "euler",
-                   sigmas: Tensor | None = None) -> Tensor:  # fmt: skip
+                   sigmas: Tensor | None = None,
+                   guidance: Guidance = Guidance()) -> Tensor:  # fmt: skip
     """``current`` latents ``[B, z, current, h, w]`` sampled from noise (Euler by default;
     any sampler of :mod:`matrixgame.diffusion.samplers`, with ``sigmas`` or ``steps`` shifted
     levels), given a collated window ``batch`` (memory, past, actions, camera; see
-    :func:`window_inputs`)."""
+    :func:`window_inputs`), with classifier-free ``guidance`` where it is on."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
     shape = (b, past.shape[1], current, *past.shape[3:])
@@ -46,14 +96,30 @@ def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: floa
     # the model in its own dtype (bf16 where that pays: matrixgame.accel.precision), the
     # sampler in the latents' (float32)
     dtype = model_dtype(model)
-    cond = {name: value.to(dtype) if value.is_floating_point() else value
-            for name, value in window_kwargs(batch).items()}  # fmt: skip
-    past_in = past.to(dtype)
+    # the window, then its branch with null actions in the same batch (same shapes); the
+    # branch without memory (fewer tokens) in a call of its own
+    branches = [batch] + ([with_null_actions(batch)] if guidance.actions != 1.0 else [])
+    full = [_model_inputs(w, dtype) for w in branches]
+    past_in = torch.cat([p for p, _ in full])
+    cond = {name: torch.cat([c[name] for _, c in full]) for name in full[0][1]}
+    no_memory = None
+    if guidance.memory != 1.0 and batch["memory"].shape[2] > 0:
+        no_memory = _model_inputs(without_memory(batch), dtype)
+
+    def run(x, sigma, past_in, cond):
+        n = past_in.shape[0]
+        t = torch.cat([torch.zeros(n, k), torch.full((n, current), NUM_TIMESTEPS * sigma)], 1)
+        x_in = x.to(dtype).repeat(n // b, 1, 1, 1, 1)
+        return model(torch.cat([past_in, x_in], 2), t.to(x), None, **cond)[:, :, k:].to(x.dtype)
 
     def velocity(x, sigma):
-        t = torch.cat([torch.zeros(b, k), torch.full((b, current), NUM_TIMESTEPS * sigma)], 1)
-        v = model(torch.cat([past_in, x.to(dtype)], 2), t.to(x), None, **cond)[:, :, k:]
-        return v.to(x.dtype)
+        v, *null = run(x, sigma, past_in, cond).split(b)
+        out = v
+        if null:
+            out = out + (guidance.actions - 1.0) * (v - null[0])
+        if no_memory is not None:
+            out = out + (guidance.memory - 1.0) * (v - run(x, sigma, *no_memory))
+        return out
 
     levels = sigma_schedule(steps, shift) if sigmas is None else sigmas
     return get_sampler(sampler)(velocity, noise, levels, generator=generator)
@@ -96,7 +162,8 @@ def rollout(model, clip: dict, context: int, total: int, window: WindowConfig, h
                              width, metres_per_unit, current, config.memory)  # fmt: skip
         batch = {k: v[None] for k, v in item.items()}
         start = time.perf_counter()
-        new = denoise_window(model, batch, current, config.steps, config.shift, generator)
+        new = denoise_window(model, batch, current, config.steps, config.shift, generator,
+                             guidance=config.guidance)  # fmt: skip
         spent += time.perf_counter() - start
         known = torch.cat([known, new[0].to(known)], 1)
     return Rollout(known, context, spent, window.frames_per_latent)

@@ -29,7 +29,7 @@ from matrixgame.geometry.kinematics import (
     integrate_actions,
 )
 from matrixgame.inference.memory import MemoryPool
-from matrixgame.inference.rollout import denoise_window
+from matrixgame.inference.rollout import Guidance, denoise_window
 from matrixgame.models.vae import FeatureCache
 from matrixgame.train.vae_task import frames_to_model, to_uint8
 
@@ -165,7 +165,8 @@ class WorldSession:
                  kinematics: KinematicsConfig | None = None, decode: bool = True,
                  metres_per_unit: float | None = None, compile: str | None = None,
                  retrieval: str = "topk", compile_retrieval: bool = False,
-                 compile_dit: str | None = None) -> None:  # fmt: skip
+                 compile_dit: str | None = None,
+                 guidance: Guidance | dict | None = None) -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -173,6 +174,14 @@ class WorldSession:
         self.steps = steps or sampler.get("steps", DEFAULT_STEPS)
         self.shift = shift or sampler.get("shift", DEFAULT_SHIFT)
         self.sampler = sampler.get("name", "euler")
+        # classifier-free guidance: the world's own (its sampler's), a dict overriding some
+        # of its weights, or a Guidance
+        if guidance is None or isinstance(guidance, dict):
+            own = Guidance.from_meta(sampler.get("guidance"))
+            guidance = Guidance.from_meta({**vars(own), **(guidance or {})})
+        if not isinstance(guidance, Guidance):
+            raise ValueError(f"guidance is a Guidance or a dict, got {type(guidance).__name__}")
+        self.guidance = guidance
         get_sampler(self.sampler)  # an unknown name fails here, not at the first step
         # a distilled student's exact schedule, unless steps or shift are chosen here
         given = "sigmas" in sampler and steps is None and shift is None
@@ -244,7 +253,8 @@ class WorldSession:
         start = time.perf_counter()
         dit = self.compiled_dit.pick(window.batch) if self.compiled_dit else self.world.dit
         new = denoise_window(dit, window.batch, self.window.current, self.steps,
-                             self.shift, self.generator, self.sampler, self.sigmas)[0]  # fmt: skip
+                             self.shift, self.generator, self.sampler, self.sigmas,
+                             self.guidance)[0]  # fmt: skip
         return self.commit(window, new, time.perf_counter() - start)
 
     def prepare(self, keyboard, mouse, c2w: Tensor | None = None) -> Window:

@@ -52,6 +52,7 @@ class ServeConfig:
     max_record_s: float = 600.0
     pool_cap: int | None = 10_000  # memory latents per session (~38 min at 17.5 fps)
     steps: int | None = None  # sampler steps (default: the world's)
+    guidance: dict | None = None  # guidance weights overriding the world's (Guidance)
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -115,7 +116,7 @@ class PlayServer:
 
     def _hello(self, info: dict) -> dict:
         """What a page is told when it connects (and what ``/api/world`` answers)."""
-        session = WorldSession(self.world, steps=self.config.steps)
+        session = WorldSession(self.world, steps=self.config.steps, guidance=self.config.guidance)
         return {
             "type": "hello", "world": getattr(self.world, "name", "world"), "fps": self.fps,
             "height": self.world.height, "width": self.world.width,
@@ -199,7 +200,8 @@ class Connection:
     def __init__(self, server: PlayServer, ws) -> None:
         self.server, self.ws, self.config = server, ws, server.config
         session = WorldSession(server.world, steps=self.config.steps,
-                               pool_cap=self.config.pool_cap)  # fmt: skip
+                               pool_cap=self.config.pool_cap,
+                               guidance=self.config.guidance)  # fmt: skip
         self.player = Player(session, server.starts, server.fps,
                              self.config.degrees_per_pixel, server.pitch,
                              max_record_s=self.config.max_record_s)  # fmt: skip
