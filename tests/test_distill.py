@@ -103,10 +103,17 @@ def test_masks_drop_the_past_and_the_memory_consistently():
     assert (null["keyboard"] == -1).all() and (null["mouse"] == 1).all()
 
 
-def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_noise(monkeypatch):
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_noise(
+    monkeypatch, guidance
+):
+    """... of the teacher with the DMD term's guidance, where it has some."""
     import matrixgame.distill.task as task_module
 
     teacher = _student().requires_grad_(False)
+    with torch.no_grad():  # a trained model's action and memory layers are not at zero init
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     torch.manual_seed(1)
     pair = StudentCritic(MatrixGameDiT(DIT_PRESETS["tiny"]), MatrixGameDiT(DIT_PRESETS["tiny"]),
                          1e-4, 1e-4)  # fmt: skip
@@ -129,8 +136,8 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
     def loss(weight):
         seen.clear()
         task = DistillTask(teacher, WINDOW, H, W, sigma_schedule(3, 5.0),
-                           DMDConfig(student_every=1, regression=weight), segments=2,
-                           teacher_sigmas=levels)  # fmt: skip
+                           DMDConfig(student_every=1, regression=weight, guidance=guidance),
+                           segments=2, teacher_sigmas=levels)  # fmt: skip
         torch.manual_seed(7)
         return task.loss(pair, batch, step)
 
@@ -140,7 +147,12 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
     s = float(sigma_schedule(3, 5.0)[1])
     assert roll.exit_sigma == s and 1 > s > levels[1]  # 0.91: above the teacher's 0.86
     below = torch.cat([torch.tensor([s], dtype=levels.dtype), levels[1:]])
-    expected = sample_euler(conditioned(teacher, roll.batch, WINDOW.current), roll.exit_x, below)
+    v = conditioned(teacher, roll.batch, WINDOW.current, roll.null)
+
+    def velocity(x, sigma):
+        return v(x, sigma, null=True) + guidance * (v(x, sigma) - v(x, sigma, null=True))
+
+    expected = sample_euler(velocity, roll.exit_x, below)
     torch.testing.assert_close(target, expected)
     student = conditioned(pair.student, roll.batch, WINDOW.current)
     torch.testing.assert_close(roll.x, roll.exit_x - s * student(roll.exit_x, s))

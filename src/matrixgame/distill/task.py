@@ -4,14 +4,16 @@ critic (:mod:`.dmd`), and the critic's flow matching on the same samples.
 
 The critic is updated every step and the student every ``student_every``-th (the report:
 5 in the cold start, 3 after), with DMD's regression term where it is weighted (its
-target: the teacher's Euler ODE, at ``teacher_sigmas``, from the point the student's exit
-step starts at, same window); on a critic-only step the rollout runs without grad. The
-step's choices (segments, exit step, masks) come from the step number alone, so every
-process of a distributed run makes the same ones and leaves the same gradients unset.
+target: the teacher's Euler ODE, at ``teacher_sigmas`` and with the DMD term's guidance,
+from the point the student's exit step starts at, same window); on a critic-only step the
+rollout runs without grad. The step's choices (segments, exit step, masks) come from the
+step number alone, so every process of a distributed run makes the same ones and leaves
+the same gradients unset.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -106,12 +108,27 @@ class DistillTask:
             if self.dmd.regression > 0:
                 with torch.no_grad():
                     levels = ode_levels(self.teacher_sigmas, roll.exit_sigma)
-                    target = sample_euler(teacher, roll.exit_x, levels)
+                    target = sample_euler(guided(teacher, self.dmd.guidance), roll.exit_x,
+                                          levels)  # fmt: skip
                 reg, reg_logs = regression_loss(roll.x, target)
                 loss = loss + self.dmd.regression * reg
                 logs["regression"] = reg_logs["loss"]
         logs["loss"] = float(loss.detach())
         return loss, logs
+
+
+def guided(velocity: Callable, guidance: float) -> Callable:
+    """A :func:`conditioned` velocity with classifier-free guidance as the DMD term's teacher
+    has it, ``v_null + g (v - v_null)`` (1: itself), so that the regression term's target is
+    the guided teacher's own ODE sample."""
+    if guidance == 1.0:
+        return velocity
+
+    def velocity_guided(x: Tensor, sigma) -> Tensor:
+        v_null = velocity(x, sigma, null=True)
+        return v_null + guidance * (velocity(x, sigma) - v_null)
+
+    return velocity_guided
 
 
 def ode_levels(sigmas: Tensor, start: float) -> Tensor:
