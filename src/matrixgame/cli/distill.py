@@ -51,7 +51,10 @@ EMA opens as a world (`matrixgame eval student=RUN ...`).""",
     p.add_argument("--schedule", choices=("shifted", "distilled"), default="shifted",
                    help="shifted even levels, or the release's [1000, 666, 333]")  # fmt: skip
     p.add_argument("--shift", type=float, default=5.0)
-    p.add_argument("--guidance", type=float, default=1.0, help="teacher CFG (1: off)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="the teacher's classifier-free guidance on the actions, v_null + g (v "
+                        "- v_null), in the DMD term and the regression target (1: off; "
+                        "`eval --action-guidance` measures it on the world model)")  # fmt: skip
     p.add_argument("--regression", type=float, default=0.0,
                    help="weight of DMD's regression term: the student's sample against the "
                         "teacher's ODE sample from the same noise (0: off, as DMD2)")  # fmt: skip

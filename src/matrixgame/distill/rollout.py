@@ -60,7 +60,7 @@ def conditioned(model, batch: dict, current: int, null: dict | None = None) -> C
     """A velocity model of the current latents alone, ``fn(x_s, sigma, null=False) -> v``
     (``sigma`` a float or ``[B]``), for a collated window: its past latents are clean context
     (timestep 0) before ``x_s``; ``null=True`` runs the window ``null`` instead (the teacher's
-    unconditional branch: same past, null actions, no memory)."""
+    unconditional branch: the same window with null actions)."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
     kwargs, null_kwargs = window_kwargs(batch), None if null is None else window_kwargs(null)
@@ -101,7 +101,7 @@ class SelfRollout:
     exit_x: Tensor  # [B, z, C, h, w] the exit step's input (no graph), at level exit_sigma
     exit_sigma: float
     batch: dict  # its window, collated and masked: past, memory, actions, camera
-    null: dict  # the same window's unconditional branch (null actions, no memory)
+    null: dict  # the same window's unconditional branch (null actions; past, memory kept)
     segments: int
     windows: list[list[dict]]  # per sample, every segment's window (unmasked), for tests
     generated: list[list[Tensor]]  # per sample, the latents of segments 1 .. k-1
@@ -141,7 +141,7 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
         generated.append(made)
     batch = {k: torch.cat([w[k] for w in last]) for k in last[0]}
     masked = mask_window(batch, drop_past, drop_memory, frames_per_latent=window.frames_per_latent)
-    null = mask_window(masked, drop_memory=True, null_actions=True)
+    null = with_null_actions(masked)  # guidance on the actions, as at inference
     velocity = conditioned(student, masked, c)
     past = masked["past"]
     noise = torch.randn((past.shape[0], past.shape[1], c, *past.shape[3:]), device=past.device)
