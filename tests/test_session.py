@@ -284,3 +284,19 @@ def test_guidance_adds_each_dropped_conditions_difference():
         WorldSession(world, guidance={"memory": -2})
     with pytest.raises(ValueError, match="guidance"):
         WorldSession(world, guidance={"action": 2})
+
+
+def test_a_world_folders_guidance_is_checked_and_played_with(tmp_path):
+    from helpers import make_world_folder
+    from matrixgame.inference.rollout import Guidance
+    from matrixgame.worlds import shipped
+
+    folder = make_world_folder(tmp_path / "world")
+    config = shipped.read_config(folder)
+    for bad in ({"actions": -1}, {"actions": "4"}, {"actions": True}, {"action": 4}, [4]):
+        shipped.write_config(folder, {**config, "sampler": {**config["sampler"], "guidance": bad}})
+        with pytest.raises(ValueError, match="sampler.guidance"):
+            shipped.read_config(folder)
+    good = {**config["sampler"], "guidance": {"actions": 3.0}}
+    shipped.write_config(folder, {**config, "sampler": good})
+    assert WorldSession(shipped.load_world(folder)).guidance == Guidance(3.0, 1.0)

@@ -366,6 +366,36 @@ def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built,
     assert (tmp_path / "new" / "discriminator.safetensors").exists()
 
 
+def test_a_new_sampler_is_a_new_version_and_keeps_the_student_of_the_same_world_model(
+    built, tmp_path
+):
+    """Guidance changed in the recipe (the same weights): the shipped world is no longer the
+    current version (so it is evaluated beside it); shipping it writes the new sampler and
+    keeps the folder's student, a student of this very world model."""
+    from matrixgame.worlds.recipe import Recipe, spec_with
+    from matrixgame.worlds.shipped import load_world
+
+    work, folder = tmp_path / "work", tmp_path / "ship"
+    shutil.copytree(built["work"], work, ignore=shutil.ignore_patterns("student*"))
+    shutil.copytree(built["ship"], folder)
+    before = json.loads((folder / "config.json").read_text())
+    assert before["sampler"]["guidance"] == {"actions": 4.0, "memory": 1.0}  # the recipe's
+    assert before["student"]["teacher_step"] == before["dit"]["step"]
+    same = Recipe(spec_with("tiny"), work, ship_to=folder, progress=lambda _: None)
+    assert same._ships_current() and same.shipped_world() is None
+    recipe = Recipe(spec_with("tiny", action_guidance=2.0, memory_guidance=1.5), work,
+                    ship_to=folder, progress=lambda _: None)  # fmt: skip
+    assert not recipe._ships_current() and recipe.shipped_world() is not None
+    assert recipe.world().meta["sampler"]["guidance"] == {"actions": 2.0, "memory": 1.5}
+    recipe.export({}, folder=folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["sampler"]["guidance"] == {"actions": 2.0, "memory": 1.5}
+    assert config["student"] == before["student"] and recipe._ships_current()
+    assert load_world(folder, student=True).dit is not None
+    with pytest.raises(ValueError, match="actions guidance"):
+        spec_with("tiny", action_guidance=-1.0)
+
+
 @pytest.mark.slow
 def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
     """--hours: the world model trains until the training deadline (a quarter of the call is

@@ -64,6 +64,11 @@ the same clips. Runs on CUDA unchanged where a GPU is present. Stages: {", ".joi
     build.add_argument("--workers", type=int, default=2, help="recording processes")
     build.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     build.add_argument("--ship-to", help="shipped world folder (default: worlds/NAME)")
+    build.add_argument("--action-guidance", type=float, metavar="A",
+                       help="the world model's classifier-free guidance on the actions, as it "
+                            "ships in its sampler (default: the recipe's)")  # fmt: skip
+    build.add_argument("--memory-guidance", type=float, metavar="M",
+                       help="... on the retrieved memory (default: the recipe's)")
     build.add_argument("--from", dest="seed_from", choices=("kept", "shipped"), default="kept",
                        help="what a fresh work folder starts from: the kept version in "
                             "training (worlds/NAME/next/, else the shipped weights) or the "
@@ -86,7 +91,8 @@ def _run_build(args: argparse.Namespace) -> int:
     spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
                      light_steps=args.light_steps, dit_steps=args.dit_steps, frames=args.frames,
                      student_multi_steps=args.student_multi_steps,
-                     eval_clips=args.eval_clips)  # fmt: skip
+                     eval_clips=args.eval_clips, action_guidance=args.action_guidance,
+                     memory_guidance=args.memory_guidance)  # fmt: skip
     recipe = Recipe(
         spec, args.work, args.hours, args.workers, args.ship_to, seed_from=args.seed_from
     )

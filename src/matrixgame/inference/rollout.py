@@ -45,7 +45,8 @@ class Guidance:
     def __post_init__(self) -> None:
         for name in ("actions", "memory"):
             g = getattr(self, name)
-            if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) \
+                    or g < 0:  # fmt: skip
                 raise ValueError(f"{name} guidance must be a finite number >= 0 (1: off), "
                                  f"got {g!r}")  # fmt: skip
 

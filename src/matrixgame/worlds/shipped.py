@@ -66,6 +66,7 @@ def _check_config(config: dict, path: Path) -> None:
 
     from matrixgame.data.windows import WindowConfig
     from matrixgame.diffusion.samplers import SAMPLERS
+    from matrixgame.inference.rollout import Guidance
     from matrixgame.models.dit import DIT_PRESETS
     from matrixgame.models.vae import VAE_PRESETS
 
@@ -125,6 +126,10 @@ def _check_config(config: dict, path: Path) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
         raise fail(f"sampler.steps must be an integer in 1..1000, got {steps!r:.40}")
     number(sampler.get("shift", 3.0), "sampler.shift")
+    try:
+        Guidance.from_meta(sampler.get("guidance"))
+    except (TypeError, ValueError) as err:
+        raise fail(f"sampler.guidance: {err}") from None
     if not isinstance(config.get("kinematics", "doom"), str | None):
         raise fail("kinematics must be a preset name")
     if "student" in config:
