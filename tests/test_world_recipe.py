@@ -100,6 +100,7 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     card = (ship / "README.md").read_text()
     assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
     assert "evaluated |" in card
+    assert "2 euler steps, shift 3.0, classifier-free guidance 4 on the actions." in card
     config = json.loads((ship / "config.json").read_text())
     assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
 

@@ -266,13 +266,20 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"latents (one step = {f * window['current']} frames = "
         f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
-        f"{config['sampler']['shift']}.",
+        f"{config['sampler']['shift']}{_guidance_words(config['sampler'])}.",
         *_light_line(config),
         "- **Weights**: bf16 safetensors (`vae`, `dit`"
         f"{', `discriminator`' if config.get('decoder_step') != 0 else ''}"
         f"{', `student`' if config.get('student') else ''}"
         f"{', `light`' if config.get('light') else ''}), `config.json`.",
     ]
+
+
+def _guidance_words(sampler: dict) -> str:
+    """The sampler's classifier-free guidance in words (empty where it is off)."""
+    g = sampler.get("guidance") or {}
+    parts = [f"{g[k]:g} on the {k}" for k in ("actions", "memory") if g.get(k, 1.0) != 1.0]
+    return f", classifier-free guidance {' and '.join(parts)}" if parts else ""
 
 
 def _light_line(config: dict) -> list[str]:
