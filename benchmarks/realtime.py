@@ -4,7 +4,8 @@ ablation. "full" is what `matrixgame play` runs: the DiT in bf16 where the CPU m
 bf16 fast, else in float32 with INT8 attention projections where it has fast int8; memory
 retrieval compiled; the world's light decoder where it ships one. Then the stack minus each
 part (bf16, INT8, compile: retrieval eager, the light decoder: the full one), INT8 on top of
-bf16 (which play leaves out), every row's FPS with the retrieval looped per candidate like
+bf16 (which play leaves out), the world model without the guidance its sampler ships with
+(one more DiT evaluation per step), every row's FPS with the retrieval looped per candidate like
 the release's, and the decoder, then the DiT, compiled once the stream is steady (off in the
 full stack: the decoder did not pay on the CPUs measured, the DiT compiles for minutes).
 
@@ -28,6 +29,7 @@ from matrixgame.accel.int8 import Int8Linear, quantize_dit
 from matrixgame.accel.precision import cast_dit, model_dtype
 from matrixgame.geometry import pose_from_angles
 from matrixgame.geometry.frustum import overlap_sampled
+from matrixgame.inference.rollout import Guidance
 from matrixgame.inference.session import Start, WorldSession
 from matrixgame.worlds import load
 from matrixgame.worlds.shipped import has_light
@@ -43,8 +45,8 @@ def walk(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def session_with_pool(world, pool: int, steps: int, compile: str | None = None,
-                      compile_retrieval: bool = False,
-                      compile_dit: str | None = None) -> WorldSession:  # fmt: skip
+                      compile_retrieval: bool = False, compile_dit: str | None = None,
+                      guidance: Guidance | None = None) -> WorldSession:  # fmt: skip
     """A session reset from a start of ``pool`` random latents along a walk."""
     f = world.vae.config.spatial_factor
     h, w = world.height // f, world.width // f
@@ -59,8 +61,8 @@ def session_with_pool(world, pool: int, steps: int, compile: str | None = None,
     start = Start(torch.randn(z, pool, h, w), c2w, frame_c2w, torch.zeros(frames, 6),
                   torch.zeros(frames, 2), K, frames_per_latent=t)  # fmt: skip
     session = WorldSession(world, steps=steps, decode=True, compile=compile,
-                           compile_retrieval=compile_retrieval,
-                           compile_dit=compile_dit)  # fmt: skip
+                           compile_retrieval=compile_retrieval, compile_dit=compile_dit,
+                           guidance=guidance)  # fmt: skip
     session.world.vae, vae = None, session.world.vae  # skip decoding the whole start
     session.reset(start)
     session.world.vae = vae
@@ -128,6 +130,9 @@ def main() -> None:
         if light:  # the full stack with the world's full decoder
             rows.append(measure(world(decoder_light=False)[0], pool, args,
                                 "minus light decoder", compile_retrieval=True))  # fmt: skip
+    if not WorldSession(full).guidance.off:  # the world's sampler guides: without it
+        rows.append(measure(full, args.pools[0], args, "minus guidance",
+                            compile_retrieval=True, guidance=Guidance()))  # fmt: skip
     if not args.no_compile:  # the decoder, then the DiT, compiled once steady (inductor)
         rows.append(measure(full, args.pools[0], args, "full + compiled decoder",
                             compile="inductor", compile_retrieval=True))  # fmt: skip
@@ -166,11 +171,12 @@ def retrieval_rows(world, args) -> None:
 
 
 def measure(world, pool: int, args, name: str, compile: str | None = None,
-            compile_retrieval: bool = False, compile_dit: str | None = None) -> dict:  # fmt: skip
+            compile_retrieval: bool = False, compile_dit: str | None = None,
+            guidance: Guidance | None = None) -> dict:  # fmt: skip
     """One configuration's row: segment time and FPS as measured, its parts, and the FPS with
     the retrieval looped per candidate instead of batched."""
     session = session_with_pool(world, pool, args.steps, compile, compile_retrieval,
-                                compile_dit)  # fmt: skip
+                                compile_dit, guidance)  # fmt: skip
     n = session.frames_per_step
     keys, mouse = torch.zeros(n, 6), torch.zeros(n, 2)
     keys[:, 0] = 1
@@ -191,7 +197,9 @@ def measure(world, pool: int, args, name: str, compile: str | None = None,
         "retrieval": "compiled" if compile_retrieval else "eager",
         "decoder": "light" if world.vae.config.pruning_rate else "full",
         "pool": pool, "capability": cpu_capability(), "threads": torch.get_num_threads(),
-        "steps": args.steps, "frames_per_segment": n,
+        "steps": args.steps, "guidance": "off" if session.guidance.off else
+        f"{session.guidance.actions:g}/{session.guidance.memory:g}",
+        "frames_per_segment": n,
         "ms_per_segment": round(seg_ms, 1), "fps": round(n / seg_ms * 1e3, 1),
         "dit_ms": round(1e3 * sorted(dit)[len(dit) // 2], 1),
         "decode_ms": round(1e3 * sorted(decode)[len(decode) // 2], 1),
