@@ -68,7 +68,7 @@ the same clips. Runs on CUDA unchanged where a GPU is present. Stages: {", ".joi
                        help="the world model's classifier-free guidance on the actions, as it "
                             "ships in its sampler (default: the recipe's)")  # fmt: skip
     build.add_argument("--memory-guidance", type=float, metavar="M",
-                       help="... on the retrieved memory (default: the recipe's)")
+                       help="... on the retrieved memory (default: the recipe's)")  # fmt: skip
     build.add_argument("--from", dest="seed_from", choices=("kept", "shipped"), default="kept",
                        help="what a fresh work folder starts from: the kept version in "
                             "training (worlds/NAME/next/, else the shipped weights) or the "

@@ -217,8 +217,10 @@ def _regression(student: dict) -> str:
     weight = student.get("regression") or 0.0
     if not weight:
         return ""
+    guided = student.get("guidance") or 1.0
+    teacher = f", the world model guided {guided:g} on the actions" if guided != 1 else ""
     return (f"; its last run with DMD's regression term, weight {weight:g}, toward the world "
-            f"model's own samples from the same noise")  # fmt: skip
+            f"model's own samples from the same noise{teacher}")  # fmt: skip
 
 
 def _cold_start_line(student: dict) -> list[str]:

@@ -111,6 +111,10 @@ class WorldSpec:
     # DMD's regression term (its weight): the student's sample against the teacher's ODE sample
     # from the same point; without it the student invented texture and drifted (model card)
     student_regression: float = 1.0
+    # the teacher's classifier-free guidance on the actions in DMD and the regression target:
+    # at 4 a cold-start student gained 0.44 dB and read 71% of the turns (55% without) on
+    # 17-s rollouts, a 1-step student plays it at no extra cost (model card, 2026-12-04)
+    student_guidance: float = 4.0
     student_sampler_steps: int = 3
     student_segments: int = 6
     idm_steps: int = 2000
@@ -485,7 +489,7 @@ class Recipe:
         common = dict(teacher=str(dit), latents=str(self.path("latents")),
                       batch_size=s.student_batch, student_lr=s.student_lr,
                       critic_lr=s.critic_lr, sampler_steps=s.student_sampler_steps,
-                      regression=s.student_regression,
+                      regression=s.student_regression, guidance=s.student_guidance,
                       checkpoint_every=s.checkpoint_every)  # fmt: skip
         cold, multi = self.cold_run, self.path("student")
         teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
@@ -833,6 +837,7 @@ class Recipe:
                 "teacher_step": self.state["stages"].get("student", {}).get("teacher_step"),
                 "sampler": meta["sampler"], "figures": student_figures or {},
                 "regression": (meta.get("job") or {}).get("regression", 0.0),
+                "guidance": (meta.get("job") or {}).get("guidance", 1.0),
                 "figures_1_step": one_step or {},
             }  # fmt: skip
             if cold:  # its cold start alone, evaluated beside it
