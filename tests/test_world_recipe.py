@@ -397,6 +397,28 @@ def test_a_new_sampler_is_a_new_version_and_keeps_the_student_of_the_same_world_
         spec_with("tiny", action_guidance=-1.0)
 
 
+def test_no_multi_segment_steps_ship_the_cold_start_alone(built, tmp_path):
+    """--student-multi-steps 0: the student stage trains no multi-segment run, the cold start
+    is the student, and the card says so."""
+    from matrixgame.worlds.card import write_card
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    work, folder = tmp_path / "work", tmp_path / "ship"
+    shutil.copytree(built["work"], work, ignore=shutil.ignore_patterns("student"))
+    recipe = Recipe(spec_with("tiny", student_multi_steps=0), work, ship_to=folder,
+                    progress=lambda _: None)  # fmt: skip
+    assert recipe.student_run() == recipe.cold_run and recipe._student_step() == 2
+    assert recipe.stage_student() is None and not (work / "student").exists()
+    assert recipe.state["stages"]["student"]["done"] and recipe._student_step() == 2
+    recipe.export({}, {"psnr": 1.0}, folder=folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["student"]["cold_start_only"] and config["student"]["guidance"] == 4.0
+    write_card(folder, recipe.state, {"fidelity": {"methods": {}}}, None, None)
+    card = (folder / "README.md").read_text()
+    assert "(a cold start on recorded pasts; its last run with DMD" in card
+    assert "world model guided 4 on the actions" in card
+
+
 @pytest.mark.slow
 def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
     """--hours: the world model trains until the training deadline (a quarter of the call is

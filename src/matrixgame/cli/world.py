@@ -56,9 +56,11 @@ the same clips. Runs on CUDA unchanged where a GPU is present. Stages: {", ".joi
     build.add_argument("--decoder-steps", type=int, help="decoder fine-tuning steps (target)")
     build.add_argument("--light-steps", type=int, help="light decoder steps (target)")
     build.add_argument("--dit-steps", type=int, help="world-model steps (target)")
+    build.add_argument("--student-cold-steps", type=int,
+                       help="the student's cold-start steps (target)")  # fmt: skip
     build.add_argument("--student-multi-steps", type=int,
                        help="the student's multi-segment steps (target, after its cold "
-                            "start)")  # fmt: skip
+                            "start; 0: the cold start alone)")  # fmt: skip
     build.add_argument("--frames", type=int, help="training frames to record")
     build.add_argument("--eval-clips", type=int, help="held-out clips per evaluation protocol")
     build.add_argument("--workers", type=int, default=2, help="recording processes")
@@ -90,8 +92,9 @@ def _run_build(args: argparse.Namespace) -> int:
         raise ValueError("--hours must be positive")
     spec = spec_with(args.world, vae_steps=args.vae_steps, decoder_steps=args.decoder_steps,
                      light_steps=args.light_steps, dit_steps=args.dit_steps, frames=args.frames,
-                     student_multi_steps=args.student_multi_steps,
-                     eval_clips=args.eval_clips, action_guidance=args.action_guidance,
+                     student_cold_steps=args.student_cold_steps,
+                     student_multi_steps=args.student_multi_steps, eval_clips=args.eval_clips,
+                     action_guidance=args.action_guidance,
                      memory_guidance=args.memory_guidance)  # fmt: skip
     recipe = Recipe(
         spec, args.work, args.hours, args.workers, args.ship_to, seed_from=args.seed_from

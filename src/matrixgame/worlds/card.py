@@ -186,10 +186,12 @@ def _student(config: dict) -> list[str]:
     if not student:
         return []
     sampler, figures = student.get("sampler", {}), student.get("figures") or {}
+    multi = "" if student.get("cold_start_only") else ", then multi-segment rollouts on its own " \
+        "past and memory"  # fmt: skip
     lines = ["", "## The few-step student", "",
              f"`student.safetensors`: DMD-distilled from the world model at step "
-             f"{student.get('teacher_step', '?')} (a cold start on recorded pasts, then "
-             f"multi-segment rollouts on its own past and memory{_regression(student)}), "
+             f"{student.get('teacher_step', '?')} (a cold start on recorded pasts{multi}"
+             f"{_regression(student)}), "
              f"{student.get('step', '?')} steps; samples in {sampler.get('steps', '?')} steps "
              f"(`load(name, student=True)`, `matrixgame play --student`). Against the world "
              f"model at {config['sampler']['steps']} steps:", ""]  # fmt: skip

@@ -479,7 +479,7 @@ class Recipe:
     def stage_student(self):
         """The few-step student of the world model as trained now: a cold start on recorded
         pasts (``student-cold/``), then multi-segment training on its own rollouts
-        (``student/``), each resumable."""
+        (``student/``), each resumable; ``student_multi_steps`` 0: the cold start alone."""
         from matrixgame.distill.job import DistillJob, train_distill
 
         s, dit = self.spec, self.path("dit")
@@ -505,6 +505,11 @@ class Recipe:
             self.trained["student"] = self._student_step()
             if self._ended(trainer) is False:
                 return False
+        if s.student_multi_steps == 0 and not _has_checkpoint(multi):  # the cold start alone
+            step = self._student_step()
+            self._mark("student", done=step is not None and step >= s.student_cold_steps,
+                       step=step, teacher_step=teacher_step)  # fmt: skip
+            return None
         seeded = seed is not None and seed_step >= s.student_cold_steps  # past its cold start
         init = None if _has_checkpoint(multi) else seed if seeded else str(cold)
         trainer = train_distill(DistillJob(out=str(multi), stage="multi", init=init,
@@ -838,6 +843,7 @@ class Recipe:
                 "sampler": meta["sampler"], "figures": student_figures or {},
                 "regression": (meta.get("job") or {}).get("regression", 0.0),
                 "guidance": (meta.get("job") or {}).get("guidance", 1.0),
+                "cold_start_only": student == self.cold_run,
                 "figures_1_step": one_step or {},
             }  # fmt: skip
             if cold:  # its cold start alone, evaluated beside it
