@@ -100,7 +100,7 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     card = (ship / "README.md").read_text()
     assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
     assert "evaluated |" in card
-    assert "2 euler steps, shift 3.0, classifier-free guidance 4 on the actions." in card
+    assert "2 euler steps, shift 3.0, classifier-free guidance 2 on the actions." in card
     config = json.loads((ship / "config.json").read_text())
     assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
 
@@ -380,7 +380,7 @@ def test_a_new_sampler_is_a_new_version_and_keeps_the_student_of_the_same_world_
     shutil.copytree(built["work"], work, ignore=shutil.ignore_patterns("student*"))
     shutil.copytree(built["ship"], folder)
     before = json.loads((folder / "config.json").read_text())
-    assert before["sampler"]["guidance"] == {"actions": 4.0, "memory": 1.0}  # the recipe's
+    assert before["sampler"]["guidance"] == {"actions": 2.0, "memory": 1.0}  # the recipe's
     assert before["student"]["teacher_step"] == before["dit"]["step"]
     same = Recipe(spec_with("tiny"), work, ship_to=folder, progress=lambda _: None)
     assert same._ships_current() and same.shipped_world() is None
