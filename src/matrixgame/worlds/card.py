@@ -191,7 +191,7 @@ def _student(config: dict) -> list[str]:
     lines = ["", "## The few-step student", "",
              f"`student.safetensors`: DMD-distilled from the world model at step "
              f"{student.get('teacher_step', '?')} (a cold start on recorded pasts{multi}"
-             f"{_regression(student)}), "
+             f"{_regression(student)}{_teacher_guidance(student)}), "
              f"{student.get('step', '?')} steps; samples in {sampler.get('steps', '?')} steps "
              f"(`load(name, student=True)`, `matrixgame play --student`). Against the world "
              f"model at {config['sampler']['steps']} steps:", ""]  # fmt: skip
@@ -219,10 +219,14 @@ def _regression(student: dict) -> str:
     weight = student.get("regression") or 0.0
     if not weight:
         return ""
-    guided = student.get("guidance") or 1.0
-    teacher = f", the world model guided {guided:g} on the actions" if guided != 1 else ""
     return (f"; its last run with DMD's regression term, weight {weight:g}, toward the world "
-            f"model's own samples from the same noise{teacher}")  # fmt: skip
+            f"model's own samples from the same noise")  # fmt: skip
+
+
+def _teacher_guidance(student: dict) -> str:
+    """The teacher's classifier-free guidance in its last run, where it had some."""
+    guided = student.get("guidance") or 1.0
+    return f", the world model guided {guided:g} on the actions" if guided != 1 else ""
 
 
 def _cold_start_line(student: dict) -> list[str]:

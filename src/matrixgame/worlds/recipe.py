@@ -865,10 +865,10 @@ class Recipe:
     def _student_of(self, folder: Path, dit_step: int | None) -> dict | None:
         """The config.json entry of ``folder``'s student where it is a student of the world
         model at ``dit_step`` (what stays when only the sampler ships anew), else None."""
-        if dit_step is None or not shipped.has_student(folder):
+        if dit_step is None or not (folder / "student.safetensors").exists():
             return None
         student = shipped.read_config(folder).get("student")
-        return student if student.get("teacher_step") == dit_step else None
+        return student if student and student.get("teacher_step") == dit_step else None
 
     def _export_light(self, folder: Path) -> dict | None:
         """Write the light decoder into ``folder`` (from its run, else from the folder a fresh
