@@ -58,7 +58,7 @@ browser:
 		|| { $(APT) update -q && $(APT) install -y -q --no-install-recommends chromium; }
 
 test: setup lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
