@@ -137,25 +137,35 @@ def window_kwargs(batch: dict) -> dict:
     """The DiT's conditioning for a collated batch of windows (memory, its null actions and
     indices, the window's actions and camera rays); a window without memory latents gets
     none."""
-    b, m = batch["memory"].shape[0], batch["memory"].shape[2]
-    device = batch["memory"].device
+    m = batch["memory"].shape[2]
     if m == 0:
         return {k: batch[k] for k in ("keyboard", "mouse", "plucker", "first_index")}
+    keyboard_memory, mouse_memory = null_actions(batch["keyboard"], batch["mouse"], m)
     return {
         "keyboard": batch["keyboard"], "mouse": batch["mouse"], "plucker": batch["plucker"],
         "memory": batch["memory"], "memory_index": batch["memory_index"],
         "first_index": batch["first_index"],
-        "keyboard_memory": -torch.ones(b, m, 6, device=device),
-        "mouse_memory": torch.ones(b, m, 2, device=device),
+        "keyboard_memory": keyboard_memory, "mouse_memory": mouse_memory,
     }  # fmt: skip
 
 
+def null_actions(keyboard: Tensor, mouse: Tensor, frames: int | None = None
+                 ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The null actions, keyboard -1 and mouse +1, with the batch, widths, dtype and device of
+    ``keyboard [B, F, 6]`` and ``mouse [B, F, 2]``, over their F frames or ``frames``: what the
+    DiT sees on its memory latents and where its training drops a window's actions
+    (``DiTTask.drop_actions``, the null branch of classifier-free guidance)."""
+    b, f = keyboard.shape[0], keyboard.shape[1] if frames is None else frames
+    return (keyboard.new_full((b, f, keyboard.shape[-1]), -1.0),
+            mouse.new_full((b, f, mouse.shape[-1]), 1.0))  # fmt: skip
+
+
 def with_null_actions(batch: dict) -> dict:
-    """A window with its actions replaced by the null actions (keyboard -1, mouse +1), as
-    the DiT's training drops them (``DiTTask.drop_actions``): its branch without actions,
-    for classifier-free guidance on the actions."""
-    return {**batch, "keyboard": -torch.ones_like(batch["keyboard"]),
-            "mouse": torch.ones_like(batch["mouse"])}  # fmt: skip
+    """A window with its actions replaced by the null actions (:func:`null_actions`), as the
+    DiT's training drops them: its branch without actions, for classifier-free guidance on
+    the actions."""
+    keyboard, mouse = null_actions(batch["keyboard"], batch["mouse"])
+    return {**batch, "keyboard": keyboard, "mouse": mouse}
 
 
 def without_memory(batch: dict) -> dict:

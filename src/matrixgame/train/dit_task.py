@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from matrixgame.data.windows import null_actions
 from matrixgame.diffusion.flow_matching import (
     NUM_TIMESTEPS,
     add_noise,
@@ -68,7 +69,7 @@ class DiTTask:
             if torch.rand(()) < self.drop_memory:
                 memory, plucker = None, plucker[:, :, m:]
         if torch.rand(()) < self.drop_actions:
-            keyboard, mouse = -torch.ones_like(keyboard), torch.ones_like(mouse)
+            keyboard, mouse = null_actions(keyboard, mouse)
         past, memory = self.buffer.corrupt(past, memory)
         sigma = sample_sigma(b, self.shift, device=current.device)
         noise = torch.randn_like(current)
@@ -84,9 +85,9 @@ class DiTTask:
         first = batch["first_index"] + (p - k)  # [B]: each window's first kept latent
         extra = {}
         if memory is not None:
+            keyboard_memory, mouse_memory = null_actions(keyboard, mouse, m)
             extra = dict(memory=memory, memory_index=batch["memory_index"],
-                         keyboard_memory=-torch.ones(b, m, 6, device=current.device),
-                         mouse_memory=torch.ones(b, m, 2, device=current.device))  # fmt: skip
+                         keyboard_memory=keyboard_memory, mouse_memory=mouse_memory)  # fmt: skip
         velocity = model(torch.cat([past, noisy], 2), t, None, keyboard=keyboard, mouse=mouse,
                          plucker=plucker, first_index=first, **extra)  # fmt: skip
         target_noise = torch.cat([torch.zeros_like(past), noise], 2)
