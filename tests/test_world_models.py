@@ -157,3 +157,43 @@ def test_decoder_task_weights_the_adversarial_term_adaptively():
     torch.manual_seed(0)
     _, double = DecoderTask(height=32, width=48, adversarial=1.0).loss(model, batch, 0)
     assert double["adv_weight"] == pytest.approx(2 * logs["adv_weight"], rel=1e-4)
+
+
+def test_a_fresh_wider_decoder_keeps_the_encoder_and_its_latents():
+    from matrixgame.models.vae import with_fresh_decoder
+
+    torch.manual_seed(3)
+    vae = WanVAE(VAE_PRESETS["doom-2x"]).eval()
+    wide = with_fresh_decoder(vae, "doom-2x-wide").eval()
+    assert wide.config.dec_dim == 2 * vae.config.dec_dim
+    x = torch.rand(1, 3, 5, 32, 48) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(wide.encode(x), vae.encode(x), atol=0, rtol=0)
+        assert wide.decode(vae.encode(x)).shape == x.shape
+    width = {k: v.shape for k, v in wide.state_dict().items() if k.startswith("decoder.")}
+    assert width["decoder.conv1.weight"][0] == 2 * vae.decoder.conv1.weight.shape[0]
+    with pytest.raises(ValueError, match="another encoder"):
+        with_fresh_decoder(vae, "tiny")
+    with pytest.raises(ValueError, match="unknown VAE preset 'wider'"):
+        with_fresh_decoder(vae, "wider")
+
+
+def test_train_decoder_with_a_preset_trains_a_fresh_decoder_that_loads_as_that_preset(tmp_path):
+    from helpers import make_dataset
+    from matrixgame.models.vae import with_fresh_decoder
+    from matrixgame.train.jobs import DecoderJob, VAEJob, train_decoder, train_vae
+    from matrixgame.train.runs import trained_vae
+
+    data = make_dataset(tmp_path / "data")
+    train_vae(VAEJob(data=str(data), out=str(tmp_path / "vae"), preset="doom-2x", steps=2,
+                     batch_size=1, frames=5, height=32, width=48, checkpoint_every=2))  # fmt: skip
+    source, _ = trained_vae(tmp_path / "vae")
+    train_decoder(DecoderJob(data=str(data), vae=str(tmp_path / "vae"), out=str(tmp_path / "dec"),
+                             steps=2, batch_size=1, frames=5, checkpoint_every=2,
+                             preset="doom-2x-wide"))  # fmt: skip
+    wide, size = trained_vae(tmp_path / "dec")
+    assert size == (32, 48) and wide.config.dec_dim == 64
+    untrained = with_fresh_decoder(source, "doom-2x-wide")
+    enc = [k for k in untrained.state_dict() if k.startswith(("encoder.", "conv1."))]
+    assert all(torch.equal(wide.state_dict()[k], source.state_dict()[k]) for k in enc)
+    assert not torch.equal(wide.decoder.conv1.weight, untrained.decoder.conv1.weight)  # trained

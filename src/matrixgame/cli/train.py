@@ -25,7 +25,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     vae = what.add_parser("vae", help="a small VAE (reconstruction)", description=p.description)
     vae.add_argument("--data", required=True, help="dataset folder")
     vae.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
-    vae.add_argument("--preset", default="tiny", help="VAE preset (tiny | doom | doom-2x)")
+    vae.add_argument("--preset", default="tiny",
+                     help="VAE preset (tiny | doom | doom-2x | doom-2x-wide)")  # fmt: skip
     vae.add_argument("--steps", type=int, default=2000)
     vae.add_argument("--batch-size", type=int, default=4)
     vae.add_argument("--frames", type=int, default=5, help=FRAMES_HELP)
@@ -82,6 +83,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--cpu-bf16", action="store_true",
                      help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
     dec.add_argument("--seed", type=int, default=0)
+    dec.add_argument("--preset",
+                     help="train a fresh decoder of this VAE preset instead (it must share the "
+                     "run's encoder, whose latents stay valid): e.g. doom-2x-wide, the "
+                     "doom-2x decoder at twice the width")  # fmt: skip
     dec.set_defaults(run_command=_run_train_decoder)
 
     light = what.add_parser(

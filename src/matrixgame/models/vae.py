@@ -112,6 +112,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 # held-out PSNR after 600 steps 24.5 dB here against 23.7 dB at best for `doom` (2,500
 # steps), and 25.2 dB with no temporal compression at twice the decoding cost.
 VAE_PRESETS["doom-2x"] = replace(VAE_PRESETS["doom"], temporal_downsample=(False, True))
+# Its decoder at twice the width (the same encoder and latents): a probe of whether the
+# autoencoder's held-out PSNR is bound by the decoder's capacity (`train decoder --preset`).
+VAE_PRESETS["doom-2x-wide"] = replace(VAE_PRESETS["doom-2x"], dec_dim=64)
 
 
 class FeatureCache:
@@ -598,3 +601,23 @@ class WanVAE(nn.Module):
             cache.end_chunk()
             i += n
         return unpatchify(torch.cat(out, 2), self.config.patch_size)
+
+
+def with_fresh_decoder(vae: WanVAE, preset: str, seed: int = 0) -> WanVAE:
+    """A VAE of ``preset`` with ``vae``'s encoder (weights and latent statistics) and a
+    freshly initialised decoder (e.g. a wider one): the encoder's latents stay valid. The
+    preset must share the encoder's shape; its decoder may differ."""
+    if preset not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {preset!r} (known: {', '.join(VAE_PRESETS)})")
+    config = replace(VAE_PRESETS[preset], latent_mean=vae.config.latent_mean,
+                     latent_std=vae.config.latent_std)  # fmt: skip
+    torch.manual_seed(seed)
+    fresh = WanVAE(config)
+    encoder = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "conv1."))}
+    mine = fresh.state_dict()
+    wrong = [k for k, v in encoder.items() if k not in mine or mine[k].shape != v.shape]
+    if wrong or len(encoder) != sum(k.startswith(("encoder.", "conv1.")) for k in mine):
+        raise ValueError(f"preset {preset!r} has another encoder than the VAE's "
+                         f"({', '.join(wrong[:3]) or 'other layers'})")  # fmt: skip
+    fresh.load_state_dict(encoder, strict=False)
+    return fresh

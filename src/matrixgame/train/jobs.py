@@ -118,10 +118,12 @@ class DecoderJob:
     start_step: int = 0  # the step count of the weights in init (shipped weights)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
+    preset: str | None = None  # a fresh decoder of this VAE preset (e.g. wider), same encoder
 
 
 def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = None) -> Trainer:
     from matrixgame.data.dataset import ClipDataset
+    from matrixgame.models.vae import with_fresh_decoder
     from matrixgame.train.adversarial import DecoderGAN, DecoderTask
     from matrixgame.train.run_log import RunLog
     from matrixgame.train.runs import trained_vae
@@ -130,6 +132,8 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     init_distributed()
     torch.manual_seed(job.seed)
     vae, (height, width) = trained_vae(job.vae)
+    if job.preset:
+        vae = with_fresh_decoder(vae, job.preset, job.seed)
     model = DecoderGAN(vae.train(), r1=job.r1 > 0)
     _init_from(model, job.init)
     data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
@@ -139,6 +143,8 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
                        latent_noise=job.latent_noise, r1=job.r1)  # fmt: skip
     meta = {"model": "vae", "stage": "decoder", "encoder_run": str(job.vae),
             "weights_prefix": "vae.", **_vae_meta(job.vae), "task": asdict(task)}  # fmt: skip
+    if job.preset:
+        meta["preset"] = job.preset
     # no joint gradient clipping: the discriminator's gradients (norm ~100) would scale the
     # decoder's down with them; Adam normalises each parameter's step anyway
     trainer = Trainer(model, task, data, _train_config(job, grad_clip=float("inf")), meta)
