@@ -603,7 +603,7 @@ class WanVAE(nn.Module):
         return unpatchify(torch.cat(out, 2), self.config.patch_size)
 
 
-def with_fresh_decoder(vae: WanVAE, preset: str, seed: int = 0) -> WanVAE:
+def with_fresh_decoder(vae: WanVAE, preset: str) -> WanVAE:
     """A VAE of ``preset`` with ``vae``'s encoder (weights and latent statistics) and a
     freshly initialised decoder (e.g. a wider one): the encoder's latents stay valid. The
     preset must share the encoder's shape; its decoder may differ."""
@@ -611,13 +611,10 @@ def with_fresh_decoder(vae: WanVAE, preset: str, seed: int = 0) -> WanVAE:
         raise ValueError(f"unknown VAE preset {preset!r} (known: {', '.join(VAE_PRESETS)})")
     config = replace(VAE_PRESETS[preset], latent_mean=vae.config.latent_mean,
                      latent_std=vae.config.latent_std)  # fmt: skip
-    torch.manual_seed(seed)
     fresh = WanVAE(config)
-    encoder = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "conv1."))}
-    mine = fresh.state_dict()
-    wrong = [k for k, v in encoder.items() if k not in mine or mine[k].shape != v.shape]
-    if wrong or len(encoder) != sum(k.startswith(("encoder.", "conv1.")) for k in mine):
-        raise ValueError(f"preset {preset!r} has another encoder than the VAE's "
-                         f"({', '.join(wrong[:3]) or 'other layers'})")  # fmt: skip
-    fresh.load_state_dict(encoder, strict=False)
+    try:  # strict: every layer of the encoder, of the same shape
+        fresh.encoder.load_state_dict(vae.encoder.state_dict())
+        fresh.conv1.load_state_dict(vae.conv1.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"preset {preset!r} has another encoder than the VAE's") from e
     return fresh

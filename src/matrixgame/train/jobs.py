@@ -133,7 +133,7 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     torch.manual_seed(job.seed)
     vae, (height, width) = trained_vae(job.vae)
     if job.preset:
-        vae = with_fresh_decoder(vae, job.preset, job.seed)
+        vae = with_fresh_decoder(vae, job.preset)  # initialised after job.seed
     model = DecoderGAN(vae.train(), r1=job.r1 > 0)
     _init_from(model, job.init)
     data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
