@@ -157,6 +157,11 @@ def test_decoder_task_weights_the_adversarial_term_adaptively():
     torch.manual_seed(0)
     _, double = DecoderTask(height=32, width=48, adversarial=1.0).loss(model, batch, 0)
     assert double["adv_weight"] == pytest.approx(2 * logs["adv_weight"], rel=1e-4)
+    torch.manual_seed(0)  # the cap bounds the ratio before the weight scales it
+    cap = logs["adv_weight"] / 0.5 / 4
+    _, capped = DecoderTask(height=32, width=48, adversarial=2.0, adaptive_max=cap).loss(
+        model, batch, 0)  # fmt: skip
+    assert capped["adv_weight"] == pytest.approx(2.0 * cap, rel=1e-4)
 
 
 def test_a_fresh_wider_decoder_keeps_the_encoder_and_its_latents():
@@ -197,3 +202,39 @@ def test_train_decoder_with_a_preset_trains_a_fresh_decoder_that_loads_as_that_p
     enc = [k for k in untrained.state_dict() if k.startswith(("encoder.", "conv1."))]
     assert all(torch.equal(wide.state_dict()[k], source.state_dict()[k]) for k in enc)
     assert not torch.equal(wide.decoder.conv1.weight, untrained.decoder.conv1.weight)  # trained
+
+
+def test_train_decoder_starts_from_a_world_folder_and_checks_its_encoder(tmp_path):
+    """`train decoder --init WORLD`: the world's decoder and discriminator are where the run
+    starts (at learning rate 0 they are where it ends); a world with another encoder than the
+    --vae run's (whose latents the decoder must learn) is refused by name."""
+    from dataclasses import replace
+
+    from helpers import make_dataset
+    from matrixgame.train.jobs import DecoderJob, VAEJob, train_decoder, train_vae
+    from matrixgame.train.runs import trained_vae
+    from matrixgame.worlds.shipped import save_component
+
+    data = make_dataset(tmp_path / "data")
+    train_vae(VAEJob(data=str(data), out=str(tmp_path / "vae"), preset="doom-2x", steps=2,
+                     batch_size=1, frames=5, height=32, width=48, checkpoint_every=2))  # fmt: skip
+    source, _ = trained_vae(tmp_path / "vae")
+    state = source.state_dict()
+    world = {k: v + 0.01 if k.startswith("decoder.") else v for k, v in state.items()}
+    save_component(tmp_path / "world", "vae", world)
+    save_component(tmp_path / "world", "discriminator", PatchDiscriminator().state_dict())
+    job = DecoderJob(data=str(data), vae=str(tmp_path / "vae"), out=str(tmp_path / "dec"),
+                     steps=1, batch_size=1, frames=5, lr=0.0, checkpoint_every=1,
+                     init=str(tmp_path / "world"))  # fmt: skip
+    train_decoder(job)
+    tuned = trained_vae(tmp_path / "dec")[0].state_dict()
+    k = "decoder.conv1.weight"
+    assert torch.equal(tuned[k], world[k].bfloat16().float())
+    assert not torch.equal(tuned[k], state[k])
+
+    other = {k: v + 0.01 if k.startswith("encoder.") else v for k, v in state.items()}
+    save_component(tmp_path / "other", "vae", other)
+    with pytest.raises(ValueError, match="its encoder is not the one of"):
+        train_decoder(replace(job, init=str(tmp_path / "other"), out=str(tmp_path / "dec2")))
+    with pytest.raises(ValueError, match="no vae.safetensors"):
+        train_decoder(replace(job, init=str(tmp_path / "data"), out=str(tmp_path / "dec3")))

@@ -79,6 +79,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--r1", type=float, default=1.0, metavar="GAMMA",
                      help="R1 penalty on the discriminator (gamma; 0: off): keeps it from "
                      "winning outright, starving the decoder of adversarial signal")  # fmt: skip
+    dec.add_argument("--adaptive-max", type=float, default=1e4, metavar="CAP",
+                     help="cap on VQGAN's adaptive weight (before --adversarial): where the "
+                     "discriminator weakens, the uncapped weight can run away (the decoder "
+                     "then paints a grid)")  # fmt: skip
+    dec.add_argument("--init", metavar="WORLD",
+                     help="start from a shipped world's autoencoder and discriminator (its "
+                     "folder, e.g. worlds/doom-e1m1) or a safetensors of this stage's state; "
+                     "--vae still names the encoder's run")  # fmt: skip
     dec.add_argument("--checkpoint-every", type=int, default=200)
     dec.add_argument("--cpu-bf16", action="store_true",
                      help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip

@@ -114,7 +114,10 @@ class DecoderJob:
     feature_matching: float = 0.0
     latent_noise: float = 0.2
     r1: float = 1.0  # R1 penalty's gamma on the discriminator (0: off)
-    init: str | None = None  # decoder + discriminator state to start from (a safetensors)
+    adaptive_max: float = 1e4  # cap on VQGAN's adaptive weight (before `adversarial`)
+    # where to start: a shipped world's folder (its VAE and discriminator) or a safetensors
+    # of the decoder stage's whole state (``vae.*``, ``disc.*``)
+    init: str | None = None
     start_step: int = 0  # the step count of the weights in init (shipped weights)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
@@ -134,13 +137,20 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     vae, (height, width) = trained_vae(job.vae)
     if job.preset:
         vae = with_fresh_decoder(vae, job.preset)  # initialised after job.seed
+    encoder = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(ENCODER)}
     model = DecoderGAN(vae.train(), r1=job.r1 > 0)
-    _init_from(model, job.init)
+    _init_decoder(model, job.init)
+    started = model.vae.state_dict()  # the encoder frozen must be the one whose latents --vae has
+    if not all(torch.equal(started[k], v.bfloat16().float()) or torch.equal(started[k], v)
+               for k, v in encoder.items()):  # fmt: skip
+        raise ValueError(f"{job.init}: its encoder is not the one of {job.vae} (the decoder "
+                         "must learn that run's latents)")  # fmt: skip
     data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
                        frames_per_latent=vae.config.temporal_factor)  # fmt: skip
     task = DecoderTask(height, width, adversarial=job.adversarial,
                        feature_matching=job.feature_matching,
-                       latent_noise=job.latent_noise, r1=job.r1)  # fmt: skip
+                       latent_noise=job.latent_noise, r1=job.r1,
+                       adaptive_max=job.adaptive_max)  # fmt: skip
     meta = {"model": "vae", "stage": "decoder", "encoder_run": str(job.vae),
             "weights_prefix": "vae.", **_vae_meta(job.vae), "task": asdict(task)}  # fmt: skip
     if job.preset:
@@ -160,6 +170,27 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
 
     trainer.fit(log, deadline=deadline, stop=stop)
     return trainer
+
+
+ENCODER = ("encoder.", "conv1.")  # the VAE's modules before its latents
+
+
+def _init_decoder(model: torch.nn.Module, init: str | None) -> None:
+    """Start a ``DecoderGAN`` from a world folder (its ``vae.safetensors``, and its
+    ``discriminator.safetensors`` when it ships one, else the fresh discriminator) or from a
+    state file of the whole model."""
+    if not (init and Path(init).is_dir()):
+        return _init_from(model, init)
+    from safetensors.torch import load_file
+
+    from matrixgame.models.loading import load_checked
+
+    for part, name in ((model.vae, "vae"), (model.disc, "discriminator")):
+        path = Path(init) / f"{name}.safetensors"
+        if path.exists():
+            load_checked(part, {k: v.float() for k, v in load_file(path).items()}, str(path))
+        elif name == "vae":
+            raise ValueError(f"{init}: no vae.safetensors to start the decoder from")
 
 
 def _vae_meta(run: str) -> dict:

@@ -401,7 +401,7 @@ class Recipe:
         seed = self.seed_folder("vae")
         tuned = _decoder_step(seed) if seed is not None and not _has_checkpoint(out) else 0
         if tuned:  # a fresh clone: continue the kept or shipped decoder's fine-tuning
-            init, start = _shipped_decoder_state(seed, out), tuned
+            init, start = str(seed), tuned
         job = DecoderJob(data=str(self.path("record")), vae=str(self.path("vae")), out=str(out),
                          steps=s.decoder_steps, batch_size=s.vae_batch, frames=s.vae_frames,
                          lr=s.decoder_lr, checkpoint_every=s.checkpoint_every,
@@ -1102,23 +1102,6 @@ def _seed_run(out: Path, folder: Path, component: str, spec: WorldSpec) -> None:
     trainer = Trainer(vae, None, [], TrainConfig(out=str(out), steps=1), meta)
     trainer.step = int(config.get("encoder_step", config["vae"].get("step", 0)))
     trainer.save()
-
-
-def _shipped_decoder_state(folder: Path, out: Path) -> str:
-    """The shipped VAE (+ discriminator) as a DecoderGAN state dict file to start from."""
-    from safetensors.torch import save_file
-
-    state = {f"vae.{k}": v for k, v in shipped.component_weights(folder, "vae").items()}
-    disc = shipped.component_weights(folder, "discriminator")
-    if disc is None:  # no discriminator shipped: a fresh one
-        from matrixgame.train.adversarial import PatchDiscriminator
-
-        disc = PatchDiscriminator().state_dict()
-    state.update({f"disc.{k}": v for k, v in disc.items()})
-    path = Path(out) / "init.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return str(path)
 
 
 def spec_with(name: str, **overrides) -> WorldSpec:
