@@ -39,6 +39,23 @@ def test_doom_vae_streaming_equals_whole():
         torch.testing.assert_close(torch.cat(parts, 2), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["doom-2x", "doom-2x-wide", "doom-2x-wide-encoder"])
+def test_doom_2x_presets_share_the_latent_shape_and_stream_as_whole(preset):
+    """The probes' presets (a wider decoder, a wider encoder) keep `doom-2x`'s latents: 8x
+    spatial, two frames per latent, 32 channels; decoding latent by latent equals the whole."""
+    torch.manual_seed(0)
+    vae = WanVAE(VAE_PRESETS[preset]).eval()
+    x = torch.rand(1, 3, 7, 32, 48) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x)
+        assert z.shape == (1, 32, 4, 4, 6)
+        whole = vae.decode(z)
+        cache = FeatureCache()
+        parts = [vae.decode(z[:, :, i : i + 1], cache) for i in range(z.shape[2])]
+    assert whole.shape == x.shape
+    torch.testing.assert_close(torch.cat(parts, 2), whole, atol=1e-5, rtol=1e-5)
+
+
 def test_doom_vae_gradients_reach_every_parameter():
     vae = _vae(2).train()
     x = torch.rand(1, 3, 5, 32, 48) * 2 - 1

@@ -115,6 +115,10 @@ VAE_PRESETS["doom-2x"] = replace(VAE_PRESETS["doom"], temporal_downsample=(False
 # Its decoder at twice the width (the same encoder and latents): a probe of whether the
 # autoencoder's held-out PSNR is bound by the decoder's capacity (`train decoder --preset`).
 VAE_PRESETS["doom-2x-wide"] = replace(VAE_PRESETS["doom-2x"], dec_dim=64)
+# Its encoder at twice the width (the same decoder and latent shape, so the same world-model
+# preset; the encoder's cost is paid in training and at a session's start, never per frame):
+# a probe of whether the encoder holds the autoencoder near 28 dB (BENCHMARKS.md).
+VAE_PRESETS["doom-2x-wide-encoder"] = replace(VAE_PRESETS["doom-2x"], dim=64)
 
 
 class FeatureCache:
