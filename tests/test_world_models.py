@@ -39,16 +39,19 @@ def test_doom_vae_streaming_equals_whole():
         torch.testing.assert_close(torch.cat(parts, 2), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["doom-2x", "doom-2x-wide", "doom-2x-wide-encoder"])
-def test_doom_2x_presets_share_the_latent_shape_and_stream_as_whole(preset):
-    """The probes' presets (a wider decoder, a wider encoder) keep `doom-2x`'s latents: 8x
-    spatial, two frames per latent, 32 channels; decoding latent by latent equals the whole."""
+@pytest.mark.parametrize(
+    "preset, channels",
+    [("doom-2x", 32), ("doom-2x-wide", 32), ("doom-2x-wide-encoder", 32), ("doom-2x-z64", 64)],
+)
+def test_doom_2x_presets_latents_and_streaming(preset, channels):
+    """`doom-2x` and its probes (a wider decoder, a wider encoder, more latent channels):
+    8x spatial, two frames per latent; decoding latent by latent equals the whole."""
     torch.manual_seed(0)
     vae = WanVAE(VAE_PRESETS[preset]).eval()
     x = torch.rand(1, 3, 7, 32, 48) * 2 - 1
     with torch.no_grad():
         z = vae.encode(x)
-        assert z.shape == (1, 32, 4, 4, 6)
+        assert z.shape == (1, channels, 4, 4, 6)
         whole = vae.decode(z)
         cache = FeatureCache()
         parts = [vae.decode(z[:, :, i : i + 1], cache) for i in range(z.shape[2])]

@@ -26,8 +26,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--data", required=True, help="dataset folder")
     vae.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
     vae.add_argument("--preset", default="tiny",
-                     help="VAE preset (tiny | doom | doom-2x; the probes doom-2x-wide and "
-                     "doom-2x-wide-encoder: its decoder or its encoder twice as wide)")  # fmt: skip
+                     help="VAE preset (tiny | doom | doom-2x; its probes doom-2x-wide, "
+                     "doom-2x-wide-encoder: decoder or encoder twice as wide, doom-2x-z64: "
+                     "twice the latent channels)")  # fmt: skip
     vae.add_argument("--steps", type=int, default=2000)
     vae.add_argument("--batch-size", type=int, default=4)
     vae.add_argument("--frames", type=int, default=5, help=FRAMES_HELP)

@@ -119,6 +119,9 @@ VAE_PRESETS["doom-2x-wide"] = replace(VAE_PRESETS["doom-2x"], dec_dim=64)
 # preset; the encoder's cost is paid in training and at a session's start, never per frame):
 # a probe of whether the encoder holds the autoencoder near 28 dB (BENCHMARKS.md).
 VAE_PRESETS["doom-2x-wide-encoder"] = replace(VAE_PRESETS["doom-2x"], dim=64)
+# Its latents with twice the channels (64 at 8x spatial, two frames each: 6x compression): a
+# probe of whether the latents' size holds it (a world model on them needs 64 input channels).
+VAE_PRESETS["doom-2x-z64"] = replace(VAE_PRESETS["doom-2x"], z_dim=64)
 
 
 class FeatureCache:
