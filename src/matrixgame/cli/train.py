@@ -88,7 +88,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--init", metavar="WORLD",
                      help="start from a shipped world's autoencoder and discriminator (its "
                      "folder, e.g. worlds/doom-e1m1) or a safetensors of this stage's state; "
-                     "--vae still names the encoder's run")  # fmt: skip
+                     "its encoder must be the --vae run's (the decoder learns its "
+                     "latents)")  # fmt: skip
     dec.add_argument("--checkpoint-every", type=int, default=200)
     dec.add_argument("--cpu-bf16", action="store_true",
                      help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
