@@ -137,14 +137,8 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     vae, (height, width) = trained_vae(job.vae)
     if job.preset:
         vae = with_fresh_decoder(vae, job.preset)  # initialised after job.seed
-    encoder = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(ENCODER)}
     model = DecoderGAN(vae.train(), r1=job.r1 > 0)
-    _init_decoder(model, job.init)
-    started = model.vae.state_dict()  # the encoder frozen must be the one whose latents --vae has
-    if not all(torch.equal(started[k], v.bfloat16().float()) or torch.equal(started[k], v)
-               for k, v in encoder.items()):  # fmt: skip
-        raise ValueError(f"{job.init}: its encoder is not the one of {job.vae} (the decoder "
-                         "must learn that run's latents)")  # fmt: skip
+    _init_decoder(model, job.init, job.vae)
     data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
                        frames_per_latent=vae.config.temporal_factor)  # fmt: skip
     task = DecoderTask(height, width, adversarial=job.adversarial,
@@ -172,25 +166,35 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
     return trainer
 
 
-ENCODER = ("encoder.", "conv1.")  # the VAE's modules before its latents
-
-
-def _init_decoder(model: torch.nn.Module, init: str | None) -> None:
+def _init_decoder(model: torch.nn.Module, init: str | None, vae_run: str) -> None:
     """Start a ``DecoderGAN`` from a world folder (its ``vae.safetensors``, and its
     ``discriminator.safetensors`` when it ships one, else the fresh discriminator) or from a
-    state file of the whole model."""
-    if not (init and Path(init).is_dir()):
-        return _init_from(model, init)
-    from safetensors.torch import load_file
+    state file of the whole model; its encoder must stay the one of ``vae_run`` (up to bf16
+    rounding), whose latents the decoder learns."""
+    if not init:
+        return
+    encoder = [v.clone() for v in _encoder_state(model.vae)]
+    if not Path(init).is_dir():
+        _init_from(model, init)
+    else:
+        from matrixgame.models.loading import load_checked
+        from matrixgame.worlds.shipped import component_weights
 
-    from matrixgame.models.loading import load_checked
-
-    for part, name in ((model.vae, "vae"), (model.disc, "discriminator")):
-        path = Path(init) / f"{name}.safetensors"
-        if path.exists():
-            load_checked(part, {k: v.float() for k, v in load_file(path).items()}, str(path))
-        elif name == "vae":
+        vae, disc = component_weights(init, "vae"), component_weights(init, "discriminator")
+        if vae is None:
             raise ValueError(f"{init}: no vae.safetensors to start the decoder from")
+        load_checked(model.vae, vae, f"{init}/vae.safetensors")
+        if disc is not None:
+            load_checked(model.disc, disc, f"{init}/discriminator.safetensors")
+    if not all(torch.equal(now, v) or torch.equal(now, v.bfloat16().float())
+               for now, v in zip(_encoder_state(model.vae), encoder, strict=True)):  # fmt: skip
+        raise ValueError(f"{init}: its encoder is not the one of {vae_run} (the decoder must "
+                         "learn that run's latents)")  # fmt: skip
+
+
+def _encoder_state(vae) -> list[torch.Tensor]:
+    """The tensors of the VAE's modules before its latents (``encoder``, ``conv1``)."""
+    return [*vae.encoder.state_dict().values(), *vae.conv1.state_dict().values()]
 
 
 def _vae_meta(run: str) -> dict:
