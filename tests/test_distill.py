@@ -164,8 +164,8 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = make_world_and_latents(tmp_path_factory.mktemp("distill"))
+def setup(module_tmp):
+    root = make_world_and_latents(module_tmp("distill"))
     return root / "world", root / "latents"
 
 

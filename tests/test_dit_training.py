@@ -24,8 +24,8 @@ SMALL = DiTConfig(
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lat")
+def latents(module_tmp):
+    root = module_tmp("lat")
     data = make_dataset(root / "data", clips=2, frames=57, height=64, width=64)
     torch.manual_seed(0)
     vae = WanVAE(VAE_PRESETS["tiny"]).eval()

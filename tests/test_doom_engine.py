@@ -158,8 +158,8 @@ def _small_dataset(root) -> RecordConfig:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("doom")
+def dataset(module_tmp):
+    root = module_tmp("doom")
     return root, record_dataset(_small_dataset(root), progress=False)
 
 

@@ -22,8 +22,8 @@ from test_dit_training import SMALL
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lat")
+def latents(module_tmp):
+    root = module_tmp("lat")
     data = make_dataset(root / "data", clips=1, frames=57, height=64, width=64)
     torch.manual_seed(0)
     cache_latents(data, WanVAE(VAE_PRESETS["tiny"]).eval(), root / "latents", 64, 64,
@@ -105,12 +105,12 @@ def test_loop_closure_gate_rejects_a_frozen_video_and_blur():
 
 
 @pytest.fixture(scope="module")
-def doom(tmp_path_factory):
+def doom(module_tmp):
     """A tiny E1M1 recording: training clips, and held-out explore and loop clips."""
     pytest.importorskip("vizdoom")
     from matrixgame.data.engine.recorder import RecordConfig, record_dataset
 
-    root = tmp_path_factory.mktemp("doom")
+    root = module_tmp("doom")
     cfg = RecordConfig(out=str(root / "train"), maps=("E1M1",), frames=2400, clip_frames=400,
                        loop_fraction=0.3, heldout_every=0, depth=False)  # fmt: skip
     record_dataset(cfg, progress=False)

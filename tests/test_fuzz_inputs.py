@@ -300,10 +300,10 @@ cli_value = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
+def tiny_world(module_tmp):
     from helpers import make_world_folder
 
-    return make_world_folder(tmp_path_factory.mktemp("fuzz-world") / "world")
+    return make_world_folder(module_tmp("fuzz-world") / "world")
 
 
 @settings(max_examples=150, deadline=None,

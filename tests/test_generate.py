@@ -12,8 +12,8 @@ from matrixgame.media import Mp4Writer, read_video
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world_folder(tmp_path_factory.mktemp("world"))
+def world(module_tmp):
+    return make_world_folder(module_tmp("world"))
 
 
 def _script(tmp_path, obj, name="walk.json"):

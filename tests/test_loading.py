@@ -49,8 +49,8 @@ def _diffusers_names(state):
 
 
 @pytest.fixture(scope="module")
-def release_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("Matrix-Game-3.0")
+def release_dir(module_tmp):
+    root = module_tmp("Matrix-Game-3.0")
     g = golden("mg3_dit_tiny.safetensors")
     dit = {k: v for k, v in g.items() if not k.startswith("golden.")}
     folder = root / "base_distilled_model"

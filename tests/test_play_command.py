@@ -22,8 +22,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world_folder(tmp_path_factory.mktemp("world"))
+def world(module_tmp):
+    return make_world_folder(module_tmp("world"))
 
 
 def test_play_serves_and_stops_cleanly_on_ctrl_c(world):

@@ -18,8 +18,8 @@ from matrixgame.worlds.shipped import load_starts, load_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = make_world_folder(tmp_path_factory.mktemp("world"))
+def world(module_tmp):
+    root = make_world_folder(module_tmp("world"))
     return load_world(root), load_starts(root)
 
 

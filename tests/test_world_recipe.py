@@ -36,9 +36,9 @@ def _logged_steps(run: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(module_tmp):
     """A tiny world built with one SIGKILL in the world-model stage, then resumed."""
-    root = tmp_path_factory.mktemp("world")
+    root = module_tmp("world")
     work, ship = root / "work", root / "ship"
     proc = subprocess.Popen(build(work, ship), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip

@@ -89,8 +89,8 @@ def assert_checkpoints_whole(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    return make_world_and_latents(tmp_path_factory.mktemp("faults"))
+def latents(module_tmp):
+    return make_world_and_latents(module_tmp("faults"))
 
 
 def _dit(latents: Path, out: Path, steps: int = 24) -> list[str]:
