@@ -105,8 +105,8 @@ class PlayServer:
         self.config = config or ServeConfig()
         self.active = 0
         self.executor = torch_thread()
-        self._own_records = record_dir is None
-        self.record_dir = Path(record_dir or tempfile.mkdtemp(prefix="matrixgame-recordings-"))
+        self._own_records = record_dir is None  # then a temporary folder, made at the first
+        self.record_dir = Path(record_dir) if record_dir else None  # recording, removed at close
         self.recordings: dict[str, Path] = {}
         meta = getattr(world, "meta", {}) or {}
         self.fps = float(meta.get("fps", 17.5))
@@ -179,10 +179,12 @@ class PlayServer:
 
     def new_recording(self) -> tuple[str, Path]:
         token = secrets.token_urlsafe(18)
+        if self.record_dir is None:
+            self.record_dir = Path(tempfile.mkdtemp(prefix="matrixgame-recordings-"))
         return token, self.record_dir / f"{token}.mp4"
 
     def close(self) -> None:
-        if self._own_records:
+        if self._own_records and self.record_dir is not None:
             shutil.rmtree(self.record_dir, ignore_errors=True)
 
 
