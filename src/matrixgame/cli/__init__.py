@@ -1,6 +1,6 @@
 """The `matrixgame` command: one module per verb group, each only parsing its arguments and
-calling the library (data: trajectory, record, import, inspect; train; distill; evaluate: eval;
-world: build, list; play: play, generate)."""
+calling the library (data: trajectory, record, import, inspect; train; distill; evaluate:
+eval, eval-vae; world: build, list; play: play, generate)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_train(sub)
     distill.add_distill(sub)
     evaluate.add_eval(sub)
+    evaluate.add_eval_vae(sub)
     world.add_world(sub)
     play.add_play(sub)
     play.add_generate(sub)

@@ -980,25 +980,14 @@ class HeldoutStop:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
-@torch.no_grad()
 def vae_heldout_psnr(run: Path, data: Path, clips: int = 4, frames: int = 65) -> float:
     """PSNR (dB) of the run's latest EMA VAE on the first frames of ``data``'s held-out
-    clips."""
-    from matrixgame.data.shards import Manifest, read_clip
+    clips (`eval/autoencoder.py`, as `matrixgame eval-vae` reports it)."""
+    from matrixgame.eval.autoencoder import reconstruction_scores
     from matrixgame.train.runs import trained_vae
-    from matrixgame.train.vae_task import frames_to_model, psnr
 
     vae, (height, width) = trained_vae(run)
-    names = [n for n, e in sorted(Manifest.load(data).shards.items())
-             if e["split"].startswith("heldout")][:clips]  # fmt: skip
-    if not names:
-        raise ValueError(f"{data}: no held-out clips for early stopping")
-    scores = []
-    for name in names:
-        x = frames_to_model(torch.as_tensor(read_clip(Path(data) / name).frames[:frames])[None],
-                            height, width)  # fmt: skip
-        scores.append(psnr(vae(x)[0], x))
-    return sum(scores) / len(scores)
+    return reconstruction_scores(vae, data, height, width, clips, frames)["psnr"]
 
 
 @torch.no_grad()

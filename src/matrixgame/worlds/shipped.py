@@ -253,7 +253,6 @@ def load_world(name_or_path: str | Path, student: bool = False, light: bool = Fa
     ``student``: the distilled few-step student in place of the world model (``meta``'s
     sampler is then the student's); ``light``: the light decoder in place of the full one."""
     from matrixgame.data.windows import WindowConfig
-    from matrixgame.models.loading import load_checked
     from matrixgame.train.runs import World
 
     folder = world_folder(name_or_path)
@@ -263,18 +262,34 @@ def load_world(name_or_path: str | Path, student: bool = False, light: bool = Fa
     if light and "light" not in config:
         raise ValueError(f"{folder}: this world ships no light decoder (config.json has none)")
     vae, dit = build_vae(config, light), build_dit(config)
-    dit_file = "student" if student else "dit"
-    for component, model in (("light" if light else "vae", vae), (dit_file, dit)):
-        state = component_weights(folder, component)
-        if state is None:
-            raise ValueError(f"{folder}: {component}.safetensors is missing")
-        load_checked(model, state, str(folder / f"{component}.safetensors"))
+    _load_component(folder, "light" if light else "vae", vae)
+    _load_component(folder, "student" if student else "dit", dit)
     window = WindowConfig(**config["window"])
     name, step = config.get("name", folder.name), int(config["dit"].get("step", 0))
     if student:
         config = {**config, "sampler": config["student"]["sampler"]}
         name, step = f"{name} student", int(config["student"].get("step", 0))
     return World(name, dit, vae, window, config["height"], config["width"], step, config)
+
+
+def load_vae(name_or_path: str | Path, light: bool = False):
+    """(VAE, config) of a shipped world, in fp32 on the CPU; ``light``: its light decoder."""
+    folder = world_folder(name_or_path)
+    config = read_config(folder)
+    if light and "light" not in config:
+        raise ValueError(f"{folder}: this world ships no light decoder (config.json has none)")
+    vae = build_vae(config, light)
+    _load_component(folder, "light" if light else "vae", vae)
+    return vae.eval(), config
+
+
+def _load_component(folder: Path, component: str, model) -> None:
+    from matrixgame.models.loading import load_checked
+
+    state = component_weights(folder, component)
+    if state is None:
+        raise ValueError(f"{folder}: {component}.safetensors is missing")
+    load_checked(model, state, str(folder / f"{component}.safetensors"))
 
 
 def world_config(name: str, vae_meta: dict, vae_step: int, dit_meta: dict, dit_step: int,
