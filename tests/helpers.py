@@ -76,6 +76,7 @@ def make_world_folder(root: Path, starts: int = 2, current: int = 1, fps: float 
     from matrixgame.models.dit import DIT_PRESETS, MatrixGameDiT
     from matrixgame.models.vae import VAE_PRESETS, WanVAE
     from matrixgame.worlds import shipped
+    from matrixgame.worlds.recipe import WorldSpec
 
     torch.manual_seed(0)
     vae, dit = WanVAE(VAE_PRESETS["tiny"]), MatrixGameDiT(DIT_PRESETS["tiny"])
@@ -86,8 +87,8 @@ def make_world_folder(root: Path, starts: int = 2, current: int = 1, fps: float 
             "height": 64, "width": 64}  # fmt: skip
     dit_meta = {"preset": "tiny", "window": asdict(window)}
     config = shipped.world_config("tiny-test", meta, 1, dit_meta, 1, fps, "doom",
-                                  {"name": "euler", "steps": 2, "shift": 3.0},
-                                  frame_skip=2)  # fmt: skip
+                                  {"name": "euler", "steps": 2, "shift": 3.0}, frame_skip=2,
+                                  version=WorldSpec.version)  # fmt: skip
     shipped.write_config(root, config)
     g = torch.Generator().manual_seed(1)
     out = []

@@ -341,9 +341,11 @@ def test_the_decoder_continues_a_folders_fine_tuning_only_where_it_had_some(tmp_
         assert _decoder_step(folder) == expected, extra
 
 
-def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built, tmp_path):
-    """An autoencoder without adversarial fine-tuning exported over another version's world:
-    that version's discriminator goes, and config and card say the decoder was not tuned."""
+@pytest.mark.parametrize("older", ["preset", "version"])
+def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built, tmp_path, older):
+    """An autoencoder without adversarial fine-tuning exported over another version's world
+    (another autoencoder preset, or an older `version` of the recipe): that version's
+    discriminator goes, and config and card say the decoder was not tuned."""
     from matrixgame.worlds.card import _summary
     from matrixgame.worlds.recipe import Recipe, spec_with
 
@@ -351,7 +353,10 @@ def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built,
     shutil.copytree(built["work"], work, ignore=shutil.ignore_patterns("decoder"))
     shutil.copytree(built["ship"], folder)
     config = json.loads((folder / "config.json").read_text())
-    config["vae"]["preset"] = "doom"  # an older version's world
+    if older == "preset":
+        config["vae"]["preset"] = "doom"  # an older version's world
+    else:
+        del config["version"]  # a world from before versions were written: version 1
     (folder / "config.json").write_text(json.dumps(config))
     assert (folder / "discriminator.safetensors").exists()
     recipe = Recipe(spec_with("tiny"), work, ship_to=folder, progress=lambda _: None)
@@ -359,6 +364,7 @@ def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built,
     assert not (folder / "discriminator.safetensors").exists()
     config = json.loads((folder / "config.json").read_text())
     assert config["vae"]["preset"] == "doom-2x" and config["decoder_step"] == 0
+    assert config["version"] == spec_with("tiny").version
     summary = "\n".join(_summary(config, {}))
     assert "no adversarial decoder fine-tuning yet" in summary and "discriminator" not in summary
     recipe.export({}, folder=tmp_path / "new")  # the same version's folder keeps its own
@@ -564,3 +570,37 @@ def test_a_new_version_of_a_world_neither_continues_an_old_build_nor_its_shipped
     same = Recipe(replace(spec, vae_preset="tiny", dit_preset="tiny", current=1), tmp_path / "x",
                   ship_to=ship, progress=lambda _: None)  # fmt: skip
     assert same.seed_folder("vae") == ship and same.seed_folder("dit") == ship
+
+
+def test_a_raised_recipe_version_alone_is_a_new_version(tmp_path):
+    """`version` raised in the recipe (the same presets): a build from before versions were
+    written (version 1) does not continue, nor do world folders of another version."""
+    from dataclasses import replace
+
+    from helpers import make_world_folder
+    from matrixgame.worlds.recipe import Recipe, spec_with
+    from matrixgame.worlds.shipped import read_config
+
+    spec = replace(spec_with("tiny"), vae_preset="tiny", dit_preset="tiny", current=1)
+    assert spec.version >= 2
+    work = tmp_path / "work"
+    work.mkdir()
+    old = {k: v for k, v in vars(spec).items() if k != "version"}
+    (work / "recipe.json").write_text(json.dumps({"spec": {**old, "maps": ["E1M1"]},
+                                                  "stages": {}}))  # fmt: skip
+    with pytest.raises(ValueError, match=f"another version of tiny \\(version 1; this recipe: "
+                                         f"{spec.version}\\)"):  # fmt: skip
+        Recipe(spec, work, progress=lambda _: None)
+    ship = make_world_folder(tmp_path / "ship")
+    recipe = Recipe(spec, tmp_path / "fresh", ship_to=ship, progress=lambda _: None)
+    assert recipe.seed_folder("vae") == ship and recipe.seed_folder("dit") == ship
+    config = json.loads((ship / "config.json").read_text())
+    for version in (1, spec.version + 1, None):  # None: written before versions were
+        config.pop("version", None)
+        (ship / "config.json").write_text(json.dumps(config | ({"version": version}
+                                                               if version else {})))  # fmt: skip
+        assert recipe.seed_folder("vae") is None and recipe.seed_folder("dit") is None, version
+    for bad in (0, "2", True):
+        (ship / "config.json").write_text(json.dumps({**config, "version": bad}))
+        with pytest.raises(ValueError, match="version must be an integer from 1 up"):
+            read_config(ship)

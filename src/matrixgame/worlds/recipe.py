@@ -55,8 +55,8 @@ STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "light": "light_
 CONTINUED = ("decoder", "dit", "student")
 EVAL_RESERVE_S = 1200.0  # at most this much of a bounded call is kept for eval and ship
 # what makes a build another version of a world: its runs cannot continue under a spec
-# that changes these
-VERSION_FIELDS = ("vae_preset", "dit_preset", "height", "width", "frame_skip")
+# that changes these (a world folder or build from before `version` existed is version 1)
+VERSION_FIELDS = ("version", "vae_preset", "dit_preset", "height", "width", "frame_skip")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,12 @@ class WorldSpec:
     """What the default world is: data, models, windows, schedule and budgets."""
 
     name: str = "doom-e1m1"
+    # raised by hand when the training changes so that no run, kept or shipped weights of the
+    # earlier version should continue, as a preset change does. 2: the autoencoder trained
+    # fresh at a constant learning rate; version 1's, decayed to 5% by 6,000 steps, had stopped
+    # gaining (BENCHMARKS.md, "A wider encoder, more latent channels"), and a new encoder
+    # means new latents and a new world model
+    version: int = 2
     maps: tuple[str, ...] = ("E1M1",)
     frames: int = 160_000  # training frames to record (clips may end early)
     clip_frames: int = 1024
@@ -75,11 +81,14 @@ class WorldSpec:
     height: int = 96
     width: int = 128
     vae_preset: str = "doom-2x"
-    vae_steps: int = 6000
+    vae_steps: int = 12_000
     vae_frames: int = 9
     vae_batch: int = 4
     vae_lr: float = 5e-4
-    vae_final_lr: float = 0.05  # cosine decay to 5% of vae_lr by vae_steps
+    # no decay: at a constant 5e-4 a fresh autoencoder still gained 0.02-0.03 dB per 100 steps
+    # at 6,700 (28.60 dB held out; version 1's, decayed to 5%, 27.94 at 6,000 and 1,797
+    # adversarial decoder steps); the held-out patience ends it when it stops gaining
+    vae_final_lr: float = 1.0
     decoder_steps: int = 2000
     decoder_lr: float = 1e-4
     decoder_adversarial: float = 0.5
@@ -222,6 +231,7 @@ class Recipe:
         self.train_deadline = self.deadline
         self.state = self._load_state()
         built = self.state.get("spec", {})
+        built = {"version": 1, **built} if built else built
         changed = [k for k in VERSION_FIELDS if k in built and built[k] != getattr(self.spec, k)]
         if changed:
             was = ", ".join(f"{k} {built[k]!r}" for k in changed)
@@ -664,7 +674,7 @@ class Recipe:
         except ValueError:
             return False
         s = self.spec
-        if config["vae"]["preset"] != s.vae_preset:
+        if _folder_version(folder) != (s.version, s.vae_preset):
             return False  # another autoencoder: neither its decoder nor its world model fit
         if component == "light":
             light = config.get("light")
@@ -819,8 +829,8 @@ class Recipe:
         shipped.save_component(folder, "vae", sub_state(vae_state, prefix))
         if prefix:  # the decoder stage's run: its discriminator continues with it
             shipped.save_component(folder, "discriminator", sub_state(vae_state, "disc."))
-        elif _folder_preset(folder) != s.vae_preset:  # an autoencoder run (or one seeded from
-            # a world folder) over another version's folder: its discriminator goes
+        elif _folder_version(folder) != (s.version, s.vae_preset):  # an autoencoder run (or one
+            # seeded from a world folder) over another version's folder: its discriminator goes
             (folder / "discriminator.safetensors").unlink(missing_ok=True)
         decoder_step = _run_decoder_step(vae_run, vae_cfg)
         dit_state, dit_cfg = latest_weights(self.path("dit"), model="dit")
@@ -828,7 +838,8 @@ class Recipe:
         config = shipped.world_config(
             s.name, _vae_meta(str(vae_run)), _latest_step(vae_run), dit_cfg,
             _latest_step(self.path("dit")), s.fps, s.kinematics,
-            s.sampler, encoder_step=_latest_step(self.path("vae")), figures=figures,
+            s.sampler, version=s.version, encoder_step=_latest_step(self.path("vae")),
+            figures=figures,
             decoder_step=decoder_step,
             frame_skip=s.frame_skip, maps=list(s.maps), training_log=self.state["sessions"],
         )  # fmt: skip
@@ -1066,10 +1077,12 @@ def _run_decoder_step(run: Path, config: dict) -> int:
     return int(config.get("decoder_step") or 0)
 
 
-def _folder_preset(folder: Path) -> str | None:
-    """The autoencoder preset of the world a folder holds (None: none, or unreadable)."""
+def _folder_version(folder: Path) -> tuple[int, str] | None:
+    """(version, autoencoder preset) of the world a folder holds (None: none, or unreadable);
+    a folder from before versions were written is version 1."""
     try:
-        return shipped.read_config(folder)["vae"]["preset"]
+        config = shipped.read_config(folder)
+        return int(config.get("version", 1)), config["vae"]["preset"]
     except (ValueError, KeyError):
         return None
 
