@@ -356,7 +356,7 @@ def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built,
     if older == "preset":
         config["vae"]["preset"] = "doom"  # an older version's world
     else:
-        del config["version"]  # a world from before versions were written: version 1
+        del config["version"]  # a world from before versions were written: an older one
     (folder / "config.json").write_text(json.dumps(config))
     assert (folder / "discriminator.safetensors").exists()
     recipe = Recipe(spec_with("tiny"), work, ship_to=folder, progress=lambda _: None)
@@ -574,28 +574,28 @@ def test_a_new_version_of_a_world_neither_continues_an_old_build_nor_its_shipped
 
 def test_a_raised_recipe_version_alone_is_a_new_version(tmp_path):
     """`version` raised in the recipe (the same presets): a build from before versions were
-    written (version 1) does not continue, nor do world folders of another version."""
+    written (UNVERSIONED) does not continue, nor do world folders of another version."""
     from dataclasses import replace
 
     from helpers import make_world_folder
-    from matrixgame.worlds.recipe import Recipe, spec_with
+    from matrixgame.worlds.recipe import UNVERSIONED, Recipe, spec_with
     from matrixgame.worlds.shipped import read_config
 
     spec = replace(spec_with("tiny"), vae_preset="tiny", dit_preset="tiny", current=1)
-    assert spec.version >= 2
+    assert spec.version > UNVERSIONED
     work = tmp_path / "work"
     work.mkdir()
     old = {k: v for k, v in vars(spec).items() if k != "version"}
     (work / "recipe.json").write_text(json.dumps({"spec": {**old, "maps": ["E1M1"]},
                                                   "stages": {}}))  # fmt: skip
-    with pytest.raises(ValueError, match=f"another version of tiny \\(version 1; this recipe: "
-                                         f"{spec.version}\\)"):  # fmt: skip
+    says = f"another version of tiny \\(version {UNVERSIONED}; this recipe: {spec.version}\\)"
+    with pytest.raises(ValueError, match=says):
         Recipe(spec, work, progress=lambda _: None)
     ship = make_world_folder(tmp_path / "ship")
     recipe = Recipe(spec, tmp_path / "fresh", ship_to=ship, progress=lambda _: None)
     assert recipe.seed_folder("vae") == ship and recipe.seed_folder("dit") == ship
     config = json.loads((ship / "config.json").read_text())
-    for version in (1, spec.version + 1, None):  # None: written before versions were
+    for version in (UNVERSIONED, spec.version + 1, None):  # None: written before versions were
         config.pop("version", None)
         (ship / "config.json").write_text(json.dumps(config | ({"version": version}
                                                                if version else {})))  # fmt: skip

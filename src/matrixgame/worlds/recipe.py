@@ -55,8 +55,11 @@ STEP_TARGETS = {"vae": "vae_steps", "decoder": "decoder_steps", "light": "light_
 CONTINUED = ("decoder", "dit", "student")
 EVAL_RESERVE_S = 1200.0  # at most this much of a bounded call is kept for eval and ship
 # what makes a build another version of a world: its runs cannot continue under a spec
-# that changes these (a world folder or build from before `version` existed is version 1)
+# that changes these
 VERSION_FIELDS = ("version", "vae_preset", "dit_preset", "height", "width", "frame_skip")
+# the version of a world folder or build from before `version` was written: the default
+# world's second (`doom-2x` presets; the first, of the `doom` presets, differs in them anyway)
+UNVERSIONED = 2
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,11 @@ class WorldSpec:
 
     name: str = "doom-e1m1"
     # raised by hand when the training changes so that no run, kept or shipped weights of the
-    # earlier version should continue, as a preset change does. 2: the autoencoder trained
-    # fresh at a constant learning rate; version 1's, decayed to 5% by 6,000 steps, had stopped
+    # earlier version should continue, as a preset change does. 3: the autoencoder trained
+    # fresh at a constant learning rate; version 2's, decayed to 5% by 6,000 steps, had stopped
     # gaining (BENCHMARKS.md, "A wider encoder, more latent channels"), and a new encoder
     # means new latents and a new world model
-    version: int = 2
+    version: int = 3
     maps: tuple[str, ...] = ("E1M1",)
     frames: int = 160_000  # training frames to record (clips may end early)
     clip_frames: int = 1024
@@ -231,7 +234,7 @@ class Recipe:
         self.train_deadline = self.deadline
         self.state = self._load_state()
         built = self.state.get("spec", {})
-        built = {"version": 1, **built} if built else built
+        built = {"version": UNVERSIONED, **built} if built else built
         changed = [k for k in VERSION_FIELDS if k in built and built[k] != getattr(self.spec, k)]
         if changed:
             was = ", ".join(f"{k} {built[k]!r}" for k in changed)
@@ -1078,11 +1081,10 @@ def _run_decoder_step(run: Path, config: dict) -> int:
 
 
 def _folder_version(folder: Path) -> tuple[int, str] | None:
-    """(version, autoencoder preset) of the world a folder holds (None: none, or unreadable);
-    a folder from before versions were written is version 1."""
+    """(version, autoencoder preset) of the world a folder holds (None: none, or unreadable)."""
     try:
         config = shipped.read_config(folder)
-        return int(config.get("version", 1)), config["vae"]["preset"]
+        return int(config.get("version", UNVERSIONED)), config["vae"]["preset"]
     except (ValueError, KeyError):
         return None
 

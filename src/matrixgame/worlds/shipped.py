@@ -95,7 +95,7 @@ def _check_config(config: dict, path: Path) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 4096:
             raise fail(f"{key} must be an integer in 1..4096, got {value!r:.40}")
-    version = config.get("version", 1)  # the recipe's (worlds/recipe.py); 1 before it was written
+    version = config.get("version", 1)  # the recipe's (worlds/recipe.py); absent before it was
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise fail(f"version must be an integer from 1 up, got {version!r:.40}")
     number(config["fps"], "fps")
