@@ -7,6 +7,8 @@ import argparse
 
 from matrixgame.cli.options import add_guidance_arguments, guidance_of
 
+SPLITS = "heldout (maps and trajectories), heldout-map, heldout-traj, train, all"
+
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
     from matrixgame.eval.protocols import PROTOCOLS
@@ -49,8 +51,7 @@ Record an evaluation set with loops, e.g.:
                         "teacher vs student")  # fmt: skip
     p.add_argument("--data", required=True, help="recorded dataset folder with held-out clips")
     p.add_argument("--out", required=True, help="report folder")
-    splits = "heldout (maps and trajectories), heldout-map, heldout-traj, train, all"
-    p.add_argument("--split", default="heldout", help=splits)
+    p.add_argument("--split", default="heldout", help=SPLITS)
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated subset")
     p.add_argument("--clips", type=int, default=4, help="clips per protocol (longest first)")
     p.add_argument("--seconds", type=float, default=60.0, help="rollout length cap")
@@ -124,8 +125,7 @@ recipe's early stopping scores the same PSNR. E.g.:
                    help="`train vae` or `train decoder` run folders, or shipped worlds (folder or "
                         "name; doom-e1m1:light, its light decoder)")  # fmt: skip
     p.add_argument("--data", required=True, help="recorded dataset folder with held-out clips")
-    splits = "heldout (maps and trajectories), heldout-map, heldout-traj, train, all"
-    p.add_argument("--split", default="heldout", help=splits)
+    p.add_argument("--split", default="heldout", help=SPLITS)
     p.add_argument("--clips", type=int, default=4, help="clips, the first by name")
     p.add_argument("--frames", type=int, default=65, help="frames of each clip, from its start")
     p.add_argument("--json", help="also write the scores, per clip too, to this file")
