@@ -72,6 +72,7 @@ def test_bad_arguments_are_clear_errors(setup, tmp_path, capsys):
         (["--split", "heldout-map"], "no clips in split 'heldout-map'"),
         (["--clips", "0"], "clips must be at least 1"),
         (["--frames", "0"], "frames must be at least 1"),
+        (["--data", str(tmp_path)], "no recorded clips"),
     ]
     for extra, message in cases:
         assert main(["eval-vae", str(world), "--data", str(data), *extra]) == 2

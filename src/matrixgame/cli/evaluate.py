@@ -135,12 +135,13 @@ recipe's early stopping scores the same PSNR. E.g.:
 def _run_eval_vae(args: argparse.Namespace) -> None:
     import json
 
-    from matrixgame.eval.autoencoder import open_autoencoder, reconstruction_scores
+    from matrixgame.eval.autoencoder import heldout_names, open_autoencoder, reconstruction_scores
     from matrixgame.io import atomic_write_text
 
     specs = [(name or run, run) for name, _, run in (s.rpartition("=") for s in args.autoencoders)]
     if len({name for name, _ in specs}) < len(specs):
         raise ValueError("two autoencoders share a name: give them names, NAME=RUN")
+    heldout_names(args.data, args.split, args.clips)  # a bad --data fails before any model
     results = []
     print(f"{'autoencoder':<40} {'PSNR':>7} {'SSIM':>6} {'sharpness':>9}")
     for name, run in specs:

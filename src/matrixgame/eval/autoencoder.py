@@ -17,12 +17,14 @@ def heldout_names(data: str | Path, split: str = "heldout", clips: int = 4) -> l
     if clips < 1:
         raise ValueError(f"clips must be at least 1, got {clips}")
     manifest = Manifest.load(data)
+    if not manifest.shards:
+        raise ValueError(f"{data}: no recorded clips (no manifest.json, or it lists none)")
     wanted = SPLITS.get(split, (split,))
     names = [n for n, e in sorted(manifest.shards.items())
              if wanted is None or e.get("split") in wanted]  # fmt: skip
     if not names:
         splits = sorted({str(e.get("split")) for e in manifest.shards.values()})
-        raise ValueError(f"{data}: no clips in split {split!r} (it has {splits or 'none'})")
+        raise ValueError(f"{data}: no clips in split {split!r} (it has {splits})")
     return names[:clips]
 
 
