@@ -366,6 +366,7 @@ def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built,
     assert config["vae"]["preset"] == "doom-2x" and config["decoder_step"] == 0
     assert config["version"] == spec_with("tiny").version
     summary = "\n".join(_summary(config, {}))
+    assert f"**Version**: {spec_with('tiny').version} (the recipe's" in summary
     assert "no adversarial decoder fine-tuning yet" in summary and "discriminator" not in summary
     recipe.export({}, folder=tmp_path / "new")  # the same version's folder keeps its own
     shutil.copy(built["ship"] / "discriminator.safetensors", tmp_path / "new")

@@ -262,7 +262,11 @@ def _summary(config: dict, spec: dict) -> list[str]:
     preset = VAE_PRESETS.get(vae["preset"])
     shape = (f"{preset.spatial_factor}x spatial, {preset.temporal_factor}x temporal, "
              f"{preset.z_dim} channels") if preset else "?"  # fmt: skip
+    version = config.get("version")  # absent: written before the recipe numbered versions
+    numbered = f"- **Version**: {version} (the recipe's `version`; a new one retrains from the "
+    numbered += "recordings up)."
     return [
+        *([numbered] if version else []),
         f"- **Data**: Freedoom {', '.join(config.get('maps', []))} recorded by the project's "
         f"ViZDoom agent, {spec.get('frames', '?')} training frames, frame skip "
         f"{config.get('frame_skip')} ({config['fps']:.1f} frames/s), {config['width']}x"
