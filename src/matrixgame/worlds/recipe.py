@@ -84,12 +84,12 @@ class WorldSpec:
     height: int = 96
     width: int = 128
     vae_preset: str = "doom-2x"
-    vae_steps: int = 12_000
+    vae_steps: int = 20_000
     vae_frames: int = 9
     vae_batch: int = 4
     vae_lr: float = 5e-4
-    # no decay: at a constant 5e-4 a fresh autoencoder still gained 0.02-0.03 dB per 100 steps
-    # at 6,700 (28.60 dB held out; version 1's, decayed to 5%, 27.94 at 6,000 and 1,797
+    # no decay: at a constant 5e-4 a fresh autoencoder still gained 0.015 dB per 100 steps at
+    # 12,000 (29.38 dB held out; version 2's, decayed to 5%, 27.94 at 6,000 and 1,797
     # adversarial decoder steps); the held-out patience ends it when it stops gaining
     vae_final_lr: float = 1.0
     decoder_steps: int = 2000
