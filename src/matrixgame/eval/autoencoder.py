@@ -7,25 +7,14 @@ from pathlib import Path
 
 import torch
 
-SPLITS = {"heldout": ("heldout-map", "heldout-traj"), "all": None}
-
 
 def heldout_names(data: str | Path, split: str = "heldout", clips: int = 4) -> list[str]:
     """The first ``clips`` clips of ``split`` in ``data``'s manifest, by name."""
-    from matrixgame.data.shards import Manifest
+    from matrixgame.eval.protocols import clips_in_split
 
     if clips < 1:
         raise ValueError(f"clips must be at least 1, got {clips}")
-    manifest = Manifest.load(data)
-    if not manifest.shards:
-        raise ValueError(f"{data}: no recorded clips (no manifest.json, or it lists none)")
-    wanted = SPLITS.get(split, (split,))
-    names = [n for n, e in sorted(manifest.shards.items())
-             if wanted is None or e.get("split") in wanted]  # fmt: skip
-    if not names:
-        splits = sorted({str(e.get("split")) for e in manifest.shards.values()})
-        raise ValueError(f"{data}: no clips in split {split!r} (it has {splits})")
-    return names[:clips]
+    return [name for name, _ in clips_in_split(data, split)][:clips]
 
 
 @torch.no_grad()
@@ -64,11 +53,9 @@ def open_autoencoder(spec: str | Path) -> tuple:
     """(VAE, (height, width)) of a `train vae` run (or its decoder or light-decoder stage) or of
     a shipped world (folder or name; ``doom-e1m1:light``: its light decoder)."""
     from matrixgame.train.runs import trained_vae
-    from matrixgame.worlds.shipped import load_vae
+    from matrixgame.worlds.shipped import load_vae, world_part
 
     if (Path(spec) / "checkpoints").exists():
         return trained_vae(spec)
-    folder, colon, part = str(spec).rpartition(":")
-    light = bool(colon) and part == "light" and not Path(spec).exists()
-    vae, config = load_vae(folder if light else spec, light)
+    vae, config = load_vae(*world_part(spec, "light"))
     return vae, (config["height"], config["width"])

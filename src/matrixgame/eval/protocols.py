@@ -75,23 +75,30 @@ class EvalClip:
         return self.clip.meta.get("metres_per_unit", 1.0)
 
 
-def select_clips(data: str | Path, config: EvalConfig) -> tuple[list[EvalClip], list[EvalClip]]:
-    """The held-out clips the protocols replay: (explore clips, loop clips), longest first,
-    ``config.clips`` of each."""
+# the splits a recording's manifest marks its clips with; "heldout" is both held-out kinds
+SPLITS = {"heldout": ("heldout-map", "heldout-traj"), "all": None}
+
+
+def clips_in_split(data: str | Path, split: str) -> list[tuple[str, dict]]:
+    """(name, manifest entry) of each clip of ``data`` in ``split`` (a manifest split, or a
+    key of :data:`SPLITS`), by name; a clear error where there are none."""
     manifest = Manifest.load(data)
     if not manifest.shards:
         raise ValueError(f"{data}: no recorded clips (manifest.json lists none)")
-    wanted = {"heldout": ("heldout-map", "heldout-traj"), "all": None}.get(
-        config.split, (config.split,)
-    )
-    entries = [
-        (name, e)
-        for name, e in sorted(manifest.shards.items())
-        if wanted is None or e.get("split") in wanted
-    ]
+    wanted = SPLITS.get(split, (split,))
+    entries = [(name, e) for name, e in sorted(manifest.shards.items())
+               if wanted is None or e.get("split") in wanted]  # fmt: skip
     if not entries:
-        splits = sorted({e.get("split") for e in manifest.shards.values()})
-        raise ValueError(f"{data}: no clips in split {config.split!r} (it has {splits})")
+        splits = sorted({str(e.get("split")) for e in manifest.shards.values()})
+        raise ValueError(f"{data}: no clips in split {split!r} (it has {splits})")
+    return entries
+
+
+def select_clips(data: str | Path, config: EvalConfig) -> tuple[list[EvalClip], list[EvalClip]]:
+    """The held-out clips the protocols replay: (explore clips, loop clips), longest first,
+    ``config.clips`` of each."""
+    entries = clips_in_split(data, config.split)
+    listed = dict(entries)
     chosen = {}
     for agent in ("explore", "loop"):
         pool = sorted((e["frames"], n) for n, e in entries if e.get("agent", "explore") == agent)
@@ -103,7 +110,7 @@ def select_clips(data: str | Path, config: EvalConfig) -> tuple[list[EvalClip], 
             clip = read_clip(Path(data) / name)
             # Doom runs 35 tics a second; imported video (RealEstate10K, DL3DV) is 30 fps
             fps = 35.0 / clip.meta["frame_skip"] if "frame_skip" in clip.meta else 30.0
-            out[agent].append(EvalClip(name, clip, manifest.shards[name].get("split", "?"),
+            out[agent].append(EvalClip(name, clip, listed[name].get("split", "?"),
                                        agent, fps))  # fmt: skip
     return out["explore"], out["loop"]
 
