@@ -677,7 +677,7 @@ class Recipe:
         except ValueError:
             return False
         s = self.spec
-        if _folder_version(folder) != (s.version, s.vae_preset):
+        if _version_of(config) != (s.version, s.vae_preset):
             return False  # another autoencoder: neither its decoder nor its world model fit
         if component == "light":
             light = config.get("light")
@@ -1083,10 +1083,14 @@ def _run_decoder_step(run: Path, config: dict) -> int:
 def _folder_version(folder: Path) -> tuple[int, str] | None:
     """(version, autoencoder preset) of the world a folder holds (None: none, or unreadable)."""
     try:
-        config = shipped.read_config(folder)
-        return int(config.get("version", UNVERSIONED)), config["vae"]["preset"]
+        return _version_of(shipped.read_config(folder))
     except (ValueError, KeyError):
         return None
+
+
+def _version_of(config: dict) -> tuple[int, str]:
+    """(version, autoencoder preset) of a world's config.json."""
+    return int(config.get("version", UNVERSIONED)), config["vae"]["preset"]
 
 
 def _seed_run(out: Path, folder: Path, component: str, spec: WorldSpec) -> None:

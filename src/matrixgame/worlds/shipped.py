@@ -95,8 +95,9 @@ def _check_config(config: dict, path: Path) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 4096:
             raise fail(f"{key} must be an integer in 1..4096, got {value!r:.40}")
-    version = config.get("version", 1)  # the recipe's (worlds/recipe.py); absent before it was
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    version = config.get("version")  # the recipe's (worlds/recipe.py); absent before it was
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or version < 1):  # fmt: skip
         raise fail(f"version must be an integer from 1 up, got {version!r:.40}")
     number(config["fps"], "fps")
     window, sampler = config["window"], config["sampler"]
@@ -262,10 +263,7 @@ def load_world(name_or_path: str | Path, student: bool = False, light: bool = Fa
     config = read_config(folder)
     if student and "student" not in config:
         raise ValueError(f"{folder}: this world ships no student (config.json has none)")
-    if light and "light" not in config:
-        raise ValueError(f"{folder}: this world ships no light decoder (config.json has none)")
-    vae, dit = build_vae(config, light), build_dit(config)
-    _load_component(folder, "light" if light else "vae", vae)
+    vae, dit = _vae_of(folder, config, light), build_dit(config)
     _load_component(folder, "student" if student else "dit", dit)
     window = WindowConfig(**config["window"])
     name, step = config.get("name", folder.name), int(config["dit"].get("step", 0))
@@ -279,11 +277,16 @@ def load_vae(name_or_path: str | Path, light: bool = False):
     """(VAE, config) of a shipped world, in fp32 on the CPU; ``light``: its light decoder."""
     folder = world_folder(name_or_path)
     config = read_config(folder)
+    return _vae_of(folder, config, light).eval(), config
+
+
+def _vae_of(folder: Path, config: dict, light: bool):
+    """The world's VAE with its weights (the light decoder's where ``light``)."""
     if light and "light" not in config:
         raise ValueError(f"{folder}: this world ships no light decoder (config.json has none)")
     vae = build_vae(config, light)
     _load_component(folder, "light" if light else "vae", vae)
-    return vae.eval(), config
+    return vae
 
 
 def _load_component(folder: Path, component: str, model) -> None:
@@ -319,11 +322,18 @@ def open_world(path: str | Path, name: str | None = None):
 
     if (Path(path) / "checkpoints").exists():
         return trained_world(path, name)
-    folder, colon, part = str(path).rpartition(":")
-    student = bool(colon) and part == "student" and not Path(path).exists()
-    world = load_world(folder if student else path, student=student)
+    folder, student = world_part(path, "student")
+    world = load_world(folder, student=student)
     world.name = name or world.name
     return world
+
+
+def world_part(spec: str | Path, part: str) -> tuple[str, bool]:
+    """``WORLD:part`` names a part of a shipped world (``doom-e1m1:student``): (the world,
+    whether ``spec`` named ``part``); a path that exists as written is a world itself."""
+    folder, colon, suffix = str(spec).rpartition(":")
+    named = bool(colon) and suffix == part and not Path(spec).exists()
+    return (folder if named else str(spec)), named
 
 
 def save_starts(folder: str | Path, starts: list) -> Path:
