@@ -236,6 +236,14 @@ def test_stop_ends_training_after_a_checkpoint(tmp_path):
     trainer.fit(progress=False, stop=lambda step: asked.append(step) or step >= 4)
     assert asked == [2, 4] and trainer.step == 4 and trainer.stopped == "stop"
     assert (tmp_path / "run/checkpoints/latest").read_text() == "00000004"
+    # asked at the last checkpoint too (its figure ends the held-out curve): nothing to end
+    asked.clear()
+    last = _tiny_trainer(tmp_path, "last", steps=4)
+    last.fit(progress=False, stop=lambda step: asked.append(step) or True)
+    assert asked == [2] and last.stopped == "stop"
+    more = _tiny_trainer(tmp_path, "more", steps=4)
+    more.fit(progress=False, stop=lambda step: asked.append(step) or step > 2)
+    assert asked == [2, 2, 4] and more.step == 4 and more.stopped is None
 
 
 def test_the_learning_rate_warms_up_then_decays_on_a_cosine_to_its_final_fraction(tmp_path):

@@ -31,6 +31,10 @@ def _mtimes(work: Path) -> dict[str, int]:
     return {str(f.relative_to(work)): f.stat().st_mtime_ns for f in files}
 
 
+def _checks(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "heldout.jsonl").read_text().splitlines()]
+
+
 def _logged_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
 
@@ -103,6 +107,14 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     assert "2 euler steps, shift 3.0, classifier-free guidance 2 on the actions." in card
     config = json.loads((ship / "config.json").read_text())
     assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
+    # every run's held-out checks ship, for the card's predictions (the autoencoder's with
+    # SSIM and sharpness beside PSNR)
+    curves = config["curves"]
+    assert set(curves) == {"vae", "decoder", "dit"}
+    dit_steps = [c["step"] for c in curves["dit"]]
+    assert dit_steps == sorted(set(dit_steps)) and dit_steps[-1] == 8
+    assert [c["step"] for c in curves["vae"]][-1] == 6
+    assert {"score", "ssim", "sharpness"} <= set(curves["vae"][-1])
 
 
 @pytest.mark.slow
@@ -222,6 +234,9 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert shipped_log and shipped_log == built_log(built)
     assert config["training_log"][: len(shipped_log)] == shipped_log
     assert config["training_log"][-1]["trained"]["dit"] == 10
+    shipped_curve = json.loads((ship / "config.json").read_text())["curves"]["dit"]
+    assert config["curves"]["dit"] == [*shipped_curve, *_checks(work / "dit")]  # continued
+    assert [c["step"] for c in config["curves"]["dit"]][-2:] == [8, 10]
     assert (kept / "critic.safetensors").exists() and not (ship / "critic.safetensors").exists()
     assert config["light"]["step"] == 3 and config["light"]["decoder_step"] == 6
     # distilled from a decoder that moved on (6 steps, 4 shipped): not shipped beside it
@@ -509,6 +524,40 @@ def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):
     decisions = [stop(step) for step in range(7)]
     assert decisions == [False, False, False, False, True, False, False]
     assert [h["score"] for h in stop.history()] == [1.0, 2.0, 1.5, 1.9, 1.2, 3.0, 2.0]
+    # a score with other figures: they are kept beside it, the score alone decides
+    more = HeldoutStop(tmp_path / "more", patience=1, score=lambda: {"score": 2, "ssim": 0.5})
+    (tmp_path / "more").mkdir()
+    assert more(250) is False and more(500) is True
+    assert more.history() == [{"step": 250, "score": 2.0, "ssim": 0.5},
+                              {"step": 500, "score": 2.0, "ssim": 0.5}]  # fmt: skip
+
+
+def test_the_card_predicts_from_the_curves_the_steps_to_the_goals_not_met():
+    from matrixgame.worlds.card import predictions
+
+    figures = {"vae_psnr": 28.0, "vae_ssim": 0.95, "vae_sharpness": 0.5, "psnr@1s": 20.0,
+               "copy_psnr@1s": 21.0, "blur_psnr@1s": 19.0}  # fmt: skip
+    # the PSNR check gains 0.5 dB per 1,000 steps (the last 8 checks; earlier ones flat),
+    # the sharpness falls; the world model's loss 0.5 falls by 0.01 per 1,000 steps
+    vae = [{"step": 250 * i, "score": 20.0 + (0.125 * (i - 10) if i > 10 else 0.0),
+            "sharpness": 0.6 - 0.001 * i} for i in range(1, 21)]  # fmt: skip
+    dit = [{"step": 1000 * i, "score": -(0.6 - 0.01 * i)} for i in range(1, 11)]
+    lines = predictions({"figures": figures, "curves": {"vae": vae, "dit": dit}})
+    assert lines[:3] == ["", "**What more training predicts**", ""]
+    psnr, sharp, world = lines[3:]
+    assert psnr.startswith("- Autoencoder PSNR 28.00 dB of 30 dB: the autoencoder's training")
+    assert "+0.5 dB per 1,000 steps over its checks at steps 3,250-5,000" in psnr
+    assert "the goal is about 4,000 steps further" in psnr
+    assert "sharpness ratio 0.50 of 0.9" in sharp and "not predicted to reach" in sharp
+    assert "SSIM" not in "".join(lines)  # met
+    assert "(1 not met)" in world and "0.5 at step 10,000" in world
+    assert "fell 2% per 1,000 steps" in world and "more steps still lower it" in world
+    flat = [{"step": 1000 * i, "score": -0.5} for i in range(1, 11)]
+    lines = predictions({"figures": figures, "curves": {"dit": flat}})
+    assert "has not fallen" in lines[-1] and "best 0.5 at step 1,000" in lines[-1]
+    assert predictions({"figures": figures}) == []  # no curves: nothing predicted
+    met = {**figures, "vae_psnr": 31.0, "vae_sharpness": 0.95, "psnr@1s": 22.0}
+    assert predictions({"figures": met, "curves": {"vae": vae, "dit": dit}}) == []
 
 
 def test_unknown_world_and_bad_budget_are_clear_errors(capsys):
@@ -528,6 +577,25 @@ def test_load_names_missing_worlds(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a matrixgame-world/1 config"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("curves, says", [
+    ([], r"curves must be an object with some of the keys"),
+    ({"student": []}, r"curves must be an object with some of the keys"),
+    ({"dit": {}}, r"curves\.dit must be a list"),
+    ({"vae": [{"step": 250}]}, r"curves\.vae\[0\] must be an object of numbers"),
+    ({"vae": [{"step": 1.5, "score": 2}]}, r"curves\.vae\[0\] must be"),
+    ({"vae": [{"step": 250, "score": 2}, {"step": 500, "score": "high"}]},
+     r"curves\.vae\[1\] must be"),
+])  # fmt: skip
+def test_malformed_curves_are_named(tmp_path, curves, says):
+    from matrixgame.worlds import world_folder
+    from matrixgame.worlds.shipped import read_config
+
+    config = json.loads((world_folder("doom-e1m1") / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "curves": curves}))
+    with pytest.raises(ValueError, match=says):
+        read_config(tmp_path)
 
 
 @pytest.mark.parametrize("log, says", [

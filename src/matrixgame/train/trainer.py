@@ -168,8 +168,8 @@ class Trainer:
     ) -> dict:
         """Train to ``cfg.steps``. ``deadline`` (a ``time.monotonic()`` value) ends the run
         early with a checkpoint at the current step, and so does SIGINT or SIGTERM;
-        ``stop(step)``, asked after every checkpoint, ends it there when it returns True
-        (early stopping). ``self.stopped`` then says why ("deadline", "signal", "stop");
+        ``stop(step)``, asked after every checkpoint (the last one too), ends it there when
+        it returns True (early stopping). ``self.stopped`` then says why ("deadline", "signal", "stop");
         resuming continues bit for bit either way."""
         from tqdm import tqdm
 
@@ -230,7 +230,8 @@ class Trainer:
                     log(self.step, logs)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
-                if stop is not None and self.step < cfg.steps and stop(self.step):
+                # asked at the last step too: a held-out curve ends at the weights it ends with
+                if stop is not None and stop(self.step) and self.step < cfg.steps:
                     self.stopped = "stop"
                     break
             late, halt = _agreed((deadline is not None and time.monotonic() >= deadline,

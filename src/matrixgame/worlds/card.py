@@ -97,6 +97,84 @@ def goals(f: dict) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+# the checks of a run's held-out curve its recent trend is read from (2,000 steps at the
+# recipe's checkpoint interval)
+TREND_CHECKS = 8
+# the autoencoder's goals that its runs' held-out checks measure: (figure, key in a check,
+# goal, what it is, unit, digits)
+AUTOENCODER_GOALS = (("vae_psnr", "score", 30.0, "PSNR", " dB", 2),
+                     ("vae_ssim", "ssim", 0.90, "SSIM", "", 3),
+                     ("vae_sharpness", "sharpness", 0.9, "sharpness ratio", "", 2))  # fmt: skip
+RUNS = {"vae": "the autoencoder's training", "decoder": "the decoder's fine-tuning"}
+
+
+def trend(curve: list[dict], key: str = "score") -> tuple[float, int, int] | None:
+    """(gain per 1,000 steps, first step, last step) of the least-squares line through the
+    last :data:`TREND_CHECKS` checks of ``curve`` that hold ``key``; None with fewer than 3."""
+    points = [(c["step"], c[key]) for c in curve if c.get(key) is not None][-TREND_CHECKS:]
+    if len(points) < 3:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return None
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    return 1000 * slope, points[0][0], points[-1][0]
+
+
+def predictions(config: dict) -> list[str]:
+    """What more training predicts for the goals not met, from the held-out curves of the
+    runs (``config["curves"]``): the autoencoder's figures at the rate of their last checks,
+    the world model's by its held-out loss, which the recipe early-stops on."""
+    figures, curves = config.get("figures") or {}, config.get("curves") or {}
+    lines = []
+    for figure, key, goal, what, unit, digits in AUTOENCODER_GOALS:
+        now = figures.get(figure)
+        if now is None or now >= goal:
+            continue
+        for run, words in RUNS.items():
+            t = trend(curves.get(run, []), key)
+            if t is None:
+                continue
+            gain, first, last = t
+            rate = f"{gain:+.2g}{unit} per 1,000 steps over its checks at steps {first:,}-{last:,}"
+            if gain <= 0:
+                lines.append(f"- Autoencoder {what} {now:.{digits}f}{unit} of {goal:g}{unit}: "
+                             f"{words} changed {rate}; more of it is not predicted to reach "
+                             f"the goal.")  # fmt: skip
+            else:
+                steps = 1000 * (goal - now) / gain
+                lines.append(f"- Autoencoder {what} {now:.{digits}f}{unit} of {goal:g}{unit}: "
+                             f"{words} gained {rate}; at that rate the goal is about "
+                             f"{_round(steps)} steps further.")  # fmt: skip
+    world = [met for goal, _, met in goals(figures) if not goal.startswith("autoencoder")]
+    t = trend(curves.get("dit", []))
+    if t is not None and False in world:
+        gain, first, last = t
+        loss = -curves["dit"][-1]["score"]
+        best = max(curves["dit"], key=lambda c: c["score"])
+        if gain > 0:
+            said = (f"fell {100 * gain / loss:.2g}% per 1,000 steps over its checks at steps "
+                    f"{first:,}-{last:,}: more steps still lower it")  # fmt: skip
+        else:
+            said = (f"has not fallen over its checks at steps {first:,}-{last:,} (best "
+                    f"{-best['score']:.4g} at step {best['step']:,}): more steps of this "
+                    f"training are not predicted to lift the world model's figures")  # fmt: skip
+        lines.append(f"- World-model goals ({world.count(False)} not met): its held-out "
+                     f"flow-matching loss, {loss:.4g} at step {curves['dit'][-1]['step']:,}, "
+                     f"{said}; the goals' figures are measured by evaluation only.")  # fmt: skip
+    return ["", "**What more training predicts**", "", *lines] if lines else []
+
+
+def _round(steps: float) -> str:
+    """A step count to two significant figures, as a prediction deserves."""
+    if steps < 100:
+        return f"{steps:,.0f}"
+    digits = len(str(int(steps))) - 2
+    return f"{round(steps, -digits):,.0f}"
+
+
 def write_card(folder: Path, state: dict, report: dict | None = None,
                report_dir: Path | None = None, gif: Path | None = None) -> Path:  # fmt: skip
     """Write ``folder/README.md`` (and copy the report's strips and ``gif`` beside it)."""
@@ -122,6 +200,7 @@ def write_card(folder: Path, state: dict, report: dict | None = None,
         lines += [f"| {g} | {m} | {'yes' if ok else 'no'} |" for g, m, ok in goals(figures)]
     else:
         lines.append("Not evaluated yet.")
+    lines += predictions(config)
     for name, title in (("fidelity", "Held-out trajectory (top: real; below: generated)"),
                         ("revisit", "A loop: memory on vs off at the revisit")):  # fmt: skip
         if (folder / f"strip_{name}.png").exists():

@@ -30,6 +30,7 @@ shipped student on the same clips and ships alone when it beats it.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -394,7 +395,7 @@ class Recipe:
                      steps=s.vae_steps, batch_size=s.vae_batch, frames=s.vae_frames,
                      height=s.height, width=s.width, lr=s.vae_lr, final_lr=s.vae_final_lr,
                      checkpoint_every=s.checkpoint_every, cpu_bf16=self.cpu_bf16)  # fmt: skip
-        stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
+        stop = HeldoutStop(out, s.patience, lambda: vae_heldout_scores(out, self.heldout))
         trainer = train_vae(job, self.train_deadline, stop)
         return self._finish("vae", trainer, s.vae_steps)
 
@@ -422,7 +423,7 @@ class Recipe:
                          feature_matching=s.decoder_feature_matching,
                          latent_noise=s.decoder_latent_noise, r1=s.decoder_r1, init=init,
                          start_step=start, cpu_bf16=self.cpu_bf16)  # fmt: skip
-        stop = HeldoutStop(out, s.patience, lambda: vae_heldout_psnr(out, self.heldout))
+        stop = HeldoutStop(out, s.patience, lambda: vae_heldout_scores(out, self.heldout))
         trainer = train_decoder(job, self.train_deadline, stop)
         return self._finish("decoder", trainer, s.decoder_steps)
 
@@ -449,8 +450,8 @@ class Recipe:
         trainer = train_light_vae(job, self.train_deadline)
         result = self._finish("light", trainer, s.light_steps)
         if "light" in self.trained:  # its figures and teacher, where this call trained it
-            figures = {"psnr": vae_heldout_psnr(out, self.heldout),
-                       "full_psnr": vae_heldout_psnr(teacher, self.heldout)}  # fmt: skip
+            figures = {"psnr": vae_heldout_scores(out, self.heldout)["score"],
+                       "full_psnr": vae_heldout_scores(teacher, self.heldout)["score"]}  # fmt: skip
             step = _run_decoder_step(teacher, latest_weights(teacher, model="vae")[1])
             self._mark("light", decoder_step=step, figures=figures)
             if result is None:  # finished (not cut by the deadline)
@@ -873,8 +874,24 @@ class Recipe:
         light = self._export_light(folder)
         if light is not None:
             config["light"] = light
+        config["curves"] = self._curves()
         shipped.write_config(folder, config)
         shipped.save_starts(folder, self.starts())
+
+    def _curves(self) -> dict:
+        """The held-out checks of the autoencoder, decoder and world-model runs (their
+        ``heldout.jsonl``) after those of the world folder each was seeded from: the model
+        card reads from them what more training predicts."""
+        curves = {}
+        for stage in shipped.CURVES:
+            seed = self.seed_folder("vae" if stage == "decoder" else stage)
+            earlier = (shipped.read_config(seed).get("curves") or {}).get(stage, []) if seed else []
+            here = HeldoutStop(self.path(stage), 0, None).history()
+            first = here[0]["step"] if here else math.inf
+            curve = [c for c in earlier if c["step"] < first] + here
+            if curve:
+                curves[stage] = curve
+        return curves
 
     def _student_of(self, folder: Path, dit_step: int | None) -> dict | None:
         """The config.json entry of ``folder``'s student where it is a student of the world
@@ -974,16 +991,19 @@ class Recipe:
 class HeldoutStop:
     """Early stopping: after each checkpoint, measure a held-out score (higher is better),
     append it to ``<run>/heldout.jsonl``, and stop after ``patience`` checks without a new
-    best."""
+    best. ``score`` returns the score, or a dict of figures with it under ``"score"`` (the
+    others are kept beside it: the model card reads their trends)."""
 
     def __init__(self, run: Path, patience: int, score) -> None:
         self.path, self.patience, self.score = Path(run) / "heldout.jsonl", patience, score
 
     def __call__(self, step: int) -> bool:
-        value = float(self.score())
+        scores = self.score()
+        figures = {k: float(v) for k, v in scores.items()} if isinstance(scores, dict) else {}
+        value = figures.pop("score") if figures else float(scores)
         history = self.history()
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "score": value}) + "\n")
+            f.write(json.dumps({"step": step, "score": value, **figures}) + "\n")
         scores = [h["score"] for h in history] + [value]
         best = max(range(len(scores)), key=scores.__getitem__)
         return len(scores) - 1 - best >= self.patience
@@ -994,14 +1014,16 @@ class HeldoutStop:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
-def vae_heldout_psnr(run: Path, data: Path, clips: int = 4, frames: int = 65) -> float:
-    """PSNR (dB) of the run's latest EMA VAE on the first frames of ``data``'s held-out
-    clips (`eval/autoencoder.py`, as `matrixgame eval-vae` reports it)."""
+def vae_heldout_scores(run: Path, data: Path, clips: int = 4, frames: int = 65) -> dict:
+    """PSNR (dB, the early-stopping ``score``), SSIM and sharpness ratio of the run's latest
+    EMA VAE on the first frames of ``data``'s held-out clips (`eval/autoencoder.py`, as
+    `matrixgame eval-vae` reports them)."""
     from matrixgame.eval.autoencoder import reconstruction_scores
     from matrixgame.train.runs import trained_vae
 
     vae, (height, width) = trained_vae(run)
-    return reconstruction_scores(vae, data, height, width, clips, frames)["psnr"]
+    scores = reconstruction_scores(vae, data, height, width, clips, frames)
+    return {"score": scores["psnr"], "ssim": scores["ssim"], "sharpness": scores["sharpness"]}
 
 
 @torch.no_grad()

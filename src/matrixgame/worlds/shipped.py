@@ -24,6 +24,10 @@ WORLD_FORMAT = "matrixgame-world/1"
 # critic: kept, not shipped; light: the VAE with its decoder pruned (encoder unchanged)
 COMPONENTS = ("vae", "dit", "discriminator", "student", "critic", "light")
 START_KEYS = ("latents", "c2w", "frame_c2w", "keyboard", "mouse", "K")
+# the runs whose held-out checks (step, score and other figures) config.json keeps as
+# ``curves``: the autoencoder's and the decoder's PSNR (dB), the world model's minus its
+# flow-matching loss
+CURVES = ("vae", "decoder", "dit")
 
 
 def worlds_root() -> Path:
@@ -140,6 +144,7 @@ def _check_config(config: dict, path: Path) -> None:
         _check_sampler(config["student"].get("sampler") if isinstance(config["student"], dict)
                        else None, "student.sampler", fail, number)  # fmt: skip
     _check_log(config.get("training_log", []), fail)
+    _check_curves(config.get("curves", {}), fail)
     if "light" in config:
         light = config["light"]
         if not isinstance(light, dict) or light.get("pruning_rate") not in (0.5, 0.75):
@@ -169,6 +174,22 @@ def _check_log(log, fail) -> None:
             isinstance(figures.get(k, 0.0), int | float) for k in ("psnr", "ssim"))  # fmt: skip
         if not numbers:
             raise fail(f"training_log[{i}].figures must be an object with numbers")
+
+
+def _check_curves(curves, fail) -> None:
+    """Each run's held-out checks: objects with an integer step and number figures."""
+    if not isinstance(curves, dict) or not set(curves) <= set(CURVES):
+        raise fail(f"curves must be an object with some of the keys {list(CURVES)}")
+    for stage, curve in curves.items():
+        if not isinstance(curve, list):
+            raise fail(f"curves.{stage} must be a list of checks")
+        for i, check in enumerate(curve):
+            ok = isinstance(check, dict) and isinstance(check.get("step"), int) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in check.values()
+            ) and "score" in check  # fmt: skip
+            if not ok:
+                raise fail(f"curves.{stage}[{i}] must be an object of numbers with an integer "
+                           f"step and a score, got {check!r:.60}")  # fmt: skip
 
 
 def _check_sampler(sampler, name: str, fail, number) -> None:
