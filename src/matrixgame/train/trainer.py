@@ -169,8 +169,8 @@ class Trainer:
         """Train to ``cfg.steps``. ``deadline`` (a ``time.monotonic()`` value) ends the run
         early with a checkpoint at the current step, and so does SIGINT or SIGTERM;
         ``stop(step)``, asked after every checkpoint (the last one too), ends it there when
-        it returns True (early stopping). ``self.stopped`` then says why ("deadline", "signal", "stop");
-        resuming continues bit for bit either way."""
+        it returns True (early stopping). ``self.stopped`` then says why ("deadline",
+        "signal", "stop"); resuming continues bit for bit either way."""
         from tqdm import tqdm
 
         cfg = self.cfg
