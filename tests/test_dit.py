@@ -188,3 +188,33 @@ def test_per_sample_positions_equal_separate_calls():
         torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=0)
     shifted = model(x, t, memory=memory, memory_index=mem_index[0], first_index=3)
     assert not torch.allclose(shifted[1], both[1], atol=1e-4)  # positions matter
+
+
+@torch.no_grad()
+def test_a_dit_carried_onto_rotated_latents_is_the_same_dit_turned(reference):
+    """``old = R new``: the carried DiT on the new latents (past, current and memory) predicts
+    the old DiT's prediction turned by ``R^T``; the rotation is found back from the latents."""
+    from matrixgame.train.latent_map import fit_rotation, rotate_dit
+
+    model, g = reference
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(48, 48, generator=gen))
+
+    def turn(x):  # old latents -> new ones
+        return torch.einsum("ec,bc...->be...", q.T, x)
+
+    carried = MatrixGameDiT(GOLDEN_CONFIG).eval()
+    carried.load_state_dict(rotate_dit(model.state_dict(), q))
+    new = {**g, "golden.x": turn(g["golden.x"]), "golden.x_memory": turn(g["golden.x_memory"])}
+    torch.testing.assert_close(run_golden(carried, new), turn(run_golden(model, g)),
+                               atol=1e-4, rtol=0)  # fmt: skip
+    old = torch.randn(48, 5, 6, 7, generator=gen)
+    rotation, explained = fit_rotation(old, turn(old[None])[0] + 3.0)  # offsets are centred
+    torch.testing.assert_close(rotation, q, atol=1e-4, rtol=0)
+    assert explained == pytest.approx(1.0, abs=1e-6)
+    noisy = turn(old[None])[0] + 0.5 * torch.randn(old.shape, generator=gen)
+    assert 0.65 < fit_rotation(old, noisy)[1] < 0.85  # noise of a quarter of the variance
+    with pytest.raises(ValueError, match="latents of different shapes"):
+        fit_rotation(old, old[:, :4])
+    with pytest.raises(ValueError, match="the DiT takes 48 latent channels, the rotation 32"):
+        rotate_dit(model.state_dict(), torch.eye(32))

@@ -266,6 +266,48 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_new_version_starts_its_world_model_from_the_shipped_one_carried_onto_its_latents(
+    built, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from matrixgame.train import jobs
+    from matrixgame.worlds.recipe import Recipe, spec_with
+    from matrixgame.worlds.shipped import component_weights
+
+    work, ship = tmp_path / "work", tmp_path / "ship"
+    shutil.copytree(built["ship"], ship)
+    for part in ("data", "eval-data", "vae", "latents", "eval-latents"):
+        shutil.copytree(built["work"] / part, work / part)
+    spec = spec_with("tiny")
+    spec = replace(spec, version=spec.version + 1)  # the shipped world is of the version before
+    state = json.loads((built["work"] / "recipe.json").read_text())
+    state["spec"]["version"] = spec.version
+    state["stages"] = {k: state["stages"][k] for k in ("record", "vae", "latents")}
+    (work / "recipe.json").write_text(json.dumps(state))
+    started = []
+    train_dit = jobs.train_dit
+    monkeypatch.setattr(
+        jobs, "train_dit", lambda job, *a: started.append(job) or train_dit(job, *a)
+    )
+    recipe = Recipe(spec, work, ship_to=ship, workers=1, progress=lambda _: None)
+    recipe.run(only="dit")
+    carried = json.loads((work / "dit-carried" / "carried.json").read_text())
+    assert carried["version"] == spec.version - 1 and carried["step"] == 8
+    assert recipe.state["stages"]["dit"]["carried_from"] == carried
+    (job,) = started
+    assert job.init == str(work / "dit-carried" / "dit.safetensors") and job.start_step == 0
+    assert _logged_steps(work / "dit")[-1] == 8  # counted from 0: a new world model
+    # the shipped autoencoder's encoder is this build's (only its decoder was fine-tuned): the
+    # rotation found is the identity, and the carried weights are the shipped ones
+    assert carried["explained"] > 0.99
+    start, before = component_weights(work / "dit-carried", "dit"), component_weights(ship, "dit")
+    assert start.keys() == before.keys()
+    for k in before:
+        torch.testing.assert_close(start[k].float(), before[k].float(), atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.slow
 def test_from_shipped_a_new_student_of_the_shipped_world_model_ships_alone_when_better(
     built, tmp_path
 ):
@@ -558,6 +600,17 @@ def test_the_card_predicts_from_the_curves_the_steps_to_the_goals_not_met():
     assert predictions({"figures": figures}) == []  # no curves: nothing predicted
     met = {**figures, "vae_psnr": 31.0, "vae_sharpness": 0.95, "psnr@1s": 22.0}
     assert predictions({"figures": met, "curves": {"vae": vae, "dit": dit}}) == []
+
+
+def test_the_card_says_where_a_world_model_was_carried_from():
+    from matrixgame.worlds.card import _carried
+
+    carried = {"version": 2, "step": 5902, "explained": 0.6512, "clips": 16}
+    assert _carried({"step": 10}) == ""
+    assert _carried({"carried_from": carried}) == (
+        " from version 2's world model (5902 steps) carried onto these latents by a rotation "
+        "(it explains 65% of their variance in the earlier autoencoder's)"
+    )
 
 
 def test_unknown_world_and_bad_budget_are_clear_errors(capsys):

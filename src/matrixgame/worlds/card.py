@@ -352,7 +352,7 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{config['height']}; held-out trajectories with loops recorded with another seed.",
         f"- **Autoencoder**: `{vae['preset']}` preset of the Wan2.2 causal VAE ({shape}), "
         f"{_decoder_line(config)}.",
-        f"- **World model**: `{dit['preset']}` DiT, {dit['step']} steps; window of "
+        f"- **World model**: `{dit['preset']}` DiT, {dit['step']} steps{_carried(dit)}; window of "
         f"{window['memory']} memory + {window['past']} past + {window['current']} current "
         f"latents (one step = {f * window['current']} frames = "
         f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
@@ -364,6 +364,16 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{', `student`' if config.get('student') else ''}"
         f"{', `light`' if config.get('light') else ''}), `config.json`.",
     ]
+
+
+def _carried(dit: dict) -> str:
+    """Where a world model started from an earlier version's (`train/latent_map.py`)."""
+    c = dit.get("carried_from")
+    if not c:
+        return ""
+    return (f" from version {c['version']}'s world model ({c['step']} steps) carried onto "
+            f"these latents by a rotation (it explains {100 * c['explained']:.0f}% of their "
+            f"variance in the earlier autoencoder's)")  # fmt: skip
 
 
 def _guidance_words(sampler: dict) -> str:

@@ -12,11 +12,12 @@ continue from their shipped steps. A version still in training, not yet better t
 shipped one, is kept the same way: every call that trained writes it, as a world folder,
 to ``worlds/<name>/next/`` (commit it), and a fresh clone continues it from there rather
 than starting the version again (the shipped folder's weights are of another version, or
-older). A training stage also ends when its held-out metric
-stops improving (``patience`` checks without a gain). At the end the world is evaluated on
-held-out trajectories and, when it improves on the shipped one (or none is shipped), its
-weights replace the shipped ones; every call that trained adds a row to the model card's
-training log.
+older); a new version's world model starts from the shipped one of the earlier version,
+carried onto the new latents (`train/latent_map.py`). A training stage also ends when its
+held-out metric stops improving (``patience`` checks without a gain). At the end the world
+is evaluated on held-out trajectories and, when it improves on the shipped one (or none is
+shipped), its weights replace the shipped ones; every call that trained adds a row to the
+model card's training log.
 
 The student (``matrixgame distill``: a cold start on recorded pasts, then multi-segment
 training on its own rollouts) is distilled from the world model as trained when its stage
@@ -61,6 +62,9 @@ VERSION_FIELDS = ("version", "vae_preset", "dit_preset", "height", "width", "fra
 # the version of a world folder or build from before `version` was written: the default
 # world's second (`doom-2x` presets; the first, of the `doom` presets, differs in them anyway)
 UNVERSIONED = 2
+# the latents per clip (from its start) on which a new version's latents are mapped onto the
+# shipped autoencoder's, to carry the shipped world model over (128 latents: 257 frames)
+CARRY_LATENTS = 128
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class WorldSpec:
     light_steps: int = 2000
     light_lr: float = 1e-4
     dit_preset: str = "doom-2x"
+    # a new version's world model starts from the shipped one of an earlier version carried
+    # onto its latents (`train/latent_map.py`), the rotation fitted on this many training
+    # clips; 0: from scratch
+    carry_clips: int = 16
     dit_steps: int = 40_000
     dit_batch: int = 8
     dit_lr: float = 2e-4
@@ -484,6 +492,8 @@ class Recipe:
         if not _has_checkpoint(out) and seed is not None:
             init = str(seed / "dit.safetensors")
             start = int(shipped.read_config(seed)["dit"].get("step", 0))
+        elif not _has_checkpoint(out):  # a new version: the shipped world model carried over
+            init = self._carried_dit()
         job = DiTJob(latents=str(self.path("latents")), out=str(out), preset=s.dit_preset,
                      steps=s.dit_steps, batch_size=s.dit_batch, lr=s.dit_lr, past=s.past,
                      current=s.current, memory=s.memory, checkpoint_every=s.checkpoint_every,
@@ -492,6 +502,58 @@ class Recipe:
         stop = HeldoutStop(out, s.patience, lambda: dit_heldout_loss(out, heldout))
         trainer = train_dit(job, self.train_deadline, stop)
         return self._finish("dit", trainer, s.dit_steps)
+
+    def _carried_dit(self) -> str | None:
+        """The weights a new version's world model starts from: the shipped world model of
+        an earlier version (the same DiT preset, on latents of this shape) carried onto this
+        version's latents by the rotation that maps them best onto its autoencoder's, fitted
+        on the first frames of ``carry_clips`` training clips (`train/latent_map.py`); None
+        where there is none (it then starts from scratch)."""
+        from safetensors.torch import load_file
+
+        from matrixgame.data.shards import Manifest, read_clip
+        from matrixgame.models.vae import VAE_PRESETS
+        from matrixgame.train.latent_map import fit_rotation, rotate_dit
+        from matrixgame.train.latents import encode_clip
+
+        s, folder, out = self.spec, self.ship_to, self.work / "dit-carried"
+        if (out / "carried.json").exists():  # fitted by an earlier call
+            return str(out / "dit.safetensors")
+        try:
+            config = shipped.read_config(folder) if s.carry_clips else None
+        except ValueError:
+            config = None
+        if config is None or not (folder / "dit.safetensors").exists():
+            return None
+        old, new = VAE_PRESETS[config["vae"]["preset"]], VAE_PRESETS[s.vae_preset]
+        shape = (old.z_dim, old.spatial_factor, old.temporal_factor)
+        if config["dit"]["preset"] != s.dit_preset or shape != (
+                new.z_dim, new.spatial_factor, new.temporal_factor):  # fmt: skip
+            return None
+        vae, _ = shipped.load_vae(folder)
+        latents = self.path("latents")
+        names = sorted(Manifest.load(latents).shards)
+        names = names[:: max(1, len(names) // s.carry_clips)][: s.carry_clips]
+        theirs, ours = [], []
+        for name in names:
+            mine = load_file(str(latents / name))["latents"][:, :CARRY_LATENTS]
+            frames = read_clip(self.path("record") / name).frames
+            theirs.append(encode_clip(vae, frames[: 1 + shape[2] * (mine.shape[1] - 1)],
+                                      s.height, s.width))  # fmt: skip
+            ours.append(mine)
+        rotation, explained = fit_rotation(torch.cat(theirs, 1), torch.cat(ours, 1))
+        weights = {k: v.float() for k, v in shipped.component_weights(folder, "dit").items()}
+        shipped.save_component(out, "dit", rotate_dit(weights, rotation))
+        carried = {"version": _version_of(config)[0], "step": int(config["dit"].get("step", 0)),
+                   "explained": round(explained, 4), "clips": len(names)}  # fmt: skip
+        atomic_write_text(out / "carried.json", json.dumps(carried))
+        self._mark("dit", carried_from=carried)
+        self.progress(
+            f"[dit] starting from the shipped world model of version "
+            f"{carried['version']} ({carried['step']} steps), carried onto these "
+            f"latents by a rotation ({100 * explained:.0f}% of their variance)"
+        )
+        return str(out / "dit.safetensors")
 
     def stage_student(self):
         """The few-step student of the world model as trained now: a cold start on recorded
@@ -875,6 +937,9 @@ class Recipe:
         if light is not None:
             config["light"] = light
         config["curves"] = self._curves()
+        carried = self.state["stages"].get("dit", {}).get("carried_from")
+        if carried:  # this version's world model started from an earlier version's
+            config["dit"]["carried_from"] = carried
         shipped.write_config(folder, config)
         shipped.save_starts(folder, self.starts())
 
