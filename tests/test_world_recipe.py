@@ -632,40 +632,30 @@ def test_load_names_missing_worlds(tmp_path):
         load(tmp_path)
 
 
-@pytest.mark.parametrize("curves, says", [
-    ([], r"curves must be an object with some of the keys"),
-    ({"student": []}, r"curves must be an object with some of the keys"),
-    ({"dit": {}}, r"curves\.dit must be a list"),
-    ({"vae": [{"step": 250}]}, r"curves\.vae\[0\] must be an object of numbers"),
-    ({"vae": [{"step": 1.5, "score": 2}]}, r"curves\.vae\[0\] must be"),
-    ({"vae": [{"step": 250, "score": 2}, {"step": 500, "score": "high"}]},
+@pytest.mark.parametrize("key, value, says", [
+    ("training_log", {"date": "x"}, r"training_log must be a list"),
+    ("training_log", ["row"], r"training_log\[0\] must be an object"),
+    ("training_log", [{"date": 1}], r"training_log\[0\]\.date must be a string"),
+    ("training_log", [{"date": "d", "device": "cpu", "threads": 1, "seconds": "1",
+                       "trained": {}, "steps": {}}],
+     r"training_log\[0\]\.seconds must be a number"),
+    ("training_log", [{"date": "d", "device": "cpu", "threads": 1, "seconds": 1, "trained": {},
+                       "steps": {}, "figures": {"psnr": "high"}}],
+     r"training_log\[0\]\.figures must be an object with"),
+    ("curves", [], r"curves must be an object with some of the keys"),
+    ("curves", {"student": []}, r"curves must be an object with some of the keys"),
+    ("curves", {"dit": {}}, r"curves\.dit must be a list"),
+    ("curves", {"vae": [{"step": 250}]}, r"curves\.vae\[0\] must be an object of numbers"),
+    ("curves", {"vae": [{"step": 1.5, "score": 2}]}, r"curves\.vae\[0\] must be"),
+    ("curves", {"vae": [{"step": 250, "score": 2}, {"step": 500, "score": "high"}]},
      r"curves\.vae\[1\] must be"),
 ])  # fmt: skip
-def test_malformed_curves_are_named(tmp_path, curves, says):
+def test_a_malformed_training_log_or_curve_is_named(tmp_path, key, value, says):
     from matrixgame.worlds import world_folder
     from matrixgame.worlds.shipped import read_config
 
     config = json.loads((world_folder("doom-e1m1") / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "curves": curves}))
-    with pytest.raises(ValueError, match=says):
-        read_config(tmp_path)
-
-
-@pytest.mark.parametrize("log, says", [
-    ({"date": "x"}, r"training_log must be a list"),
-    (["row"], r"training_log\[0\] must be an object"),
-    ([{"date": 1}], r"training_log\[0\]\.date must be a string"),
-    ([{"date": "d", "device": "cpu", "threads": 1, "seconds": "1", "trained": {},
-       "steps": {}}], r"training_log\[0\]\.seconds must be a number"),
-    ([{"date": "d", "device": "cpu", "threads": 1, "seconds": 1, "trained": {}, "steps": {},
-       "figures": {"psnr": "high"}}], r"training_log\[0\]\.figures must be an object with"),
-])  # fmt: skip
-def test_a_malformed_training_log_is_named(tmp_path, log, says):
-    from matrixgame.worlds import world_folder
-    from matrixgame.worlds.shipped import read_config
-
-    config = json.loads((world_folder("doom-e1m1") / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "training_log": log}))
+    (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
     with pytest.raises(ValueError, match=says):
         read_config(tmp_path)
 
