@@ -129,7 +129,9 @@ def test_the_shipped_light_decoder_decodes_the_same_latents_with_a_quarter_of_th
     light, full = load(ship, light=True), load(ship)
     config = json.loads((ship / "config.json").read_text())["light"]
     assert config["pruning_rate"] == 0.75 and config["step"] == 2
-    assert {"psnr", "full_psnr"} <= set(config["figures"])
+    assert {"psnr", "ssim", "sharpness", "full_psnr", "full_ssim", "full_sharpness"} <= set(
+        config["figures"]
+    )
     assert light.vae.config.pruning_rate == 0.75
 
     def count(m):
@@ -141,7 +143,9 @@ def test_the_shipped_light_decoder_decodes_the_same_latents_with_a_quarter_of_th
     z = torch.randn(1, light.vae.config.z_dim, 2, 4, 6)
     with torch.no_grad():
         assert light.vae.decode(z).shape == full.vae.decode(z).shape == (1, 3, 3, 32, 48)
-    assert "**Light decoder**" in (ship / "README.md").read_text()
+    card = (ship / "README.md").read_text()
+    assert "**Light decoder**" in card
+    assert f"SSIM {config['figures']['ssim']:.3f} against" in card
 
 
 @pytest.mark.slow

@@ -390,7 +390,11 @@ def _light_line(config: dict) -> list[str]:
         return []
     f = light.get("figures") or {}
     psnr = (f" Held-out PSNR {f['psnr']:.2f} dB against the full decoder's "
-            f"{f['full_psnr']:.2f}." if "psnr" in f and "full_psnr" in f else "")  # fmt: skip
+            f"{f['full_psnr']:.2f}" if "psnr" in f and "full_psnr" in f else "")  # fmt: skip
+    if psnr and {"ssim", "sharpness", "full_ssim", "full_sharpness"} <= set(f):
+        psnr += (f", SSIM {f['ssim']:.3f} against {f['full_ssim']:.3f}, sharpness ratio "
+                 f"{f['sharpness']:.3f} against {f['full_sharpness']:.3f}")  # fmt: skip
+    psnr += "." if psnr else ""
     return [f"- **Light decoder** (`light`): the decoder's channels pruned by "
             f"{100 * light['pruning_rate']:.0f}% (MG-LightVAE), distilled {light.get('step')} "
             f"steps against the decoder at step {light.get('decoder_step')}.{psnr} "

@@ -458,8 +458,10 @@ class Recipe:
         trainer = train_light_vae(job, self.train_deadline)
         result = self._finish("light", trainer, s.light_steps)
         if "light" in self.trained:  # its figures and teacher, where this call trained it
-            figures = {"psnr": vae_heldout_scores(out, self.heldout)["score"],
-                       "full_psnr": vae_heldout_scores(teacher, self.heldout)["score"]}  # fmt: skip
+            light, full = (vae_heldout_scores(run, self.heldout) for run in (out, teacher))
+            figures = {"psnr": light["score"], "ssim": light["ssim"],
+                       "sharpness": light["sharpness"], "full_psnr": full["score"],
+                       "full_ssim": full["ssim"], "full_sharpness": full["sharpness"]}  # fmt: skip
             step = _run_decoder_step(teacher, latest_weights(teacher, model="vae")[1])
             self._mark("light", decoder_step=step, figures=figures)
             if result is None:  # finished (not cut by the deadline)
