@@ -115,6 +115,38 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     assert dit_steps == sorted(set(dit_steps)) and dit_steps[-1] == 8
     assert [c["step"] for c in curves["vae"]][-1] == 6
     assert {"score", "ssim", "sharpness"} <= set(curves["vae"][-1])
+    assert {"score", "memory_gain"} <= set(curves["dit"][-1])  # and what its memory is worth
+
+
+def test_the_world_models_heldout_check_measures_what_its_memory_is_worth(built, monkeypatch):
+    import matrixgame.train.runs as runs
+    from matrixgame.worlds.recipe import dit_heldout_scores
+
+    work = built["work"]
+    run, heldout = work / "dit", work / "eval-latents"
+    scores = dit_heldout_scores(run, heldout, windows=4)
+    assert set(scores) == {"score", "memory_gain"} and scores["memory_gain"] != 0.0
+    assert dit_heldout_scores(run, heldout, windows=4) == scores  # fixed noise: repeatable
+    trained = runs.trained_world
+
+    def blind(*args, **kwargs):  # the same world model with its memory latents never seen
+        world = trained(*args, **kwargs)
+        forward = world.dit.forward
+        keys = ("memory", "memory_index", "keyboard_memory", "mouse_memory")
+
+        def without(x, t, context, plucker, **kw):
+            if kw.get("memory") is not None:  # its camera rays go with it
+                plucker = plucker[:, :, kw["memory"].shape[2] :]
+            return forward(x, t, context, plucker=plucker,
+                           **{k: v for k, v in kw.items() if k not in keys})  # fmt: skip
+
+        world.dit.forward = without
+        return world
+
+    monkeypatch.setattr(runs, "trained_world", blind)
+    blind_scores = dit_heldout_scores(run, heldout, windows=4)
+    assert blind_scores["memory_gain"] == 0.0
+    assert blind_scores["score"] != scores["score"]
 
 
 @pytest.mark.slow
@@ -598,6 +630,20 @@ def test_the_card_predicts_from_the_curves_the_steps_to_the_goals_not_met():
     assert "SSIM" not in "".join(lines)  # met
     assert "(1 not met)" in world and "0.5 at step 10,000" in world
     assert "fell 2% per 1,000 steps" in world and "more steps still lower it" in world
+    # memory, 0.5 dB of the 2 on revisits: its worth on the held-out checks grows, or not
+    revisits = {**figures, "revisit_psnr": 21.5, "revisit_psnr_no_memory": 21.0}
+    gaining = [{**c, "memory_gain": 0.001 * i} for i, c in enumerate(dit, 1)]
+    memory = predictions({"figures": revisits, "curves": {"dit": gaining}})[-1]
+    assert memory.startswith("- Memory on revisits +0.50 dB of +2 dB")
+    assert "lower its flow-matching loss by 0.01 (2% of the loss without them) at step 10,000"\
+        in memory  # fmt: skip
+    assert "changed by +0.001 per 1,000 steps: training is teaching it" in memory
+    still = [{**c, "memory_gain": 0.01} for c in dit]
+    assert "not predicted to teach it" in predictions(
+        {"figures": revisits, "curves": {"dit": still}})[-1]  # fmt: skip
+    done = {**revisits, "revisit_psnr": 23.5}
+    assert not any("Memory" in line for line in predictions(
+        {"figures": done, "curves": {"dit": gaining}}))  # fmt: skip
     flat = [{"step": 1000 * i, "score": -0.5} for i in range(1, 11)]
     lines = predictions({"figures": figures, "curves": {"dit": flat}})
     assert "has not fallen" in lines[-1] and "best 0.5 at step 1,000" in lines[-1]

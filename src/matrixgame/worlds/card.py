@@ -164,7 +164,30 @@ def predictions(config: dict) -> list[str]:
         lines.append(f"- World-model goals ({world.count(False)} not met): its held-out "
                      f"flow-matching loss, {loss:.4g} at step {curves['dit'][-1]['step']:,}, "
                      f"{said}; the goals' figures are measured by evaluation only.")  # fmt: skip
+    lines += _memory_prediction(figures, curves.get("dit", []))
     return ["", "**What more training predicts**", "", *lines] if lines else []
+
+
+def _memory_prediction(figures: dict, curve: list[dict]) -> list[str]:
+    """Where memory does not yet lift revisits by the goal's 2 dB: how much the world model's
+    memory latents lower its held-out loss (the checks' ``memory_gain``) and how that moves,
+    i.e. whether training is teaching it to use its memory."""
+    on, off = figures.get("revisit_psnr"), figures.get("revisit_psnr_no_memory")
+    checks = [c for c in curve if c.get("memory_gain") is not None]
+    if None in (on, off) or on - off >= 2 or not checks:
+        return []
+    last = checks[-1]
+    share = 100 * last["memory_gain"] / max(-last["score"] + last["memory_gain"], 1e-12)
+    t = trend(checks, "memory_gain")
+    moved = "" if t is None else (
+        f"; over its checks at steps {t[1]:,}-{t[2]:,} that changed by {t[0]:+.2g} per 1,000 "
+        f"steps" + (": training is teaching it to use its memory" if t[0] > 0 else
+                    ": more of this training is not predicted to teach it"))  # fmt: skip
+    return [
+        f"- Memory on revisits {on - off:+.2f} dB of +2 dB: on held-out windows the world "
+        f"model's memory latents lower its flow-matching loss by {last['memory_gain']:.3g} "
+        f"({share:.2g}% of the loss without them) at step {last['step']:,}{moved}."
+    ]
 
 
 def _round(steps: float) -> str:

@@ -501,7 +501,7 @@ class Recipe:
                      current=s.current, memory=s.memory, checkpoint_every=s.checkpoint_every,
                      init=init, start_step=start, cpu_bf16=self.cpu_bf16)  # fmt: skip
         heldout = self.work / "eval-latents"
-        stop = HeldoutStop(out, s.patience, lambda: dit_heldout_loss(out, heldout))
+        stop = HeldoutStop(out, s.patience, lambda: dit_heldout_scores(out, heldout))
         trainer = train_dit(job, self.train_deadline, stop)
         return self._finish("dit", trainer, s.dit_steps)
 
@@ -1094,10 +1094,13 @@ def vae_heldout_scores(run: Path, data: Path, clips: int = 4, frames: int = 65) 
 
 
 @torch.no_grad()
-def dit_heldout_loss(run: Path, latents: Path, windows: int = 32) -> float:
-    """Minus the flow-matching loss of the run's EMA DiT on windows of a held-out latent
-    cache, at fixed noise levels and noise (higher is better)."""
-    from matrixgame.data.windows import window_kwargs
+def dit_heldout_scores(run: Path, latents: Path, windows: int = 32) -> dict:
+    """The run's EMA DiT on windows of a held-out latent cache, at fixed noise levels and
+    noise: minus its flow-matching loss (``score``, higher is better) and ``memory_gain``, how
+    much the windows' memory latents lower that loss (the loss with them dropped, minus it):
+    whether the model has learned to use its memory, which revisits need, long before an
+    evaluation can tell."""
+    from matrixgame.data.windows import window_kwargs, without_memory
     from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import WindowDataset
@@ -1108,7 +1111,7 @@ def dit_heldout_loss(run: Path, latents: Path, windows: int = 32) -> float:
     data = WindowDataset(LatentClips(latents, split=None), world.window)
     idx = torch.linspace(0, len(data) - 1, min(windows, len(data))).long().tolist()
     g = torch.Generator().manual_seed(0)
-    total = 0.0
+    total = without = 0.0
     for i in idx:
         batch = _collate([data[i]])
         current, past = batch["current"], batch["past"]
@@ -1116,10 +1119,12 @@ def dit_heldout_loss(run: Path, latents: Path, windows: int = 32) -> float:
         noise = torch.randn(current.shape, generator=g)
         k, c = past.shape[2], current.shape[2]
         t = torch.cat([torch.zeros(1, k), (NUM_TIMESTEPS * sigma)[:, None].expand(1, c)], 1)
-        v = world.dit(torch.cat([past, add_noise(current, sigma, noise)], 2), t, None,
-                      **window_kwargs(batch))[:, :, k:]  # fmt: skip
-        total += float((v - (noise - current)).pow(2).mean())
-    return -total / len(idx)
+        x = torch.cat([past, add_noise(current, sigma, noise)], 2)
+        full, bare = (float((world.dit(x, t, None, **window_kwargs(w))[:, :, k:]
+                             - (noise - current)).pow(2).mean())
+                      for w in (batch, without_memory(batch)))  # fmt: skip
+        total, without = total + full, without + bare
+    return {"score": -total / len(idx), "memory_gain": (without - total) / len(idx)}
 
 
 def _has_checkpoint(run: Path) -> bool:
