@@ -341,6 +341,22 @@ def test_a_new_version_starts_its_world_model_from_the_shipped_one_carried_onto_
     assert start.keys() == before.keys()
     for k in before:
         torch.testing.assert_close(start[k].float(), before[k].float(), atol=2e-3, rtol=2e-2)
+    # evaluated beside the shipped world and not better: the shipped folder is left as it is
+    # (its card and training log are another version's); the evaluation's row is kept in next/
+    from matrixgame.worlds import card
+
+    shutil.copytree(built["work"] / "idm", work / "idm")
+    recipe.run(only="idm")
+    recipe.run(only="eval")
+    figures = card.figures_of
+    monkeypatch.setattr(card, "figures_of", lambda report, name: {
+        **figures(report, name), "psnr": 10.0 if name == spec.name else 20.0})  # fmt: skip
+    shipped = {f: (ship / f).read_bytes() for f in ("config.json", "README.md")}
+    recipe.run(only="ship")
+    assert recipe.state["stages"]["ship"]["shipped"] is False
+    assert {f: (ship / f).read_bytes() for f in shipped} == shipped
+    log = json.loads((ship / "next" / "config.json").read_text())["training_log"]
+    assert log[-1]["evaluated"] and log[-1]["steps"]["dit"] == 8
 
 
 @pytest.mark.slow

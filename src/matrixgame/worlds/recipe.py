@@ -365,10 +365,11 @@ class Recipe:
         return self.state
 
     def keep(self) -> None:
-        """After a call that trained, the version in training as a world folder in
-        :attr:`kept` (weights and config, no figures), so that a fresh clone continues it;
+        """After a call that trained or evaluated, the version in training as a world folder
+        in :attr:`kept` (weights and config, no figures but its training log's), so that a
+        fresh clone continues it;
         only once its world model has a checkpoint and it is not what ships."""
-        if not self.trained or not _has_checkpoint(self.path("dit")) or \
+        if not (self.trained or self.evaluated) or not _has_checkpoint(self.path("dit")) or \
                 self._ships_current(student=self.student_run() is not None):  # fmt: skip
             return
         self.export({}, folder=self.kept)
@@ -697,8 +698,13 @@ class Recipe:
             self.progress(f"[ship] {'shipped' if better else 'kept the shipped weights'}: "
                           f"PSNR {figures.get('psnr', float('nan')):.2f} dB (shipped: "
                           f"{previous.get('psnr') if previous else 'none'})")  # fmt: skip
-        # the card is written once this call's training-log row is in (run's end)
-        self.card = (report, self.path("eval") if better or student_better else None, gif)
+        # the card is written once this call's training-log row is in (run's end); another
+        # version's build that did not ship leaves the shipped card and training log as they
+        # are (its rows and figures stay with the kept version, in next/)
+        shipped_version = _folder_version(self.ship_to)
+        if better or student_better or shipped_version in (None, (self.spec.version,
+                                                                  self.spec.vae_preset)):
+            self.card = (report, self.path("eval") if better or student_better else None, gif)
 
     # -- helpers ----------------------------------------------------------------------------
 
