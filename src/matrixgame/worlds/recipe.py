@@ -702,8 +702,11 @@ class Recipe:
         # version's build that did not ship leaves the shipped card and training log as they
         # are (its rows and figures stay with the kept version, in next/)
         shipped_version = _folder_version(self.ship_to)
-        if better or student_better or shipped_version in (None, (self.spec.version,
-                                                                  self.spec.vae_preset)):
+        if (
+            better
+            or student_better
+            or shipped_version in (None, (self.spec.version, self.spec.vae_preset))
+        ):
             self.card = (report, self.path("eval") if better or student_better else None, gif)
 
     # -- helpers ----------------------------------------------------------------------------
