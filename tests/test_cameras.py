@@ -132,3 +132,24 @@ def test_bad_sizes_and_fovs_raise():
         intrinsics_from_fov(10, 10, 180.0)
     with pytest.raises(ValueError, match="position must be finite"):
         pose_from_angles(torch.tensor([0.0, float("inf"), 0.0]), 0.0)
+
+
+def test_axis_offsets_place_each_cameras_axis_in_the_reference_image():
+    """Camera-aligned RoPE's offsets: a camera turned left by 10 degrees has its axis
+    fx tan(10) pixels left of the reference's; one looking up, fy tan above; an axis behind
+    the reference saturates at twice the image size on its side."""
+    from matrixgame.geometry import axis_offsets
+
+    K = torch.tensor([50.0, 40.0, 64.0, 48.0], dtype=torch.float64)
+    ref = pose(3.0, -2.0, 1.0, 30.0, 0.0)
+    cams = torch.stack([pose(3.0, -2.0, 1.0, 30.0, 0.0), pose(9.0, 4.0, 1.0, 40.0, 0.0),
+                        pose(3.0, -2.0, 1.0, 30.0, 12.0), pose(0.0, 0.0, 1.0, 30.0 - 179.0, 0.0),
+                        pose(0.0, 0.0, 1.0, 30.0 - 60.0, 0.0)])  # fmt: skip
+    off = axis_offsets(cams, ref, K, 96, 128)
+    tan = math.tan
+    expected = torch.tensor([[0.0, 0.0], [0.0, -50 * tan(math.radians(10))],
+                             [-40 * tan(math.radians(12)), 0.0], [0.0, 256.0],
+                             [0.0, 50 * tan(math.radians(60))]], dtype=torch.float64)  # fmt: skip
+    assert torch.allclose(off, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="focal"):
+        axis_offsets(cams, ref, torch.tensor([0.0, 40.0, 64.0, 48.0]), 96, 128)

@@ -218,3 +218,47 @@ def test_a_dit_carried_onto_rotated_latents_is_the_same_dit_turned(reference):
         fit_rotation(old, old[:, :4])
     with pytest.raises(ValueError, match="the DiT takes 48 latent channels, the rotation 32"):
         rotate_dit(model.state_dict(), torch.eye(32))
+
+
+def test_rope_offsets_move_the_grid_to_real_positions():
+    # an offset of k columns rotates each token as the grid k columns further on would;
+    # offsets may be fractional, and zero offsets are the plain grid
+    from matrixgame.models.layers import apply_rope_3d, rope_frequencies
+
+    g = torch.Generator().manual_seed(0)
+    freqs = rope_frequencies(48, 64, 3, sigma=0.1)
+    x = torch.randn(2, 3 * 4 * 5, 3, 48, generator=g)
+    t_index = torch.tensor([0, 4, 9])
+    plain = apply_rope_3d(x, freqs, t_index, 4, 5)
+    torch.testing.assert_close(apply_rope_3d(x, freqs, t_index, 4, 5, torch.zeros(3, 2)), plain,
+                               atol=1e-5, rtol=0)  # fmt: skip
+    moved = apply_rope_3d(x, freqs, t_index, 4, 5, torch.tensor([[1.0, 2.0]] * 3))
+    wide = torch.zeros(2, 3, 5, 7, 3, 48)
+    wide[:, :, 1:, 2:] = x.reshape(2, 3, 4, 5, 3, 48)
+    ref = apply_rope_3d(wide.reshape(2, -1, 3, 48), freqs, t_index, 5, 7)
+    ref = ref.reshape(2, 3, 5, 7, 3, 48)[:, :, 1:, 2:].reshape(moved.shape)
+    torch.testing.assert_close(moved, ref, atol=1e-5, rtol=0)
+    half = apply_rope_3d(x, freqs, t_index, 4, 5, torch.tensor([[0.0, 0.5]] * 3))
+    assert not torch.allclose(half, plain, atol=1e-3) and not torch.allclose(half, moved, atol=1e-3)
+
+
+@torch.no_grad()
+def test_camera_rope_depends_only_on_the_frames_relative_offsets():
+    # RoPE attention sees position differences: moving every frame's grid alike changes
+    # nothing, moving the memory frames' grids against the rest changes the prediction
+    torch.manual_seed(0)
+    model = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
+    for p in model.parameters():
+        p.add_(0.02 * torch.randn_like(p))
+    x, memory = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    t = torch.tensor([[0.0, 0.0, 500.0], [0.0, 0.0, 800.0]])
+    offset = torch.randn(2, 5, 2) * 3
+    kwargs = dict(memory=memory, memory_index=torch.tensor([0, 1]), first_index=4)
+    base = model(x, t, rope_offset=offset, **kwargs)
+    alike = model(x, t, rope_offset=offset + torch.tensor([1.5, -4.0]), **kwargs)
+    torch.testing.assert_close(alike, base, atol=1e-4, rtol=0)
+    moved = offset.clone()
+    moved[:, :2, 1] += 6.0
+    assert not torch.allclose(model(x, t, rope_offset=moved, **kwargs), base, atol=1e-3)
+    with pytest.raises(ValueError, match="rope_offset must be"):
+        model(x, t, rope_offset=offset[:, 1:], **kwargs)

@@ -53,8 +53,9 @@ def test_sink_latent_leads_the_memory(latents):
     assert item["memory"].shape[1] == 3 and item["plucker"].shape[1] == 3 + 5
 
 
-def test_task_modes_and_error_buffer(latents):
-    ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2))
+@pytest.mark.parametrize("camera_rope", [False, True])
+def test_task_modes_and_error_buffer(latents, camera_rope):
+    ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2, camera_rope=camera_rope))
     batch = _collate([ds[0], ds[1]])
     torch.manual_seed(0)
     model = MatrixGameDiT(SMALL)

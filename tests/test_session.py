@@ -20,11 +20,11 @@ from matrixgame.models.vae import VAE_PRESETS, WanVAE
 H = W = 64  # the tiny VAE: 16x -> 4x4 latents
 
 
-def _world(current: int = 2, sink: bool = False):
+def _world(current: int = 2, sink: bool = False, camera_rope: bool = False):
     torch.manual_seed(0)
     dit = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
     vae = WanVAE(VAE_PRESETS["tiny"]).eval()
-    window = WindowConfig(past=2, current=current, memory=2, sink=sink)
+    window = WindowConfig(past=2, current=current, memory=2, sink=sink, camera_rope=camera_rope)
     return SimpleNamespace(dit=dit, vae=vae, window=window, height=H, width=W, meta={})
 
 
@@ -48,9 +48,9 @@ def _clip(latents: int = 12, seed: int = 0) -> dict:
     }
 
 
-@pytest.mark.parametrize("sink", [False, True])
-def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink):
-    world, clip = _world(sink=sink), _clip()
+@pytest.mark.parametrize(("sink", "camera_rope"), [(False, False), (True, False), (False, True)])
+def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink, camera_rope):
+    world, clip = _world(sink=sink, camera_rope=camera_rope), _clip()
     context, total = 5, 11
     reference = rollout(world.dit, clip, context, total, world.window, H, W, 1.0,
                         RolloutConfig(steps=2, shift=3.0, seed=3))  # fmt: skip
@@ -63,6 +63,14 @@ def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink):
                   RolloutConfig(steps=2, shift=3.0, memory=False, seed=3))  # fmt: skip
     assert torch.equal(replay(session_off, Start.from_clip(clip, context), clip, total),
                        off.latents)  # fmt: skip
+    if camera_rope:  # the offsets reach the model (weights moved off their initial zeros)
+        with torch.no_grad():
+            for p in world.dit.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        runs = [rollout(world.dit, clip, context, total, window, H, W, 1.0,
+                        RolloutConfig(steps=2, shift=3.0, seed=3)).latents[:, context:]
+                for window in (world.window, _world(sink=sink).window)]  # fmt: skip
+        assert not torch.allclose(*runs, atol=1e-4)
 
 
 def test_steps_decode_in_stream_what_the_whole_sequence_decodes_to():

@@ -163,6 +163,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
     dit.add_argument("--memory", type=int, default=2, help="memory latents")
     dit.add_argument("--sink", action="store_true", help="keep latent 0 as a persistent memory")
+    dit.add_argument("--camera-rope", action="store_true",
+                     help="camera-aligned RoPE: move each latent's token grid to where its "
+                     "camera's axis lands in the window's last camera, so content seen across a "
+                     "turn sits at near-equal positions (not the released model's)")  # fmt: skip
     dit.add_argument(
         "--error-buffer",
         type=float,

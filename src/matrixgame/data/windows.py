@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from matrixgame.geometry.cameras import relative_poses
+from matrixgame.geometry.cameras import axis_offsets, relative_poses
 from matrixgame.geometry.frustum import Frusta, ViewVolume, topk_overlap
 from matrixgame.geometry.plucker import fold_plucker, plucker_rays
 
@@ -31,6 +31,10 @@ class WindowConfig:
     near_m: float = 0.1
     far_m: float = 30.0
     frames_per_latent: int = 4  # the VAE's temporal compression (Wan2.2: 4)
+    # camera-aligned RoPE: each latent's token grid moved to where its camera's axis lands in
+    # the window's last camera (``rope_offset``), so shared content sits at near-equal
+    # positions across a turn; off for the released model
+    camera_rope: bool = False
 
     def __post_init__(self) -> None:
         if self.past < 0 or self.current < 1 or self.memory < 0 or self.stride < 1 \
@@ -98,19 +102,22 @@ def window_inputs(clip: dict, s: int, cfg: WindowConfig, height: int, width: int
     return assemble_window(
         lat[:, chosen], c2w[chosen], chosen, lat[:, s : s + cfg.past],
         lat[:, s + cfg.past : window[-1] + 1], c2w[list(window)], clip["keyboard"][frames],
-        clip["mouse"][frames], K, s, height, width,
+        clip["mouse"][frames], K, s, height, width, cfg.camera_rope,
     )  # fmt: skip
 
 
 def assemble_window(memory: Tensor, memory_c2w: Tensor, memory_index: Tensor, past: Tensor,
                     current: Tensor, window_c2w: Tensor, keyboard: Tensor, mouse: Tensor,
-                    K: Tensor, first_index: int, height: int, width: int) -> dict:  # fmt: skip
+                    K: Tensor, first_index: int, height: int, width: int,
+                    camera_rope: bool = False) -> dict:  # fmt: skip
     """One window's model inputs from its parts: memory latents ``[z, M, h, w]`` with their
     poses ``[M, 4, 4]`` and sequence positions ``[M]``; past ``[z, P, h, w]`` and current
     (``[z, 0, h, w]`` when generating) latents; the poses of the window's P + C latents
     ``[P + C, 4, 4]`` and its frames' actions ``[f (P + C) or 1 + f (P + C - 1), .]``; the
     intrinsics at the frame size. Camera rays: memory relative to the window's first latent,
-    the window's latents each relative to the one before (as the release)."""
+    the window's latents each relative to the one before (as the release). ``camera_rope``:
+    also ``rope_offset [M + P + C, 2]``, each latent's grid shift in latent rows and columns
+    (:func:`matrixgame.geometry.cameras.axis_offsets` against the window's last latent)."""
     h, w = past.shape[2:]
     window_c2w = window_c2w.double()
     rays = [
@@ -121,7 +128,7 @@ def assemble_window(memory: Tensor, memory_c2w: Tensor, memory_index: Tensor, pa
     plucker = torch.cat(
         [fold_plucker(plucker_rays(r, K.double(), height, width), h, w) for r in rays], 1
     )
-    return {
+    item = {
         "memory": memory,
         "past": past,
         "current": current,
@@ -131,6 +138,12 @@ def assemble_window(memory: Tensor, memory_c2w: Tensor, memory_index: Tensor, pa
         "mouse": mouse.float(),
         "plucker": plucker.float(),
     }
+    if camera_rope:
+        cams = torch.cat([memory_c2w.double(), window_c2w])
+        pixels = axis_offsets(cams, window_c2w[-1], K.double(), height, width)
+        cell = torch.tensor([height / h, width / w], dtype=torch.float64)
+        item["rope_offset"] = (pixels / cell).float()
+    return item
 
 
 def window_kwargs(batch: dict) -> dict:
@@ -138,14 +151,16 @@ def window_kwargs(batch: dict) -> dict:
     indices, the window's actions and camera rays); a window without memory latents gets
     none."""
     m = batch["memory"].shape[2]
+    offset = {"rope_offset": batch["rope_offset"]} if "rope_offset" in batch else {}
     if m == 0:
-        return {k: batch[k] for k in ("keyboard", "mouse", "plucker", "first_index")}
+        return {**{k: batch[k] for k in ("keyboard", "mouse", "plucker", "first_index")},
+                **offset}  # fmt: skip
     keyboard_memory, mouse_memory = null_actions(batch["keyboard"], batch["mouse"], m)
     return {
         "keyboard": batch["keyboard"], "mouse": batch["mouse"], "plucker": batch["plucker"],
         "memory": batch["memory"], "memory_index": batch["memory_index"],
         "first_index": batch["first_index"],
-        "keyboard_memory": keyboard_memory, "mouse_memory": mouse_memory,
+        "keyboard_memory": keyboard_memory, "mouse_memory": mouse_memory, **offset,
     }  # fmt: skip
 
 
@@ -172,6 +187,9 @@ def without_memory(batch: dict) -> dict:
     """A collated window with its memory latents removed (their camera rays too), as the
     DiT's training drops them (``DiTTask.drop_memory``)."""
     m = batch["memory"].shape[2]
-    return {**batch, "memory": batch["memory"][:, :, :0],
-            "memory_index": batch["memory_index"][:, :0],
-            "plucker": batch["plucker"][:, :, m:]}  # fmt: skip
+    out = {**batch, "memory": batch["memory"][:, :, :0],
+           "memory_index": batch["memory_index"][:, :0],
+           "plucker": batch["plucker"][:, :, m:]}  # fmt: skip
+    if "rope_offset" in batch:
+        out["rope_offset"] = batch["rope_offset"][:, m:]
+    return out

@@ -50,6 +50,9 @@ def mask_window(batch: dict, drop_past: bool = False, drop_memory: bool = False,
         out["past"] = batch["past"][:, :, :0]
         out["keyboard"], out["mouse"] = out["keyboard"][:, -frames:], out["mouse"][:, -frames:]
         out["plucker"] = torch.cat([batch["plucker"][:, :, :m], batch["plucker"][:, :, m + p :]], 2)
+        if "rope_offset" in batch:
+            off = batch["rope_offset"]
+            out["rope_offset"] = torch.cat([off[:, :m], off[:, m + p :]], 1)
         out["first_index"] = batch["first_index"] + p
     if drop_memory:
         out = without_memory(out)

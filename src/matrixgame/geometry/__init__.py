@@ -2,6 +2,7 @@
 
 from matrixgame.geometry.cameras import (
     angles_from_pose,
+    axis_offsets,
     check_c2w,
     check_intrinsics,
     interpolate_poses,
@@ -37,6 +38,7 @@ __all__ = [
     "Trajectory",
     "ViewVolume",
     "angles_from_pose",
+    "axis_offsets",
     "camera_embedding",
     "check_c2w",
     "check_intrinsics",

@@ -189,6 +189,28 @@ def relative_poses(
     return rel
 
 
+def axis_offsets(c2w: Tensor, ref: Tensor, K: Tensor, height: int, width: int) -> Tensor:
+    """Where each camera's optical axis lands in the image of camera ``ref``, relative to
+    ``ref``'s own axis: ``[N, 2]`` pixel offsets (down, right) for cameras ``c2w [N, 4, 4]``,
+    intrinsics ``K [4]`` at ``height x width``. A pure-rotation estimate (translation is
+    ignored): the axis direction d in ``ref``'s frame lands at (fy d_y / d_z, fx d_x / d_z).
+    Content two cameras share sits near equal positions once each image is moved by its
+    offset (camera-aligned RoPE). Axes beyond the view saturate at twice the image size,
+    and an axis at or behind ``ref``'s image plane goes to that limit on its side."""
+    check_c2w(c2w)
+    check_c2w(ref, "ref")
+    check_intrinsics(K)
+    check_image_size(height, width)
+    d = (ref[:3, :3].transpose(0, 1) @ c2w[:, :3, :3].to(ref))[:, :, 2]  # [N, 3]
+    limit = torch.tensor([2.0 * height, 2.0 * width], dtype=d.dtype, device=d.device)
+    focal = K.to(d)[[1, 0]]  # (fy, fx)
+    ahead = d[:, 2:] > 1e-3
+    lateral = d[:, [1, 0]]
+    offset = torch.where(ahead, focal * lateral / d[:, 2:].clamp(min=1e-3),
+                         lateral.sign() * limit)  # fmt: skip
+    return torch.maximum(torch.minimum(offset, limit), -limit)
+
+
 def _quat_from_rotation(rot: Tensor) -> Tensor:
     """Unit quaternions ``[..., 4] = (w, x, y, z)`` from rotations ``[..., 3, 3]``."""
     m = rot

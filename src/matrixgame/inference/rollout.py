@@ -75,9 +75,10 @@ class RolloutConfig:
 
 
 def _model_inputs(batch: dict, dtype: torch.dtype) -> tuple[Tensor, dict]:
-    """A window's past latents and conditioning in the model's ``dtype``."""
-    cond = {name: value.to(dtype) if value.is_floating_point() else value
-            for name, value in window_kwargs(batch).items()}  # fmt: skip
+    """A window's past latents and conditioning in the model's ``dtype`` (RoPE offsets, which
+    are positions, stay float32)."""
+    cond = {name: value.to(dtype) if value.is_floating_point() and name != "rope_offset"
+            else value for name, value in window_kwargs(batch).items()}  # fmt: skip
     return batch["past"].to(dtype), cond
 
 

@@ -289,7 +289,7 @@ class WorldSession:
             st.pool.latent(chosen) if len(chosen) else st.latents[:, :0],
             st.pool.pose(chosen), memory_index, st.latents, st.latents[:, :0],
             window_c2w, seq_keyboard[frames], seq_mouse[frames], st.K, first,
-            self.height, self.width,
+            self.height, self.width, self.window.camera_rope,
         )  # fmt: skip
         batch = {k: v[None] for k, v in item.items()}
         return Window(batch, chosen, poses, velocity, window_c2w,

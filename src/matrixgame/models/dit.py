@@ -108,22 +108,27 @@ class SelfAttention(nn.Module):
         # attention itself runs across the ranks (Ulysses)
         self.sequence_parallel = None
 
-    def forward(self, x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int) -> Tensor:
-        """``x [B, L, C]``; ``t_index [F]`` temporal RoPE index of each of the L/(h w) frames."""
+    def forward(self, x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int,
+                offset: Tensor | None = None) -> Tensor:  # fmt: skip
+        """``x [B, L, C]``; ``t_index [F]`` temporal RoPE index of each of the L/(h w) frames;
+        ``offset [B, F, 2]`` their grids' camera-aligned shifts in tokens (or None)."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))  # [B, L, H, d]
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
         if self.sequence_parallel is not None:
+            if offset is not None:
+                raise ValueError("camera-aligned RoPE does not run sequence-parallel")
             return self.o(self.sequence_parallel(q, k, v, freqs, t_index).flatten(2))
-        return self.o(rope_attention(q, k, v, freqs, t_index, height, width).flatten(2))
+        return self.o(rope_attention(q, k, v, freqs, t_index, height, width, offset).flatten(2))
 
 
 def rope_attention(q: Tensor, k: Tensor, v: Tensor, freqs: Tensor, t_index: Tensor, height: int,
-                   width: int) -> Tensor:  # fmt: skip
+                   width: int, offset: Tensor | None = None) -> Tensor:  # fmt: skip
     """Attention over ``[B, L, H, d]`` tokens (frame-major, ``height x width`` per frame)
-    after rotating queries and keys by their 3D RoPE positions."""
-    q = apply_rope_3d(q, freqs, t_index, height, width)
-    k = apply_rope_3d(k, freqs, t_index, height, width)
+    after rotating queries and keys by their 3D RoPE positions (``offset``: see
+    :func:`apply_rope_3d`)."""
+    q = apply_rope_3d(q, freqs, t_index, height, width, offset)
+    k = apply_rope_3d(k, freqs, t_index, height, width, offset)
     return attention(q, k, v)
 
 
@@ -168,7 +173,8 @@ class Block(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[None] + e).unbind(2)
         # 1. self-attention over memory + past + current tokens
         h = (self.norm1(x).float() * (1 + scale1) + shift1).to(x.dtype)
-        y = self.self_attn(h, ctx["freqs"], ctx["t_index"], ctx["height"], ctx["width"])
+        y = self.self_attn(h, ctx["freqs"], ctx["t_index"], ctx["height"], ctx["width"],
+                           ctx["rope_offset"])  # fmt: skip
         x = x + (y * gate1).to(x.dtype)  # gates are float32; the stream keeps the model dtype
         # 2. camera injection
         if ctx["camera"] is not None:
@@ -304,6 +310,7 @@ class MatrixGameDiT(nn.Module):
         mouse_memory: Tensor | None = None,
         memory_index: Tensor | list[int] | None = None,
         first_index: int = 0,
+        rope_offset: Tensor | None = None,
     ) -> Tensor:
         """Velocity ``[B, C, F, H, W]`` of latents ``x [B, C, F, H, W]`` (past then current).
 
@@ -316,13 +323,17 @@ class MatrixGameDiT(nn.Module):
         - ``memory [B, C, M, H, W]`` with ``memory_t`` (default 0), null actions
           ``keyboard_memory [B, M, 6]`` (-1) / ``mouse_memory [B, M, 2]`` (+1) and their
           temporal indices ``memory_index`` ``[M]`` (or ``[B, M]``); x's frames are at
-          ``first_index + i`` (``first_index`` an int or ``[B]``).
+          ``first_index + i`` (``first_index`` an int or ``[B]``);
+        - ``rope_offset [B, M + F, 2]``: camera-aligned RoPE, each frame's grid moved by
+          these latent rows and columns (where its camera's axis lands in the window's last
+          camera; :func:`matrixgame.geometry.cameras.axis_offsets`); None keeps the grids.
         """
         tokens, e, e0, ctx = self.prepare(x, t, context, keyboard=keyboard, mouse=mouse,
                                           plucker=plucker, memory=memory, memory_t=memory_t,
                                           keyboard_memory=keyboard_memory,
                                           mouse_memory=mouse_memory, memory_index=memory_index,
-                                          first_index=first_index)  # fmt: skip
+                                          first_index=first_index,
+                                          rope_offset=rope_offset)  # fmt: skip
         return self.finish(self.head(self.run_blocks(tokens, e0, ctx), e), ctx)
 
     def prepare(self, x: Tensor, t: Tensor, context: Tensor | None = None, *,
@@ -330,7 +341,8 @@ class MatrixGameDiT(nn.Module):
                 plucker: Tensor | None = None, memory: Tensor | None = None,
                 memory_t: Tensor | None = None, keyboard_memory: Tensor | None = None,
                 mouse_memory: Tensor | None = None, memory_index: Tensor | list[int] | None = None,
-                first_index: int = 0) -> tuple[Tensor, Tensor, Tensor, dict]:  # fmt: skip
+                first_index: int = 0, rope_offset: Tensor | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor, dict]:  # fmt: skip
         """The blocks' inputs for :meth:`forward`'s arguments: tokens ``[B, L, C]`` (memory
         frames first), time embeddings ``e [B, L, C]`` and ``e0 [B, L, 6, C]``, and the
         context ``ctx`` every block reads (its ``frames``, ``height``, ``width`` give the
@@ -390,6 +402,13 @@ class MatrixGameDiT(nn.Module):
         if ctx["camera"] is not None and ctx["camera"].shape[1] != seq:
             raise ValueError(f"plucker covers {ctx['camera'].shape[1]} tokens, the input {seq}")
         ctx["memory_frames"] = m
+        ctx["rope_offset"] = None
+        if rope_offset is not None:
+            if rope_offset.shape[-2:] != (m + f, 2) or rope_offset.ndim not in (2, 3):
+                raise ValueError(f"rope_offset must be [B, {m + f}, 2] (memory then x frames), "
+                                 f"got {list(rope_offset.shape)}")  # fmt: skip
+            cells = torch.tensor([ph, pw], dtype=torch.float64, device=rope_offset.device)
+            ctx["rope_offset"] = rope_offset.reshape(-1, m + f, 2).double() / cells  # in tokens
         return tokens, e, e0, ctx
 
     def run_blocks(self, tokens: Tensor, e0: Tensor, ctx: dict) -> Tensor:

@@ -72,12 +72,15 @@ def rope_frequencies(
     return torch.cat(parts, dim=2)
 
 
-def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int) -> Tensor:
+def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int,
+                  offset: Tensor | None = None) -> Tensor:  # fmt: skip
     """Rotate ``x [B, L, H, D]`` (L = F h w tokens, frame-major) by 3D RoPE.
 
     ``freqs [H, P, D/2]`` from :func:`rope_frequencies`; ``t_index`` the temporal position
     of each frame, ``[F]`` for the whole batch or ``[B, F]`` per sample (memory frames keep
-    the positions they were generated at). Returns float32.
+    the positions they were generated at). ``offset [F, 2]`` or ``[B, F, 2]`` (tokens, may be
+    fractional) moves each frame's grid to rows ``i + offset[0]``, columns ``j + offset[1]``
+    (camera-aligned positions); None keeps the grid. Returns float32.
     """
     b, seq, heads, dim = x.shape
     t_index = t_index.long()
@@ -88,18 +91,36 @@ def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width:
         raise ValueError(f"{seq} tokens do not make {frames} frames of {height}x{width}")
     ct, ch, cw = rope_split(dim)
     ft, fh, fw = freqs.split([ct, ch, cw], dim=2)
-    n = t_index.shape[0]  # 1 (shared) or B
+    if offset is None:
+        fh = fh[:, :height].permute(1, 0, 2)[None, None, :, None]  # [1, 1, h, 1, H, ch]
+        fw = fw[:, :width].permute(1, 0, 2)[None, None, None, :]  # [1, 1, 1, w, H, cw]
+    else:
+        offset = offset.to(torch.float64).reshape(-1, frames, 2)
+        if offset.shape[0] not in (1, b):
+            raise ValueError(f"offset must be [F, 2] or [B, F, 2], got {list(offset.shape)}")
+        fh, fw = (_shifted(f, n, offset[..., a]) for f, n, a in ((fh, height, 0), (fw, width, 1)))
+        fh, fw = fh[:, :, :, None], fw[:, :, None]
+    n = max(t_index.shape[0], fh.shape[0], fw.shape[0])  # 1 (shared) or B
     shape = (n, frames, height, width, heads)
     grid = torch.cat(
         [
             ft[:, t_index].permute(1, 2, 0, 3)[:, :, None, None].expand(*shape, ct),
-            fh[:, :height].permute(1, 0, 2)[None, None, :, None].expand(*shape, ch),
-            fw[:, :width].permute(1, 0, 2)[None, None, None, :].expand(*shape, cw),
+            fh.expand(*shape, ch),
+            fw.expand(*shape, cw),
         ],
         dim=-1,
     ).reshape(n, seq, heads, dim // 2)
     xc = torch.view_as_complex(x.float().reshape(b, seq, heads, dim // 2, 2))
     return torch.view_as_real(xc * grid.to(xc.dtype)).flatten(3)
+
+
+def _shifted(freqs: Tensor, size: int, offset: Tensor) -> Tensor:
+    """One axis' rotations ``[n, F, size, H, c]`` at positions ``k + offset [n, F]``: the
+    rotation of position 1 is exp(i omega), so any real position p rotates by exp(i p omega)."""
+    omega = torch.angle(freqs[:, 1]).to(torch.float64)  # [H, c]; omega <= 1 rad
+    pos = torch.arange(size, dtype=torch.float64, device=offset.device) + offset[..., None]
+    angles = pos[..., None, None] * omega.to(pos.device)  # [n, F, size, H, c]
+    return torch.polar(torch.ones_like(angles), angles).to(freqs.dtype)
 
 
 def rope_1d_real(dims: list[int], positions: int, theta: float) -> tuple[Tensor, Tensor]:

@@ -53,12 +53,14 @@ class DiTTask:
         b, p, c = current.shape[0], past.shape[2], current.shape[2]
         m = memory.shape[2]
         keyboard, mouse, plucker = batch["keyboard"], batch["mouse"], batch["plucker"]
+        offset = batch.get("rope_offset")  # [B, M + P + C, 2], kept frame for frame with plucker
         mode = "image" if torch.rand(()) < self.image_only else "memory"
         if mode == "image":  # one context latent, no memory
             past, memory = past[:, :, -1:], None
             f = self.frames_per_latent
             keyboard, mouse = keyboard[:, -f * (1 + c) :], mouse[:, -f * (1 + c) :]
             plucker = plucker[:, :, m + p - 1 :]
+            offset = None if offset is None else offset[:, m + p - 1 :]
         else:
             if torch.rand(()) < self.drop_past:  # generate the window from memory alone
                 mode = "no past"
@@ -66,8 +68,11 @@ class DiTTask:
                 f = self.frames_per_latent
                 keyboard, mouse = keyboard[:, -f * c :], mouse[:, -f * c :]
                 plucker = torch.cat([plucker[:, :, :m], plucker[:, :, m + p :]], 2)
+                if offset is not None:
+                    offset = torch.cat([offset[:, :m], offset[:, m + p :]], 1)
             if torch.rand(()) < self.drop_memory:
                 memory, plucker = None, plucker[:, :, m:]
+                offset = None if offset is None else offset[:, m:]
         if torch.rand(()) < self.drop_actions:
             keyboard, mouse = null_actions(keyboard, mouse)
         past, memory = self.buffer.corrupt(past, memory)
@@ -83,10 +88,10 @@ class DiTTask:
             1,
         )
         first = batch["first_index"] + (p - k)  # [B]: each window's first kept latent
-        extra = {}
+        extra = {} if offset is None else {"rope_offset": offset}
         if memory is not None:
             keyboard_memory, mouse_memory = null_actions(keyboard, mouse, m)
-            extra = dict(memory=memory, memory_index=batch["memory_index"],
+            extra.update(memory=memory, memory_index=batch["memory_index"],
                          keyboard_memory=keyboard_memory, mouse_memory=mouse_memory)  # fmt: skip
         velocity = model(torch.cat([past, noisy], 2), t, None, keyboard=keyboard, mouse=mouse,
                          plucker=plucker, first_index=first, **extra)  # fmt: skip

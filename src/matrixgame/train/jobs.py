@@ -244,6 +244,7 @@ class DiTJob:
     current: int = 4
     memory: int = 2
     sink: bool = False
+    camera_rope: bool = False  # camera-aligned RoPE (data.windows.WindowConfig.camera_rope)
     error_buffer: float = 1.0
     checkpoint_every: int = 200
     fsdp: bool = False
@@ -279,7 +280,8 @@ def train_dit(job: DiTJob, deadline: float | None = None, stop: Stop = None) -> 
                          f"per latent, the latents in {job.latents} hold "
                          f"{clips.frames_per_latent}")  # fmt: skip
     window = WindowConfig(job.past, job.current, job.memory, sink=job.sink,
-                          frames_per_latent=clips.frames_per_latent)  # fmt: skip
+                          frames_per_latent=clips.frames_per_latent,
+                          camera_rope=job.camera_rope)  # fmt: skip
     data = WindowDataset(clips, window)
     model = MatrixGameDiT(config)
     _init_from(model, job.init)
