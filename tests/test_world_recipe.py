@@ -135,8 +135,11 @@ def test_the_world_models_heldout_check_measures_what_its_memory_is_worth(built,
         keys = ("memory", "memory_index", "keyboard_memory", "mouse_memory")
 
         def without(x, t, context, plucker, **kw):
-            if kw.get("memory") is not None:  # its camera rays go with it
-                plucker = plucker[:, :, kw["memory"].shape[2] :]
+            if kw.get("memory") is not None:  # its camera rays (and RoPE offsets) go with it
+                m = kw["memory"].shape[2]
+                plucker = plucker[:, :, m:]
+                if kw.get("rope_offset") is not None:
+                    kw["rope_offset"] = kw["rope_offset"][:, m:]
             return forward(x, t, context, plucker=plucker,
                            **{k: v for k, v in kw.items() if k not in keys})  # fmt: skip
 
@@ -533,6 +536,32 @@ def test_no_multi_segment_steps_ship_the_cold_start_alone(built, tmp_path):
     card = (folder / "README.md").read_text()
     assert "(a cold start on recorded pasts; its last run with DMD" in card
     assert "world model guided 4 on the actions" in card
+
+
+def test_a_student_of_a_world_model_under_another_window_is_not_kept_with_it(built, tmp_path):
+    """The world model continued with camera-aligned RoPE switched: its student, distilled
+    under the grids it had before, no longer fits it, so the kept folder leaves it out (and
+    says so) while the world model's config carries the new window."""
+    from matrixgame.worlds.recipe import Recipe, spec_with
+    from matrixgame.worlds.shipped import load_world
+
+    work, folder = tmp_path / "work", tmp_path / "kept"
+    shutil.copytree(built["work"], work)
+    dit_ckpt = work / "dit" / "checkpoints"
+    config_path = dit_ckpt / (dit_ckpt / "latest").read_text().strip() / "config.json"
+    run_config = json.loads(config_path.read_text())
+    switched = not run_config["window"].get("camera_rope", False)
+    run_config["window"]["camera_rope"] = switched
+    config_path.write_text(json.dumps(run_config))
+    said = []
+    recipe = Recipe(spec_with("tiny"), work, ship_to=tmp_path / "ship", progress=said.append)
+    assert recipe.student_run() is not None
+    recipe.export({}, folder=folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["window"]["camera_rope"] == switched and "student" not in config
+    assert not (folder / "student.safetensors").exists()
+    assert any("another window" in line for line in said)
+    assert load_world(folder).window.camera_rope == switched
 
 
 @pytest.mark.slow

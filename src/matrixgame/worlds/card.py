@@ -378,7 +378,8 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"- **World model**: `{dit['preset']}` DiT, {dit['step']} steps{_carried(dit)}; window of "
         f"{window['memory']} memory + {window['past']} past + {window['current']} current "
         f"latents (one step = {f * window['current']} frames = "
-        f"{1000 * f * window['current'] / config['fps']:.0f} ms); "
+        f"{1000 * f * window['current'] / config['fps']:.0f} ms)"
+        f"{', camera-aligned RoPE' if window.get('camera_rope') else ''}; "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
         f"{config['sampler']['shift']}{_guidance_words(config['sampler'])}.",
         *_light_line(config),
