@@ -5,7 +5,8 @@ the model takes.
 For a window starting at latent s: past = latents s..s+P-1, current = the next C, and memory
 = the M latents among 1..s-1 whose view volumes overlap the last current latent's most
 (sampled frustum overlap), in time order, after the sequence's first latent when ``sink``
-keeps it as a persistent "sink" for global scene statistics.
+keeps it as a persistent "sink" for global scene statistics. With ``camera_rope`` a window
+also carries each latent's RoPE grid offset (camera-aligned positions; not the release's).
 """
 
 from __future__ import annotations
