@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from matrixgame.data.action_script import parse_action_script
@@ -131,6 +131,7 @@ manifest = st.fixed_dictionaries({"format": st.sampled_from(["matrixgame-dataset
 
 @FUZZ
 @given(st.one_of(manifest, values))
+@example({"format": "matrixgame-dataset/1", "shards": {"\x00": {}}})  # found by the fuzzer
 def test_manifests(tmp_path, obj):
     from matrixgame.data.shards import MANIFEST, MANIFEST_FORMAT
 

@@ -179,7 +179,8 @@ class Manifest:
             raise ValueError(f"{path}: 'config' and 'shards' must be objects")
         for name, entry in shards.items():
             # a shard is a file in this folder: no path may lead out of it
-            if "/" in name or "\\" in name or name.startswith(".") or not name:
+            if "/" in name or "\\" in name or name.startswith(".") or not name or \
+                    not name.isprintable():  # fmt: skip
                 raise ValueError(f"{path}: shard name {name!r:.80} is not a file name here")
             if not isinstance(entry, dict):
                 raise ValueError(f"{path}: shard {name!r:.80} must be an object")
