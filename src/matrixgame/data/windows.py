@@ -184,13 +184,20 @@ def with_null_actions(batch: dict) -> dict:
     return {**batch, "keyboard": keyboard, "mouse": mouse}
 
 
+def frame_conditions(batch: dict, keep) -> dict:
+    """A collated window's per-frame conditioning (camera rays ``plucker`` and, with
+    camera-aligned RoPE, ``rope_offset``; memory, past, current frames in order) for the
+    frames ``keep`` (a slice or indices): what goes with the latents a mode drops."""
+    out = {"plucker": batch["plucker"][:, :, keep]}
+    if batch.get("rope_offset") is not None:
+        out["rope_offset"] = batch["rope_offset"][:, keep]
+    return out
+
+
 def without_memory(batch: dict) -> dict:
     """A collated window with its memory latents removed (their camera rays too), as the
     DiT's training drops them (``DiTTask.drop_memory``)."""
     m = batch["memory"].shape[2]
-    out = {**batch, "memory": batch["memory"][:, :, :0],
-           "memory_index": batch["memory_index"][:, :0],
-           "plucker": batch["plucker"][:, :, m:]}  # fmt: skip
-    if "rope_offset" in batch:
-        out["rope_offset"] = batch["rope_offset"][:, m:]
-    return out
+    return {**batch, "memory": batch["memory"][:, :, :0],
+            "memory_index": batch["memory_index"][:, :0],
+            **frame_conditions(batch, slice(m, None))}  # fmt: skip

@@ -18,7 +18,13 @@ from types import SimpleNamespace
 
 import torch
 
-from matrixgame.data.windows import WindowConfig, window_kwargs, with_null_actions, without_memory
+from matrixgame.data.windows import (
+    WindowConfig,
+    frame_conditions,
+    window_kwargs,
+    with_null_actions,
+    without_memory,
+)
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import renoise_step
 from matrixgame.inference.session import Start, WorldSession
@@ -49,10 +55,8 @@ def mask_window(batch: dict, drop_past: bool = False, drop_memory: bool = False,
         frames = out["keyboard"].shape[1] - frames_per_latent * p  # the current ones' stay
         out["past"] = batch["past"][:, :, :0]
         out["keyboard"], out["mouse"] = out["keyboard"][:, -frames:], out["mouse"][:, -frames:]
-        out["plucker"] = torch.cat([batch["plucker"][:, :, :m], batch["plucker"][:, :, m + p :]], 2)
-        if "rope_offset" in batch:
-            off = batch["rope_offset"]
-            out["rope_offset"] = torch.cat([off[:, :m], off[:, m + p :]], 1)
+        latents = batch["plucker"].shape[2]  # memory + past + current (generated or not)
+        out.update(frame_conditions(batch, [*range(m), *range(m + p, latents)]))
         out["first_index"] = batch["first_index"] + p
     if drop_memory:
         out = without_memory(out)

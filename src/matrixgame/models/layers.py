@@ -98,7 +98,8 @@ def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width:
         offset = offset.to(torch.float64).reshape(-1, frames, 2)
         if offset.shape[0] not in (1, b):
             raise ValueError(f"offset must be [F, 2] or [B, F, 2], got {list(offset.shape)}")
-        fh, fw = (_shifted(f, n, offset[..., a]) for f, n, a in ((fh, height, 0), (fw, width, 1)))
+        fh, fw = (_shifted(f, size, offset[..., axis])
+                  for f, size, axis in ((fh, height, 0), (fw, width, 1)))  # fmt: skip
         fh, fw = fh[:, :, :, None], fw[:, :, None]
     n = max(t_index.shape[0], fh.shape[0], fw.shape[0])  # 1 (shared) or B
     shape = (n, frames, height, width, heads)

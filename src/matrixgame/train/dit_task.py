@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from matrixgame.data.windows import null_actions
+from matrixgame.data.windows import frame_conditions, null_actions
 from matrixgame.diffusion.flow_matching import (
     NUM_TIMESTEPS,
     add_noise,
@@ -52,27 +52,23 @@ class DiTTask:
         past, current, memory = batch["past"], batch["current"], batch["memory"]
         b, p, c = current.shape[0], past.shape[2], current.shape[2]
         m = memory.shape[2]
-        keyboard, mouse, plucker = batch["keyboard"], batch["mouse"], batch["plucker"]
-        offset = batch.get("rope_offset")  # [B, M + P + C, 2], kept frame for frame with plucker
+        keyboard, mouse = batch["keyboard"], batch["mouse"]
+        keep = list(range(m + p + c))  # the frames whose rays (and RoPE offsets) the model sees
         mode = "image" if torch.rand(()) < self.image_only else "memory"
         if mode == "image":  # one context latent, no memory
             past, memory = past[:, :, -1:], None
             f = self.frames_per_latent
             keyboard, mouse = keyboard[:, -f * (1 + c) :], mouse[:, -f * (1 + c) :]
-            plucker = plucker[:, :, m + p - 1 :]
-            offset = None if offset is None else offset[:, m + p - 1 :]
+            keep = keep[m + p - 1 :]
         else:
             if torch.rand(()) < self.drop_past:  # generate the window from memory alone
                 mode = "no past"
                 past = past[:, :, :0]
                 f = self.frames_per_latent
                 keyboard, mouse = keyboard[:, -f * c :], mouse[:, -f * c :]
-                plucker = torch.cat([plucker[:, :, :m], plucker[:, :, m + p :]], 2)
-                if offset is not None:
-                    offset = torch.cat([offset[:, :m], offset[:, m + p :]], 1)
+                keep = keep[:m] + keep[m + p :]
             if torch.rand(()) < self.drop_memory:
-                memory, plucker = None, plucker[:, :, m:]
-                offset = None if offset is None else offset[:, m:]
+                memory, keep = None, keep[m:]
         if torch.rand(()) < self.drop_actions:
             keyboard, mouse = null_actions(keyboard, mouse)
         past, memory = self.buffer.corrupt(past, memory)
@@ -88,7 +84,8 @@ class DiTTask:
             1,
         )
         first = batch["first_index"] + (p - k)  # [B]: each window's first kept latent
-        extra = {} if offset is None else {"rope_offset": offset}
+        frames = frame_conditions(batch, keep)
+        plucker, extra = frames.pop("plucker"), frames  # extra: the RoPE offsets, if any
         if memory is not None:
             keyboard_memory, mouse_memory = null_actions(keyboard, mouse, m)
             extra.update(memory=memory, memory_index=batch["memory_index"],
