@@ -547,12 +547,7 @@ def test_a_student_of_a_world_model_under_another_window_is_not_kept_with_it(bui
 
     work, folder = tmp_path / "work", tmp_path / "kept"
     shutil.copytree(built["work"], work)
-    dit_ckpt = work / "dit" / "checkpoints"
-    config_path = dit_ckpt / (dit_ckpt / "latest").read_text().strip() / "config.json"
-    run_config = json.loads(config_path.read_text())
-    switched = not run_config["window"].get("camera_rope", False)
-    run_config["window"]["camera_rope"] = switched
-    config_path.write_text(json.dumps(run_config))
+    switched = _switch_camera_rope(work)
     said = []
     recipe = Recipe(spec_with("tiny"), work, ship_to=tmp_path / "ship", progress=said.append)
     assert recipe.student_run() is not None
@@ -562,6 +557,46 @@ def test_a_student_of_a_world_model_under_another_window_is_not_kept_with_it(bui
     assert not (folder / "student.safetensors").exists()
     assert any("another window" in line for line in said)
     assert load_world(folder).window.camera_rope == switched
+
+
+def _switch_camera_rope(work: Path) -> bool:
+    """Flip camera-aligned RoPE in the world-model run's latest config; the new setting."""
+    dit_ckpt = work / "dit" / "checkpoints"
+    config_path = dit_ckpt / (dit_ckpt / "latest").read_text().strip() / "config.json"
+    run_config = json.loads(config_path.read_text())
+    switched = not run_config["window"].get("camera_rope", False)
+    run_config["window"]["camera_rope"] = switched
+    config_path.write_text(json.dumps(run_config))
+    return switched
+
+
+def test_the_student_is_distilled_anew_when_its_run_is_gone_or_of_another_window(built, tmp_path):
+    """A student stage marked done is redone (not skipped) once its runs no longer fit the
+    world model: distilled under another window they are set aside, not deleted; removed,
+    they are distilled again."""
+    from matrixgame.train.runs import latest_weights
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    work = tmp_path / "work"
+    shutil.copytree(built["work"], work)
+    switched = _switch_camera_rope(work)
+    said = []
+    recipe = Recipe(spec_with("tiny"), work, ship_to=tmp_path / "ship", progress=said.append)
+    assert recipe.done("student") and recipe._stale("student")
+    recipe.run(only="student")
+    assert (work / "student-cold.other-window").exists() and (work / "student.other-window").exists()
+    assert any("moved to student-cold.other-window/" in line for line in said)
+    assert _logged_steps(work / "student-cold") == [1, 2] and _logged_steps(work / "student") == [1, 2]
+    assert latest_weights(work / "student", model="dmd")[1]["window"]["camera_rope"] == switched
+    assert recipe.done("student") and not recipe._stale("student")
+    for run in ("student-cold", "student"):  # removed (and none kept to continue from)
+        shutil.rmtree(work / run)
+    again = Recipe(spec_with("tiny"), work, ship_to=tmp_path / "ship", progress=said.append)
+    (again.kept / "student.safetensors").unlink()
+    assert again._stale("student")
+    again.run(only="student")
+    assert _logged_steps(work / "student-cold") == [1, 2] and _logged_steps(work / "student") == [1, 2]
+    assert not (work / "student.other-window.2").exists()  # nothing of this window set aside
 
 
 @pytest.mark.slow

@@ -580,6 +580,12 @@ class Recipe:
                       regression=s.student_regression, guidance=s.student_guidance,
                       checkpoint_every=s.checkpoint_every)  # fmt: skip
         cold, multi = self.cold_run, self.path("student")
+        for run in (cold, multi):  # of the world model under another window: set aside
+            if _has_checkpoint(run) and self._other_window(run):
+                aside = _free_name(run.with_name(f"{run.name}.other-window"))
+                run.rename(aside)
+                self.progress(f"[student] {run.name}/ was distilled under another window "
+                              f"(camera layout): moved to {aside.name}/, distilling anew")  # fmt: skip
         teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
         seed, seed_step = self._student_seed()
         past_cold = _has_checkpoint(multi) or seed_step >= s.student_cold_steps
@@ -786,7 +792,12 @@ class Recipe:
         return False if trainer.stopped in ("deadline", "signal") else None
 
     def _stale(self, stage: str) -> bool:
-        """The evaluation (and shipping) are redone when a model trained since."""
+        """The evaluation (and shipping) are redone when a model trained since; the student
+        is distilled anew when its run is gone or is of the world model under another window
+        (:meth:`stage_student` sets such a run aside)."""
+        if stage == "student":
+            run = self.student_run()
+            return run is None or self._other_window(run)
         if stage not in ("eval", "ship"):
             return False
         info = self.state["stages"].get("eval", {})
@@ -853,6 +864,12 @@ class Recipe:
         world = shipped.load_world(self.ship_to, student=True)
         world.name = self.shipped_student_name
         return world
+
+    def _other_window(self, student: Path) -> bool:
+        """Whether the student run was distilled under another window (camera layout) than
+        the world model's run has now."""
+        return not _same_window(_run_config(student).get("window"),
+                                _run_config(self.path("dit")).get("window"))  # fmt: skip
 
     def student_run(self) -> Path | None:
         """The student's latest run: the multi-segment stage's, else the cold start's."""
@@ -931,8 +948,7 @@ class Recipe:
         state, meta = latest_weights(student, model="dmd") if student is not None else ({}, {})
         if student is not None and not _same_window(meta.get("window"), dit_cfg["window"]):
             self.progress("[student] distilled from the world model under another window "
-                          "(camera layout): not kept with it; `--only student` distils anew "
-                          "(remove student-cold/ first)")  # fmt: skip
+                          "(camera layout): not kept with it; `--only student` distils anew")  # fmt: skip
             student = None
         if student is not None:
             shipped.save_component(folder, "student", sub_state(state, "student."))
@@ -1155,6 +1171,26 @@ def _same_window(a: dict | None, b: dict | None) -> bool:
         return WindowConfig(**(a or {})) == WindowConfig(**(b or {}))
     except (TypeError, ValueError):
         return False
+
+
+def _run_config(run: Path) -> dict:
+    """The config.json of a run's latest checkpoint ({} where it has none)."""
+    latest = Path(run) / "checkpoints" / "latest"
+    if not latest.exists():
+        return {}
+    try:
+        return json.loads((latest.parent / latest.read_text().strip() / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3``... : the first that does not exist."""
+    n, free = 1, path
+    while free.exists():
+        n += 1
+        free = path.with_name(f"{path.name}.{n}")
+    return free
 
 
 def _has_checkpoint(run: Path) -> bool:
