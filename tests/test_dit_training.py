@@ -75,6 +75,37 @@ def test_task_modes_and_error_buffer(latents, camera_rope):
     assert seen == {"image", "memory", "no past"}
 
 
+class _Seen(torch.nn.Module):
+    """A stand-in DiT that keeps its inputs and predicts zero velocity."""
+
+    def forward(self, x, t, context=None, **kwargs):
+        self.x, self.t = x, t
+        return torch.zeros_like(x, requires_grad=True)
+
+
+def test_past_noise_noises_the_past_and_tells_the_model_its_level(latents):
+    """--past-noise: each window's past latents are noised to one level from [0, max] and
+    the model is given that level as their timestep; 0 leaves the past clean at t = 0."""
+    ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2))
+    batch = _collate([ds[i] for i in range(4)])
+    model = _Seen()
+    for past_noise in (0.0, 0.4):
+        torch.manual_seed(0)
+        DiTTask(image_only=0.0, drop_past=0.0, past_noise=past_noise).loss(model, batch, 0)
+        past_t, current_t = model.t[:, :2], model.t[:, 2:]
+        seen_past = model.x[:, :, :2]
+        assert (current_t > 0).all() and (past_t == past_t[:, :1]).all()  # one level a window
+        if past_noise == 0:
+            assert (past_t == 0).all() and torch.equal(seen_past, batch["past"])
+        else:
+            level = past_t[:, 0] / 1000
+            assert (level > 0).all() and (level < past_noise).all() and level.std() > 0
+            # the past moved towards noise by its level: x = (1 - s) x0 + s eps
+            eps = (seen_past - (1 - level.view(-1, 1, 1, 1, 1)) * batch["past"]) / \
+                level.view(-1, 1, 1, 1, 1)  # fmt: skip
+            assert 0.8 < float(eps.std()) < 1.2
+
+
 def validation_loss(model, batch) -> float:
     """Flow loss at fixed noise and noise levels, memory + past context, no corruption."""
     g = torch.Generator().manual_seed(123)

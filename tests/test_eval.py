@@ -186,6 +186,10 @@ def test_eval_command_writes_the_report(doom, tmp_path, capsys):
     fidelity = results["fidelity"]["methods"]
     assert {"base", "base autoencoder", "copy last frame", "blurred copy"} <= set(fidelity)
     assert set(fidelity["base"]["at"]) == {"1", "4", "8"}
+    at = fidelity["base autoencoder"]["at"]["4"]  # the frame's own figures, sharpness with them
+    assert set(at) == {"psnr", "ssim", "sharpness"}
+    curves = fidelity["base autoencoder"]["curves"]
+    assert (at["sharpness"], at["psnr"]) == (curves["sharpness"][3], curves["psnr"][3])
     assert {"fd", "lpips", "fvd"} <= set(fidelity["base"])
     assert fidelity["base autoencoder"]["fvd"] >= 0 and fidelity["copy last frame"]["lpips"] > 0
     assert {"base", "base (memory off)", "copy last frame"} <= set(results["loop"]["methods"])
@@ -196,6 +200,8 @@ def test_eval_command_writes_the_report(doom, tmp_path, capsys):
     for image in ("plots/fidelity.png", "plots/drift.png", "strips/fidelity.png"):
         assert image in html and (report / image).read_bytes()[:4] == b"\x89PNG"
     assert "| copy last frame |" in (report / "report.md").read_text()
+    markdown = (report / "report.md").read_text()
+    assert "| method | sharpness@1 | sharpness@4 | sharpness@8 |" in markdown
     # clear errors: a run that is not a world model, a dataset without held-out clips
     assert (
         main(["eval", str(runs / "vae"), "--data", str(doom / "eval"), "--out", str(report)]) == 2

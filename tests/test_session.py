@@ -73,6 +73,28 @@ def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink, camera_rope):
         assert not torch.allclose(*runs, atol=1e-4)
 
 
+def test_a_noised_past_is_sampled_alike_in_the_session_and_the_rollout():
+    """A world trained with noise on its past plays with its sampler's ``past_noise``: the
+    session replays the rollout's latents bit for bit, and the noise changes them."""
+    world, clip = _world(), _clip()
+    with torch.no_grad():  # off the initial weights, so that the past's timestep matters
+        for p in world.dit.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    context, total = 5, 9
+    noisy = rollout(world.dit, clip, context, total, world.window, H, W, 1.0,
+                    RolloutConfig(steps=2, shift=3.0, seed=3, past_noise=0.2))  # fmt: skip
+    played = SimpleNamespace(**{**vars(world), "meta": {"sampler": {"past_noise": 0.2}}})
+    session = WorldSession(played, steps=2, shift=3.0, seed=3, metres_per_unit=1.0, decode=False)
+    assert session.past_noise == 0.2
+    assert torch.equal(replay(session, Start.from_clip(clip, context), clip, total), noisy.latents)
+    clean = rollout(world.dit, clip, context, total, world.window, H, W, 1.0,
+                    RolloutConfig(steps=2, shift=3.0, seed=3))  # fmt: skip
+    assert not torch.allclose(clean.latents[:, context:], noisy.latents[:, context:], atol=1e-3)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="past_noise"):
+            WorldSession(world, past_noise=bad)
+
+
 def test_steps_decode_in_stream_what_the_whole_sequence_decodes_to():
     world, clip = _world(), _clip()
     session = WorldSession(world, steps=2, metres_per_unit=1.0)
@@ -308,3 +330,9 @@ def test_a_world_folders_guidance_is_checked_and_played_with(tmp_path):
     good = {**config["sampler"], "guidance": {"actions": 3.0}}
     shipped.write_config(folder, {**config, "sampler": good})
     assert WorldSession(shipped.load_world(folder)).guidance == Guidance(3.0, 1.0)
+    for bad in (1.0, -0.5, "0.2", True, float("nan")):
+        shipped.write_config(folder, {**config, "sampler": {**good, "past_noise": bad}})
+        with pytest.raises(ValueError, match="sampler.past_noise"):
+            shipped.read_config(folder)
+    shipped.write_config(folder, {**config, "sampler": {**good, "past_noise": 0.15}})
+    assert WorldSession(shipped.load_world(folder)).past_noise == 0.15

@@ -584,9 +584,9 @@ def test_the_student_is_distilled_anew_when_its_run_is_gone_or_of_another_window
     recipe = Recipe(spec_with("tiny"), work, ship_to=tmp_path / "ship", progress=said.append)
     assert recipe.done("student") and recipe._stale("student")
     recipe.run(only="student")
-    assert (work / "student-cold.other-window").exists() and (work / "student.other-window").exists()
+    assert all((work / f"{run}.other-window").exists() for run in ("student-cold", "student"))
     assert any("moved to student-cold.other-window/" in line for line in said)
-    assert _logged_steps(work / "student-cold") == [1, 2] and _logged_steps(work / "student") == [1, 2]
+    assert [_logged_steps(work / run) for run in ("student-cold", "student")] == [[1, 2]] * 2
     assert latest_weights(work / "student", model="dmd")[1]["window"]["camera_rope"] == switched
     assert recipe.done("student") and not recipe._stale("student")
     for run in ("student-cold", "student"):  # removed (and none kept to continue from)
@@ -595,7 +595,7 @@ def test_the_student_is_distilled_anew_when_its_run_is_gone_or_of_another_window
     (again.kept / "student.safetensors").unlink()
     assert again._stale("student")
     again.run(only="student")
-    assert _logged_steps(work / "student-cold") == [1, 2] and _logged_steps(work / "student") == [1, 2]
+    assert [_logged_steps(work / run) for run in ("student-cold", "student")] == [[1, 2]] * 2
     assert not (work / "student.other-window.2").exists()  # nothing of this window set aside
 
 

@@ -175,6 +175,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="scale of the banked residuals injected into past and memory latents "
         "(gamma_h = gamma_m; 0 trains without the error buffer, the ablation)",
     )
+    dit.add_argument("--past-noise", type=float, default=0.0, metavar="LEVEL",
+                     help="noise the past latents to a level drawn per window from [0, LEVEL] "
+                     "and give the model that level as their timestep, so that generation "
+                     "can noise its own past against drift (GameNGen's noise augmentation; "
+                     "not in the report; 0: off)")  # fmt: skip
     dit.add_argument("--checkpoint-every", type=int, default=200)
     dit.add_argument(
         "--fsdp",

@@ -438,7 +438,7 @@ def _fidelity_table(scores: Collector, feats, videos, i3d, config, fps) -> dict:
         entry = {k: _summary(v) for k, v in per_clip.items()}
         entry["curves"] = {k: _mean_curve(v).tolist() for k, v in per_clip.items()}
         entry["at"] = {
-            str(h): {k: entry["curves"][k][h - 1] for k in ("psnr", "ssim")}
+            str(h): {k: entry["curves"][k][h - 1] for k in ("psnr", "ssim", "sharpness")}
             for h in config.horizons
             if h <= len(entry["curves"]["psnr"])
         }

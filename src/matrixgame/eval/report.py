@@ -182,6 +182,12 @@ def _blocks(results: dict, images: dict[str, str]) -> list[Block]:
             ),  # fmt: skip
             ("table", header, rows),
         ]
+        sharp = [[m, *[_fmt(e["at"].get(h, {}).get("sharpness"), 2) for h in horizons]]
+                 for m, e in fid["methods"].items()]  # fmt: skip
+        out += [
+            ("p", "Sharpness N frames after the context (how soon a rollout loses its detail):"),
+            ("table", ["method", *[f"sharpness@{h}" for h in horizons]], sharp),
+        ]
     for key in ("fidelity", "fidelity_strip"):
         if key in images:
             out.append(("img", images[key], key))

@@ -23,7 +23,7 @@ from matrixgame.data.windows import (
     with_null_actions,
     without_memory,
 )
-from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
+from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
 from matrixgame.diffusion.samplers import get_sampler, sigma_schedule
 from matrixgame.train.vae_task import to_uint8
 
@@ -72,6 +72,7 @@ class RolloutConfig:
     memory: bool = True  # False: the ablation without retrieved memory
     seed: int = 0
     guidance: Guidance = Guidance()
+    past_noise: float = 0.0  # the noise level put on the past (see denoise_window)
 
 
 def _model_inputs(batch: dict, dtype: torch.dtype) -> tuple[Tensor, dict]:
@@ -85,14 +86,19 @@ def _model_inputs(batch: dict, dtype: torch.dtype) -> tuple[Tensor, dict]:
 @torch.no_grad()
 def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: float = 3.0,
                    generator: torch.Generator | None = None, sampler: str = "euler",
-                   sigmas: Tensor | None = None,
-                   guidance: Guidance = Guidance()) -> Tensor:  # fmt: skip
+                   sigmas: Tensor | None = None, guidance: Guidance = Guidance(),
+                   past_noise: float = 0.0) -> Tensor:  # fmt: skip
     """``current`` latents ``[B, z, current, h, w]`` sampled from noise (Euler by default;
     any sampler of :mod:`matrixgame.diffusion.samplers`, with ``sigmas`` or ``steps`` shifted
     levels), given a collated window ``batch`` (memory, past, actions, camera; see
-    :func:`window_inputs`), with classifier-free ``guidance`` where it is on."""
+    :func:`window_inputs`), with classifier-free ``guidance`` where it is on. ``past_noise``
+    > 0 (a world model trained so: ``DiTTask.past_noise``): the past latents noised to that
+    level first, and given it as their timestep."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
+    if past_noise > 0 and k > 0:
+        eps = torch.randn(past.shape, generator=generator).to(past)
+        batch = {**batch, "past": add_noise(past, torch.full((b,), past_noise), eps)}
     shape = (b, past.shape[1], current, *past.shape[3:])
     noise = torch.randn(shape, generator=generator).to(past)
     # the model in its own dtype (bf16 where that pays: matrixgame.accel.precision), the
@@ -110,7 +116,8 @@ def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: floa
 
     def run(x, sigma, past_in, cond):
         n = past_in.shape[0]
-        t = torch.cat([torch.zeros(n, k), torch.full((n, current), NUM_TIMESTEPS * sigma)], 1)
+        t = torch.cat([torch.full((n, k), NUM_TIMESTEPS * past_noise),
+                       torch.full((n, current), NUM_TIMESTEPS * sigma)], 1)  # fmt: skip
         x_in = x.to(dtype).repeat(n // b, 1, 1, 1, 1)
         return model(torch.cat([past_in, x_in], 2), t.to(x), None, **cond)[:, :, k:].to(x.dtype)
 
@@ -165,7 +172,7 @@ def rollout(model, clip: dict, context: int, total: int, window: WindowConfig, h
         batch = {k: v[None] for k, v in item.items()}
         start = time.perf_counter()
         new = denoise_window(model, batch, current, config.steps, config.shift, generator,
-                             guidance=config.guidance)  # fmt: skip
+                             guidance=config.guidance, past_noise=config.past_noise)  # fmt: skip
         spent += time.perf_counter() - start
         known = torch.cat([known, new[0].to(known)], 1)
     return Rollout(known, context, spent, window.frames_per_latent)

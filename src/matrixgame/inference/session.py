@@ -166,7 +166,8 @@ class WorldSession:
                  metres_per_unit: float | None = None, compile: str | None = None,
                  retrieval: str = "topk", compile_retrieval: bool = False,
                  compile_dit: str | None = None,
-                 guidance: Guidance | dict | None = None) -> None:  # fmt: skip
+                 guidance: Guidance | dict | None = None,
+                 past_noise: float | None = None) -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -182,6 +183,10 @@ class WorldSession:
         if not isinstance(guidance, Guidance):
             raise ValueError(f"guidance is a Guidance or a dict, got {type(guidance).__name__}")
         self.guidance = guidance
+        # the noise level put on the past latents (a world trained with DiTTask.past_noise)
+        self.past_noise = sampler.get("past_noise", 0.0) if past_noise is None else past_noise
+        if not 0 <= self.past_noise < 1:
+            raise ValueError(f"past_noise is a noise level in [0, 1), got {self.past_noise}")
         get_sampler(self.sampler)  # an unknown name fails here, not at the first step
         # a distilled student's exact schedule, unless steps or shift are chosen here
         given = "sigmas" in sampler and steps is None and shift is None
@@ -254,7 +259,7 @@ class WorldSession:
         dit = self.compiled_dit.pick(window.batch) if self.compiled_dit else self.world.dit
         new = denoise_window(dit, window.batch, self.window.current, self.steps,
                              self.shift, self.generator, self.sampler, self.sigmas,
-                             self.guidance)[0]  # fmt: skip
+                             self.guidance, self.past_noise)[0]  # fmt: skip
         return self.commit(window, new, time.perf_counter() - start)
 
     def prepare(self, keyboard, mouse, c2w: Tensor | None = None) -> Window:

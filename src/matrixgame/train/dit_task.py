@@ -8,7 +8,10 @@ Per step (one mode for the whole batch, drawn from the step's seeded randomness)
 - actions replaced by the null actions (keyboard -1, mouse +1) with probability
   ``drop_actions`` (classifier-free guidance);
 - past and memory latents corrupted by the error buffer (x~ = x + gamma_h delta,
-  m~ = m + gamma_m delta), which is fed by the model's own residuals on the current latents.
+  m~ = m + gamma_m delta), which is fed by the model's own residuals on the current latents;
+- with ``past_noise`` > 0 (not in the report: GameNGen's noise augmentation of the context),
+  the past latents then noised to a level drawn per window from [0, past_noise], given to the
+  model as their timestep, so that generation can put a known noise level on its own past.
 The loss is flow matching on the current latents only.
 """
 
@@ -38,6 +41,7 @@ class DiTTask:
     drop_memory: float = 0.2
     drop_past: float = 0.2
     drop_actions: float = 0.1
+    past_noise: float = 0.0  # the past's largest noise level (0: clean past, the report's)
     buffer: ErrorBuffer = field(default_factory=ErrorBuffer)
     frames_per_latent: int = 4  # the latents' (the window's actions are f per latent)
 
@@ -72,17 +76,16 @@ class DiTTask:
         if torch.rand(()) < self.drop_actions:
             keyboard, mouse = null_actions(keyboard, mouse)
         past, memory = self.buffer.corrupt(past, memory)
+        k = past.shape[2]
+        past_sigma = torch.zeros(b, device=current.device)
+        if self.past_noise > 0 and k > 0:
+            past_sigma = self.past_noise * torch.rand(b, device=current.device)
+            past = add_noise(past, past_sigma, torch.randn_like(past))
         sigma = sample_sigma(b, self.shift, device=current.device)
         noise = torch.randn_like(current)
         noisy = add_noise(current, sigma, noise)
-        k = past.shape[2]
-        t = torch.cat(
-            [
-                torch.zeros(b, k, device=current.device),
-                (NUM_TIMESTEPS * sigma)[:, None].expand(b, c),
-            ],
-            1,
-        )
+        t = NUM_TIMESTEPS * torch.cat([past_sigma[:, None].expand(b, k),
+                                       sigma[:, None].expand(b, c)], 1)  # fmt: skip
         first = batch["first_index"] + (p - k)  # [B]: each window's first kept latent
         frames = frame_conditions(batch, keep)
         plucker, extra = frames.pop("plucker"), frames  # extra: the RoPE offsets, if any

@@ -246,6 +246,7 @@ class DiTJob:
     sink: bool = False
     camera_rope: bool = False  # camera-aligned RoPE (data.windows.WindowConfig.camera_rope)
     error_buffer: float = 1.0
+    past_noise: float = 0.0  # train.dit_task.DiTTask.past_noise
     checkpoint_every: int = 200
     fsdp: bool = False
     grad_checkpointing: bool = False
@@ -271,6 +272,8 @@ def train_dit(job: DiTJob, deadline: float | None = None, stop: Stop = None) -> 
         raise ValueError(f"unknown DiT preset {job.preset!r}; choose from {sorted(DIT_PRESETS)}")
     if job.error_buffer < 0:
         raise ValueError("--error-buffer must be >= 0")
+    if not 0 <= job.past_noise < 1:
+        raise ValueError(f"--past-noise is a noise level in [0, 1), got {job.past_noise}")
     init_distributed()
     torch.manual_seed(job.seed)
     clips = LatentClips(job.latents)
@@ -287,9 +290,11 @@ def train_dit(job: DiTJob, deadline: float | None = None, stop: Stop = None) -> 
     _init_from(model, job.init)
     model.gradient_checkpointing = job.grad_checkpointing
     meta = {"model": "dit", "preset": job.preset, "latents": job.latents,
-            "window": asdict(window), "error_buffer": job.error_buffer}  # fmt: skip
+            "window": asdict(window), "error_buffer": job.error_buffer,
+            "past_noise": job.past_noise}  # fmt: skip
     buffer = ErrorBuffer(gamma_past=job.error_buffer, gamma_memory=job.error_buffer)
-    task = DiTTask(buffer=buffer, frames_per_latent=window.frames_per_latent)
+    task = DiTTask(buffer=buffer, frames_per_latent=window.frames_per_latent,
+                   past_noise=job.past_noise)  # fmt: skip
     trainer = Trainer(model, task, data, _train_config(job, fsdp=job.fsdp), meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)

@@ -36,6 +36,8 @@ def figures_of(report: dict, name: str) -> dict:
             at = entry.get("at", {}).get(str(h))
             if at:
                 out[f"{prefix}psnr@{s}s"], out[f"{prefix}ssim@{s}s"] = at["psnr"], at["ssim"]
+                if "sharpness" in at:  # reports before 2026-12-05 kept PSNR and SSIM only
+                    out[f"{prefix}sharpness@{s}s"] = at["sharpness"]
 
     put("", name)
     put("copy_", COPY)

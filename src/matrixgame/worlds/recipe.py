@@ -584,8 +584,10 @@ class Recipe:
             if _has_checkpoint(run) and self._other_window(run):
                 aside = _free_name(run.with_name(f"{run.name}.other-window"))
                 run.rename(aside)
-                self.progress(f"[student] {run.name}/ was distilled under another window "
-                              f"(camera layout): moved to {aside.name}/, distilling anew")  # fmt: skip
+                self.progress(
+                    f"[student] {run.name}/ was distilled under another window "
+                    f"(camera layout): moved to {aside.name}/, distilling anew"
+                )
         teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
         seed, seed_step = self._student_seed()
         past_cold = _has_checkpoint(multi) or seed_step >= s.student_cold_steps
@@ -947,8 +949,10 @@ class Recipe:
         (folder / "critic.safetensors").unlink(missing_ok=True)
         state, meta = latest_weights(student, model="dmd") if student is not None else ({}, {})
         if student is not None and not _same_window(meta.get("window"), dit_cfg["window"]):
-            self.progress("[student] distilled from the world model under another window "
-                          "(camera layout): not kept with it; `--only student` distils anew")  # fmt: skip
+            self.progress(
+                "[student] distilled from the world model under another window "
+                "(camera layout): not kept with it; `--only student` distils anew"
+            )
             student = None
         if student is not None:
             shipped.save_component(folder, "student", sub_state(state, "student."))

@@ -134,6 +134,7 @@ def _check_config(config: dict, path: Path) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
         raise fail(f"sampler.steps must be an integer in 1..1000, got {steps!r:.40}")
     number(sampler.get("shift", 3.0), "sampler.shift")
+    _check_past_noise(sampler, "sampler", fail)
     try:
         Guidance.from_meta(sampler.get("guidance"))
     except (TypeError, ValueError) as err:
@@ -192,6 +193,13 @@ def _check_curves(curves, fail) -> None:
                            f"step and a score, got {check!r:.60}")  # fmt: skip
 
 
+def _check_past_noise(sampler: dict, name: str, fail) -> None:
+    """The noise level a sampler puts on the past (``DiTTask.past_noise``): in [0, 1)."""
+    level = sampler.get("past_noise", 0.0)
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 <= level < 1:
+        raise fail(f"{name}.past_noise must be a noise level in [0, 1), got {level!r:.40}")
+
+
 def _check_sampler(sampler, name: str, fail, number) -> None:
     """A distilled student's sampler: a known name, and its sigmas from 1 down to 0."""
     import math
@@ -201,6 +209,7 @@ def _check_sampler(sampler, name: str, fail, number) -> None:
     if not isinstance(sampler, dict) or sampler.get("name") not in SAMPLERS:
         raise fail(f"{name}.name must be one of {sorted(SAMPLERS)}")
     number(sampler.get("shift", 3.0), f"{name}.shift")
+    _check_past_noise(sampler, name, fail)
     sigmas = sampler.get("sigmas")
     ok = isinstance(sigmas, list) and 2 <= len(sigmas) <= 1001 and all(
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
