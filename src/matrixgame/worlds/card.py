@@ -6,6 +6,7 @@ trained), and the command that reproduces it."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,25 @@ def goals(f: dict) -> list[tuple[str, str, bool | None]]:
         loss = get("drift_first_psnr") - get("drift_last_psnr")
         row("last 10 s lose <= 1.5 dB against the first 10 s", f"{loss:.2f} dB", loss <= 1.5)
     return rows
+
+
+def goals_met(f: dict) -> int:
+    """How many of the default-world issue's goals figures ``f`` meet (:func:`goals`)."""
+    return sum(met is True for *_, met in goals(f))
+
+
+def improves(figures: dict, previous: dict | None, margin: float = 0.05) -> bool:
+    """The ship rule: whether a world measured ``figures`` improves on one measured
+    ``previous`` (best on the same clips): it meets more of the issue's goals, or as many with
+    a 60-s mean PSNR higher by more than ``margin`` dB; anything improves on nothing. PSNR
+    alone favours blur (a blurred copy of the last frame scores about as well as a world
+    model that follows the turns), hence the goals first."""
+    if not previous:
+        return True
+    mine, theirs = goals_met(figures), goals_met(previous)
+    if mine != theirs:
+        return mine > theirs
+    return figures.get("psnr", -math.inf) > previous.get("psnr", -math.inf) + margin
 
 
 # the checks of a run's held-out curve its recent trend is read from (2,000 steps at the

@@ -16,8 +16,9 @@ older); a new version's world model starts from the shipped one of the earlier v
 carried onto the new latents (`train/latent_map.py`). A training stage also ends when its
 held-out metric stops improving (``patience`` checks without a gain). At the end the world
 is evaluated on held-out trajectories and, when it improves on the shipped one (or none is
-shipped), its weights replace the shipped ones; every call that trained adds a row to the
-model card's training log.
+shipped: it meets more of the issue's goals on the same clips, or as many with a higher 60-s
+PSNR, ``card.improves``), its weights replace the shipped ones; every call that trained adds a
+row to the model card's training log.
 
 The student (``matrixgame distill``: a cold start on recorded pasts, then multi-segment
 training on its own rollouts) is distilled from the world model as trained when its stage
@@ -675,23 +676,23 @@ class Recipe:
         return EvalConfig(clips=s.eval_clips, seconds=s.eval_seconds, steps=s.sampler_steps,
                           shift=s.shift, horizons=horizons)  # fmt: skip
 
-    def stage_ship(self) -> None:
-        from matrixgame.worlds.card import figures_of
+    def stage_ship(self) -> bool | None:
+        from matrixgame.worlds.card import figures_of, goals_met, improves
 
+        if self._stale("eval"):  # trained since: these weights were not evaluated
+            self.progress("[ship] the world model (or its decoder or student) trained since "
+                          "the evaluation: evaluate first (`--only eval`), then ship")  # fmt: skip
+            return False
         report = json.loads((self.path("eval") / "report.json").read_text())
         figures = figures_of(report, self.spec.name)
         # the shipped world as measured beside this one (the same clips), else its card's
         previous = figures_of(report, self.shipped_name) or _shipped_figures(self.ship_to)
         same = self._ships_current()  # the world model evaluated is the shipped one
-        better = not same and (
-            previous is None or figures.get("psnr", -1e9) > previous.get("psnr", -1e9) + 0.05
-        )
+        better = not same and improves(figures, previous)
         # or a new student of the shipped world model, against the shipped one (same clips)
         student = figures_of(report, self.spec.student_name)
         old = figures_of(report, self.shipped_student_name)
-        student_better = (  # (or no shipped student to beat)
-            same and "psnr" in student and student["psnr"] > old.get("psnr", -1e9) + 0.05
-        )
+        student_better = same and "psnr" in student and improves(student, old)
         gif = None
         if better or student_better:
             self.export(
@@ -704,14 +705,18 @@ class Recipe:
             shutil.rmtree(self.kept, ignore_errors=True)  # shipped: nothing left to keep
         self._mark("ship", done=True, shipped=better, student_shipped=student_better,
                    figures=figures, previous=previous)  # fmt: skip
+
+        def measured(f: dict) -> str:
+            return f"{goals_met(f)} goals met, PSNR {f.get('psnr', float('nan')):.2f} dB"
+
         if student_better:
-            self.progress(f"[ship] shipped the new student of the shipped world model: PSNR "
-                          f"{student.get('psnr', float('nan')):.2f} dB (shipped student: "
-                          f"{old.get('psnr', 'none')})")  # fmt: skip
+            self.progress(f"[ship] shipped the new student of the shipped world model: "
+                          f"{measured(student)} (shipped student: "
+                          f"{measured(old) if old else 'none'})")  # fmt: skip
         else:
             self.progress(f"[ship] {'shipped' if better else 'kept the shipped weights'}: "
-                          f"PSNR {figures.get('psnr', float('nan')):.2f} dB (shipped: "
-                          f"{previous.get('psnr') if previous else 'none'})")  # fmt: skip
+                          f"{measured(figures)} (shipped: "
+                          f"{measured(previous) if previous else 'none'})")  # fmt: skip
         # the card is written once this call's training-log row is in (run's end); another
         # version's build that did not ship leaves the shipped card and training log as they
         # are (its rows and figures stay with the kept version, in next/)
