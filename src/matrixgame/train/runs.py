@@ -23,23 +23,40 @@ def latest_weights(run: str | Path, prefix: str = "ema.",
     "idm") checks the run trained that kind of model."""
     from safetensors.torch import load_file
 
+    folder = _latest_folder(run)
+    try:
+        weights = load_file(folder / "weights.safetensors")
+    except Exception as err:  # missing, truncated: say which checkpoint
+        raise ValueError(f"{folder}: unreadable checkpoint ({err})") from None
+    config = _checkpoint_config(folder)
+    if model is not None and config.get("model") != model:
+        raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train {model}` run")
+    return sub_state(weights, prefix), config
+
+
+def latest_config(run: str | Path) -> dict:
+    """The config of a run's latest checkpoint, without its weights."""
+    return _checkpoint_config(_latest_folder(run))
+
+
+def _latest_folder(run: str | Path) -> Path:
     root = Path(run) / "checkpoints"
     if not (root / "latest").exists():
         raise ValueError(f"{run}: no checkpoint (train it first)")
     name = (root / "latest").read_text(errors="replace").strip()
     if not name.isdigit():  # a step folder of this run, nothing else
         raise ValueError(f"{root / 'latest'} names {name!r:.40}, not a checkpoint step")
-    folder = root / name
+    return root / name
+
+
+def _checkpoint_config(folder: Path) -> dict:
     try:
-        weights = load_file(folder / "weights.safetensors")
         config = json.loads((folder / "config.json").read_text())
     except Exception as err:  # missing, truncated, not JSON: say which checkpoint
         raise ValueError(f"{folder}: unreadable checkpoint ({err})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{folder}/config.json must hold an object")
-    if model is not None and config.get("model") != model:
-        raise ValueError(f"{run}: a {config.get('model')!r} run, expected a `train {model}` run")
-    return sub_state(weights, prefix), config
+    return config
 
 
 def trained_vae(run: str | Path):

@@ -953,7 +953,7 @@ class Recipe:
         student = self.student_run()
         (folder / "critic.safetensors").unlink(missing_ok=True)
         state, meta = latest_weights(student, model="dmd") if student is not None else ({}, {})
-        if student is not None and not _same_window(meta.get("window"), dit_cfg["window"]):
+        if student is not None and self._other_window(student):
             self.progress(
                 "[student] distilled from the world model under another window "
                 "(camera layout): not kept with it; `--only student` distils anew"
@@ -1183,13 +1183,12 @@ def _same_window(a: dict | None, b: dict | None) -> bool:
 
 
 def _run_config(run: Path) -> dict:
-    """The config.json of a run's latest checkpoint ({} where it has none)."""
-    latest = Path(run) / "checkpoints" / "latest"
-    if not latest.exists():
-        return {}
+    """The config of a run's latest checkpoint ({} where it has none or it is unreadable)."""
+    from matrixgame.train.runs import latest_config
+
     try:
-        return json.loads((latest.parent / latest.read_text().strip() / "config.json").read_text())
-    except (OSError, ValueError):
+        return latest_config(run)
+    except ValueError:
         return {}
 
 
