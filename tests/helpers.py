@@ -11,6 +11,16 @@ from matrixgame.geometry import pose_from_angles
 GOLDEN = Path(__file__).parent / "golden"
 
 
+@torch.no_grad()
+def off_init(model: torch.nn.Module, scale: float = 0.02) -> torch.nn.Module:
+    """``model`` with every weight moved by ``scale`` x Gaussian noise (in place), so that
+    layers a trained model has off their zero initialisation (actions, memory, timestep
+    modulation) matter in a test."""
+    for p in model.parameters():
+        p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def golden(name: str = "cam_utils_reference.safetensors") -> dict[str, torch.Tensor]:
     return load_file(GOLDEN / name)
 

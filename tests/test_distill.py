@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_world_and_latents
+from helpers import make_world_and_latents, off_init
 from matrixgame.cli import main
 from matrixgame.data.windows import WindowConfig
 from matrixgame.diffusion.samplers import sample_euler, sigma_schedule
@@ -111,9 +111,7 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
     import matrixgame.distill.task as task_module
 
     teacher = _student().requires_grad_(False)
-    with torch.no_grad():  # a trained model's action and memory layers are not at zero init
-        for p in teacher.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    off_init(teacher, 0.05)  # a trained model's action and memory layers are not at zero init
     torch.manual_seed(1)
     pair = StudentCritic(MatrixGameDiT(DIT_PRESETS["tiny"]), MatrixGameDiT(DIT_PRESETS["tiny"]),
                          1e-4, 1e-4)  # fmt: skip

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import golden
+from helpers import golden, off_init
 from matrixgame.models.actions import ActionConfig
 from matrixgame.models.dit import DIT_PRESETS, DiTConfig, MatrixGameDiT
 
@@ -82,10 +82,7 @@ def test_release_size():
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     cfg = DIT_PRESETS["tiny"]
-    model = MatrixGameDiT(cfg)
-    with torch.no_grad():  # move the zero-initialised layers off zero
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    model = off_init(MatrixGameDiT(cfg))  # the zero-initialised layers off zero
     x = torch.randn(1, cfg.in_dim, 3, 4, 4)
     out = model(
         x,
@@ -121,9 +118,7 @@ def test_inputs_are_checked():
 def test_bfloat16_agrees_with_float32():
     # the bf16 fast path against the fp32 reference path; RoPE stays complex under .to()
     torch.manual_seed(0)
-    model = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
-    for p in model.parameters():
-        p.add_(0.02 * torch.randn_like(p))
+    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
     x, t = torch.randn(1, 16, 3, 6, 8), torch.tensor([[0.0, 700.0, 700.0]])
     full = model(x, t)
     half = model.to(torch.bfloat16)(x.bfloat16(), t)
@@ -155,10 +150,7 @@ def test_flash_attention_matches_sdpa_on_cuda():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    model = MatrixGameDiT(DIT_PRESETS["tiny"])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]))
     x, t = torch.randn(1, 16, 2, 4, 4), torch.tensor([[0.0, 600.0]])
     grads = []
     for flag in (False, True):
@@ -175,9 +167,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_per_sample_positions_equal_separate_calls():
     # windows from different places of a clip batch together: each keeps its own RoPE positions
     torch.manual_seed(0)
-    model = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
-    for p in model.parameters():
-        p.add_(0.02 * torch.randn_like(p))
+    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
     x, memory = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 16, 2, 4, 4)
     t = torch.tensor([[0.0, 500.0], [0.0, 800.0]])
     mem_index, first = torch.tensor([[0, 1], [2, 5]]), torch.tensor([3, 7])
@@ -247,9 +237,7 @@ def test_camera_rope_depends_only_on_the_frames_relative_offsets():
     # RoPE attention sees position differences: moving every frame's grid alike changes
     # nothing, moving the memory frames' grids against the rest changes the prediction
     torch.manual_seed(0)
-    model = MatrixGameDiT(DIT_PRESETS["tiny"]).eval()
-    for p in model.parameters():
-        p.add_(0.02 * torch.randn_like(p))
+    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
     x, memory = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 2, 4, 4)
     t = torch.tensor([[0.0, 0.0, 500.0], [0.0, 0.0, 800.0]])
     offset = torch.randn(2, 5, 2) * 3

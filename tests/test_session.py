@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import random_poses
+from helpers import off_init, random_poses
 from matrixgame.data.windows import WindowConfig, retrieve_memory
 from matrixgame.geometry.frustum import Frusta, ViewVolume, frustum_samples
 from matrixgame.inference.memory import MemoryPool
@@ -64,9 +64,7 @@ def test_replay_equals_the_evaluation_rollout_bit_for_bit(sink, camera_rope):
     assert torch.equal(replay(session_off, Start.from_clip(clip, context), clip, total),
                        off.latents)  # fmt: skip
     if camera_rope:  # the offsets reach the model (weights moved off their initial zeros)
-        with torch.no_grad():
-            for p in world.dit.parameters():
-                p.add_(0.02 * torch.randn_like(p))
+        off_init(world.dit)
         runs = [rollout(world.dit, clip, context, total, window, H, W, 1.0,
                         RolloutConfig(steps=2, shift=3.0, seed=3)).latents[:, context:]
                 for window in (world.window, _world(sink=sink).window)]  # fmt: skip
@@ -77,9 +75,7 @@ def test_a_noised_past_is_sampled_alike_in_the_session_and_the_rollout():
     """A world trained with noise on its past plays with its sampler's ``past_noise``: the
     session replays the rollout's latents bit for bit, and the noise changes them."""
     world, clip = _world(), _clip()
-    with torch.no_grad():  # off the initial weights, so that the past's timestep matters
-        for p in world.dit.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    off_init(world.dit)  # off the initial weights, so that the past's timestep matters
     context, total = 5, 9
     noisy = rollout(world.dit, clip, context, total, world.window, H, W, 1.0,
                     RolloutConfig(steps=2, shift=3.0, seed=3, past_noise=0.2))  # fmt: skip
@@ -284,9 +280,7 @@ def test_guidance_adds_each_dropped_conditions_difference():
     from matrixgame.inference.rollout import Guidance, denoise_window
 
     world, clip = _world(), _clip()
-    with torch.no_grad():  # a trained model's action layers are not at their zero init
-        for p in world.dit.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    off_init(world.dit, 0.05)  # a trained model's action layers are not at their zero init
     item = window_inputs(clip, 3, world.window, H, W, 1.0, 2, True)
     batch = {k: v[None] for k, v in item.items()}
     assert batch["memory"].shape[2] == 2
