@@ -161,6 +161,46 @@ def test_the_regression_target_is_the_teachers_ode_sample_from_the_students_nois
         DistillTask(teacher, WINDOW, H, W, levels, DMDConfig(regression=1.0))
 
 
+def test_a_noised_past_is_the_same_draw_for_every_model_at_its_level_as_in_play(monkeypatch):
+    """Distilled from a teacher trained with noise on its past, the student sees the past as
+    it plays: every segment's past noised to the level and given it as its timestep, and
+    student, critic and teacher read one draw of it."""
+    import matrixgame.distill.task as task_module
+    from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
+
+    level, k = 0.3, WINDOW.past
+    models = [_student() for _ in range(3)]
+    for model in models:
+        off_init(model, 0.05)
+    teacher = models[0].requires_grad_(False)
+    pair = StudentCritic(models[1], models[2], 1e-4, 1e-4)
+    seen = {name: [] for name in ("teacher", "student", "critic")}
+    for name, model in zip(seen, models, strict=True):
+        model.register_forward_pre_hook(
+            lambda _, args, name=name: seen[name].append((args[0][:, :, :k], args[1][:, :k]))
+        )
+    rolls, rollout = [], task_module.self_rollout
+    monkeypatch.setattr(task_module, "self_rollout",
+                        lambda *a, **kw: rolls.append(rollout(*a, **kw)) or rolls[-1])  # fmt: skip
+    task = DistillTask(teacher, WINDOW, H, W, sigma_schedule(3, 5.0),
+                       DMDConfig(student_every=1), segments=2, past_noise=level)  # fmt: skip
+    step = next(i for i in range(100) if task.choices(i)["segments"] == 2
+                and not task.choices(i)["drop_past"])  # fmt: skip
+    batch = _collate([EpisodeDataset(Clips(), WINDOW, segments=2, history=4)[0]])
+    task.loss(pair, batch, step)
+    assert seen["teacher"] and seen["critic"] and len(seen["student"]) > 3
+    for calls in seen.values():  # the first segment (the session's sampler) and the last
+        assert all(torch.equal(t, torch.full_like(t, NUM_TIMESTEPS * level)) for _, t in calls)
+    noised, clean = rolls[0].batch["past"], rolls[0].windows[0][-1]["past"]
+    assert rolls[0].past_level == level and noised.shape[2] == k
+    for name in seen:  # the last segment's noised past, read by all three
+        assert any(torch.equal(past, noised) for past, _ in seen[name]), name
+    eps = (noised - (1 - level) * clean) / level  # x_s = (1 - s) x + s eps
+    assert 0.8 < float(eps.std()) < 1.2 and abs(float(eps.mean())) < 0.2
+    with pytest.raises(ValueError, match="past-noise"):
+        DistillJob(teacher="t", latents="l", out="o", past_noise=1.0)
+
+
 @pytest.fixture(scope="module")
 def setup(module_tmp):
     root = make_world_and_latents(module_tmp("distill"))

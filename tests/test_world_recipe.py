@@ -150,6 +150,11 @@ def test_the_world_models_heldout_check_measures_what_its_memory_is_worth(built,
     blind_scores = dit_heldout_scores(run, heldout, windows=4)
     assert blind_scores["memory_gain"] == 0.0
     assert blind_scores["score"] != scores["score"]
+    # as the world plays with noise on its past: another loss, and the level kept with it
+    monkeypatch.setattr(runs, "trained_world", trained)
+    noised = dit_heldout_scores(run, heldout, windows=4, past_noise=0.35)
+    assert noised["past_noise"] == 0.35 and noised["score"] != scores["score"]
+    assert dit_heldout_scores(run, heldout, windows=4, past_noise=0.35) == noised
 
 
 @pytest.mark.slow
@@ -599,6 +604,31 @@ def test_the_student_is_distilled_anew_when_its_run_is_gone_or_of_another_window
     assert not (work / "student.other-window.2").exists()  # nothing of this window set aside
 
 
+def test_a_student_distilled_for_another_noise_on_the_past_is_distilled_anew(built, tmp_path):
+    """The world now plays with another noise level on its past: the student, distilled
+    seeing the past at the old level, is set aside and distilled at the new one, which its
+    sampler then plays with; a shipped student of the old level does not seed it."""
+    from matrixgame.train.runs import latest_weights
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    work = tmp_path / "work"
+    shutil.copytree(built["work"], work)
+    spec = spec_with("tiny", play_past_noise=0.2)
+    assert spec.sampler["past_noise"] == 0.2
+    said = []
+    recipe = Recipe(spec, work, ship_to=tmp_path / "ship", progress=said.append)
+    assert recipe.done("student") and recipe._stale("student")
+    assert not recipe._holds(recipe.kept, "student")  # kept at the old level: no seed
+    recipe.run(only="student")
+    assert all((work / f"{run}.other-past-noise").exists() for run in ("student-cold", "student"))
+    assert any("noise level 0.35" in line and "plays at 0.2" in line for line in said)
+    meta = latest_weights(work / "student", model="dmd")[1]
+    assert meta["job"]["past_noise"] == 0.2 and meta["sampler"]["past_noise"] == 0.2
+    assert recipe.done("student") and not recipe._stale("student")
+    with pytest.raises(ValueError, match="play_past_noise"):
+        spec_with("tiny", dit_past_noise=0.2, play_past_noise=0.3)
+
+
 @pytest.mark.slow
 def test_a_bounded_call_trains_then_still_evaluates_and_ships(built):
     """--hours: the world model trains until the training deadline (a quarter of the call is
@@ -688,6 +718,12 @@ def test_heldout_stop_waits_patience_checks_without_a_new_best(tmp_path):
     assert more(250) is False and more(500) is True
     assert more.history() == [{"step": 250, "score": 2.0, "ssim": 0.5},
                               {"step": 500, "score": 2.0, "ssim": 0.5}]  # fmt: skip
+    # checks with noise on the past measure another loss: compared only with each other
+    levels = iter([{"score": 5.0}, {"score": 1.0, "past_noise": 0.35},
+                   {"score": 0.9, "past_noise": 0.35}])  # fmt: skip
+    noised = HeldoutStop(tmp_path / "noised", patience=1, score=lambda: next(levels))
+    (tmp_path / "noised").mkdir()
+    assert [noised(step) for step in (250, 500, 750)] == [False, False, True]
 
 
 def test_the_card_predicts_from_the_curves_the_steps_to_the_goals_not_met():

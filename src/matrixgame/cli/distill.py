@@ -64,6 +64,11 @@ EMA opens as a world (`matrixgame eval student=RUN ...`).""",
         default=0,
         help="the teacher's Euler steps for that target (0: its own sampler's)",
     )
+    p.add_argument("--past-noise", type=float, default=0.0, metavar="LEVEL",
+                   help="noise the past latents to LEVEL in every model's window (a "
+                        "teacher trained with `train dit --past-noise`, played with its "
+                        "sampler's past_noise); the student's sampler then plays so (0: "
+                        "clean past)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--hours", type=float, help="stop after this long (resume later)")
     p.add_argument("--seed", type=int, default=0)
@@ -85,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         history=args.history, sampler_steps=args.sampler_steps, shift=args.shift,
         schedule=args.schedule, guidance=args.guidance, regression=args.regression,
         regression_steps=args.regression_steps, checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
+        past_noise=args.past_noise, seed=args.seed,
     )  # fmt: skip
     deadline = time.monotonic() + 3600 * args.hours if args.hours else None
     trainer = train_distill(job, deadline)

@@ -49,6 +49,9 @@ class DistillJob:
     regression: float = 0.0
     regression_steps: int = 0
     teacher_steps: int = 50  # the teacher's sampler in the sample strips
+    # the noise level on the past latents (DistillTask.past_noise) for a teacher trained
+    # with `train dit --past-noise`; the student's sampler plays with it
+    past_noise: float = 0.0
     checkpoint_every: int = 100
     ema_decay: float = 0.99
     grad_clip: float = 10.0
@@ -67,6 +70,8 @@ class DistillJob:
             raise ValueError("learning rates must be positive")
         if not self.regression >= 0 or not 0 <= self.regression_steps <= 100:
             raise ValueError("need regression >= 0 and 0 <= regression_steps <= 100")
+        if not 0 <= self.past_noise < 1:
+            raise ValueError(f"--past-noise is a noise level in [0, 1), got {self.past_noise}")
 
 
 def student_sigmas(job: DistillJob) -> torch.Tensor:
@@ -116,14 +121,16 @@ def train_distill(job: DistillJob, deadline: float | None = None) -> Trainer:
     dmd = DMDConfig(shift=job.shift, guidance=job.guidance, student_every=job.student_every,
                     regression=job.regression)  # fmt: skip
     task = DistillTask(teacher, world.window, world.height, world.width, sigmas, dmd,
-                       segments, job.mask, job.seed, teacher_sigmas(job, world))  # fmt: skip
+                       segments, job.mask, job.seed, teacher_sigmas(job, world),
+                       job.past_noise)  # fmt: skip
     meta = {
         "model": "dmd", "preset": _preset(teacher), "latents": job.latents,
         "window": asdict(world.window), "teacher": str(job.teacher), "stage": job.stage,
         "job": asdict(job), "height": world.height, "width": world.width,
         "vae": (world.meta or {}).get("vae"),
         "sampler": {"name": "renoise", "steps": len(sigmas) - 1, "shift": job.shift,
-                    "sigmas": sigmas.tolist(), "distilled": True},
+                    "sigmas": sigmas.tolist(), "distilled": True,
+                    **({"past_noise": job.past_noise} if job.past_noise else {})},
     }  # fmt: skip
     config = TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size,
                          lr=job.student_lr, grad_clip=job.grad_clip, ema_decay=job.ema_decay,
@@ -202,9 +209,11 @@ def _strip(world, trainer: Trainer, data, sigmas: torch.Tensor, job: DistillJob)
                              item["frame_c2w"][0, f : f + n])  # fmt: skip
     c = world.window.current
     g = torch.Generator().manual_seed(0)
-    teacher = denoise_window(world.dit, window.batch, c, job.teacher_steps, session.shift, g)
+    teacher = denoise_window(world.dit, window.batch, c, job.teacher_steps, session.shift, g,
+                             past_noise=job.past_noise)  # fmt: skip
     g = torch.Generator().manual_seed(0)
-    fast = denoise_window(student, window.batch, c, generator=g, sampler="renoise", sigmas=sigmas)
+    fast = denoise_window(student, window.batch, c, generator=g, sampler="renoise", sigmas=sigmas,
+                          past_noise=job.past_noise)  # fmt: skip
     real = item["current"][:, :, :c]
     top = strip(world.vae, real, teacher)
     bottom = strip(world.vae, real, fast)

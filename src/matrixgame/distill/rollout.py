@@ -25,7 +25,7 @@ from matrixgame.data.windows import (
     with_null_actions,
     without_memory,
 )
-from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
+from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
 from matrixgame.diffusion.samplers import renoise_step
 from matrixgame.inference.session import Start, WorldSession
 
@@ -63,10 +63,12 @@ def mask_window(batch: dict, drop_past: bool = False, drop_memory: bool = False,
     return with_null_actions(out) if null_actions else out
 
 
-def conditioned(model, batch: dict, current: int, null: dict | None = None) -> Callable:
+def conditioned(model, batch: dict, current: int, null: dict | None = None,
+                past_level: float = 0.0) -> Callable:  # fmt: skip
     """A velocity model of the current latents alone, ``fn(x_s, sigma, null=False) -> v``
-    (``sigma`` a float or ``[B]``), for a collated window: its past latents are clean context
-    (timestep 0) before ``x_s``; ``null=True`` runs the window ``null`` instead (the teacher's
+    (``sigma`` a float or ``[B]``), for a collated window: its past latents are context before
+    ``x_s`` at timestep ``past_level`` (0: clean; a past already noised to that level, see
+    :func:`noised_past`); ``null=True`` runs the window ``null`` instead (the teacher's
     unconditional branch: the same window with null actions)."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
@@ -74,7 +76,7 @@ def conditioned(model, batch: dict, current: int, null: dict | None = None) -> C
 
     def velocity(x_s: Tensor, sigma, null: bool = False) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32).to(x_s.device).expand(b)
-        t = torch.cat([torch.zeros(b, k, device=x_s.device),
+        t = torch.cat([torch.full((b, k), NUM_TIMESTEPS * past_level, device=x_s.device),
                        (NUM_TIMESTEPS * sigma)[:, None].expand(b, current)], 1)  # fmt: skip
         cond = null_kwargs if null else kwargs
         if cond is None:
@@ -112,15 +114,28 @@ class SelfRollout:
     segments: int
     windows: list[list[dict]]  # per sample, every segment's window (unmasked), for tests
     generated: list[list[Tensor]]  # per sample, the latents of segments 1 .. k-1
+    past_level: float = 0.0  # the noise level on ``batch``'s past (see :func:`noised_past`)
+
+
+def noised_past(batch: dict, level: float) -> dict:
+    """A collated window with its past latents noised to ``level`` (as a world trained with
+    ``DiTTask.past_noise`` plays: :func:`~matrixgame.inference.rollout.denoise_window`), one
+    draw shared by every model that reads the window; 0 or no past: the window itself."""
+    past = batch["past"]
+    if level <= 0 or past.shape[2] == 0:
+        return batch
+    sigma = torch.full((past.shape[0],), level, device=past.device)
+    return {**batch, "past": add_noise(past, sigma, torch.randn_like(past))}
 
 
 def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
                  sigmas: Tensor, exit_step: int, height: int, width: int,
-                 seeds: list[int], drop_past: bool = False,
-                 drop_memory: bool = False) -> SelfRollout:  # fmt: skip
+                 seeds: list[int], drop_past: bool = False, drop_memory: bool = False,
+                 past_noise: float = 0.0) -> SelfRollout:  # fmt: skip
     """Roll the student out over ``segments`` segments of each episode (a collated
     :class:`~matrixgame.train.memory_sampling.EpisodeDataset` batch) along the recorded
-    poses and actions; ``seeds`` (one per sample) seed each session's noise."""
+    poses and actions; ``seeds`` (one per sample) seed each session's noise. ``past_noise``
+    > 0: every segment's past latents noised to that level, as the world plays."""
     c = window.current
     meta = {"sampler": {"name": "renoise", "sigmas": sigmas.tolist()}}
     world = SimpleNamespace(dit=student, vae=None, window=window, height=height, width=width,
@@ -128,7 +143,7 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
     windows, generated, last = [], [], []
     for i in range(episodes["latents"].shape[0]):
         start = episode_start(episodes, i, window.frames_per_latent)
-        session = WorldSession(world, seed=seeds[i], decode=False,
+        session = WorldSession(world, seed=seeds[i], decode=False, past_noise=past_noise,
                                metres_per_unit=float(episodes["metres_per_unit"][i]))  # fmt: skip
         session.reset(start)
         first = start.frame_c2w.shape[0]
@@ -148,10 +163,11 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
         generated.append(made)
     batch = {k: torch.cat([w[k] for w in last]) for k in last[0]}
     masked = mask_window(batch, drop_past, drop_memory, frames_per_latent=window.frames_per_latent)
+    masked = noised_past(masked, past_noise)
     null = with_null_actions(masked)  # guidance on the actions, as at inference
-    velocity = conditioned(student, masked, c)
+    velocity = conditioned(student, masked, c, past_level=past_noise)
     past = masked["past"]
     noise = torch.randn((past.shape[0], past.shape[1], c, *past.shape[3:]), device=past.device)
     x, exit_x = sample_with_exit(velocity, noise, sigmas, exit_step)
     return SelfRollout(x, exit_x, float(sigmas[exit_step]), masked, null, segments, windows,
-                       generated)  # fmt: skip
+                       generated, past_noise)  # fmt: skip

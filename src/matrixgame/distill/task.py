@@ -65,6 +65,9 @@ class DistillTask:
     mask: float = 0.2  # probability of masking the past, and (apart) the memory
     seed: int = 0
     teacher_sigmas: Tensor | None = None  # the regression target's levels (dmd.regression)
+    # the noise level on the past latents (a teacher trained with DiTTask.past_noise; the
+    # student then plays so): one draw per window, read by student, critic and teacher alike
+    past_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dmd.regression > 0 and self.teacher_sigmas is None:
@@ -89,15 +92,16 @@ class DistillTask:
         with torch.set_grad_enabled(pick["student"]):
             roll = self_rollout(pair.student, batch, self.window, pick["segments"],
                                 self.sigmas, pick["exit_step"], self.height, self.width,
-                                seeds, pick["drop_past"], pick["drop_memory"])  # fmt: skip
-        c = self.window.current
-        critic = conditioned(pair.critic, roll.batch, c)
+                                seeds, pick["drop_past"], pick["drop_memory"],
+                                self.past_noise)  # fmt: skip
+        c, level = self.window.current, roll.past_level
+        critic = conditioned(pair.critic, roll.batch, c, past_level=level)
         sigma = sample_dmd_sigma(b, self.dmd, device=roll.x.device)
         loss, logs = critic_loss(critic, roll.x, sigma, torch.randn_like(roll.x), {})
         logs = {"critic_loss": logs["loss"], "segments": roll.segments,
                 "exit_step": pick["exit_step"]}  # fmt: skip
         if pick["student"]:
-            teacher = conditioned(self.teacher, roll.batch, c, roll.null)
+            teacher = conditioned(self.teacher, roll.batch, c, roll.null, level)
             sigma = sample_dmd_sigma(b, self.dmd, device=roll.x.device)
             student_loss, dmd_logs = dmd_loss(roll.x, teacher, critic, sigma,
                                               torch.randn_like(roll.x), {}, {"null": True},

@@ -145,6 +145,14 @@ def trend(curve: list[dict], key: str = "score") -> tuple[float, int, int] | Non
     return 1000 * slope, points[0][0], points[-1][0]
 
 
+def measured_as_last(curve: list[dict]) -> list[dict]:
+    """The checks of a world model's held-out curve measured as its last one: with the same
+    noise on the past (``past_noise``: a world that plays with a noised past is checked so;
+    its earlier checks, with a clean past, measure another loss)."""
+    level = curve[-1].get("past_noise", 0.0) if curve else 0.0
+    return [c for c in curve if c.get("past_noise", 0.0) == level]
+
+
 def predictions(config: dict) -> list[str]:
     """What more training predicts for the goals not met, from the held-out curves of the
     runs (``config["curves"]``): the autoencoder's figures at the rate of their last checks,
@@ -171,11 +179,12 @@ def predictions(config: dict) -> list[str]:
                              f"{words} gained {rate}; at that rate the goal is about "
                              f"{_round(steps)} steps further.")  # fmt: skip
     world = [met for goal, _, met in goals(figures) if not goal.startswith("autoencoder")]
-    t = trend(curves.get("dit", []))
+    dit = measured_as_last(curves.get("dit", []))
+    t = trend(dit)
     if t is not None and False in world:
         gain, first, last = t
-        loss = -curves["dit"][-1]["score"]
-        best = max(curves["dit"], key=lambda c: c["score"])
+        loss = -dit[-1]["score"]
+        best = max(dit, key=lambda c: c["score"])
         if gain > 0:
             said = (f"fell {100 * gain / loss:.2g}% per 1,000 steps over its checks at steps "
                     f"{first:,}-{last:,}: more steps still lower it")  # fmt: skip
@@ -184,9 +193,9 @@ def predictions(config: dict) -> list[str]:
                     f"{-best['score']:.4g} at step {best['step']:,}): more steps of this "
                     f"training are not predicted to lift the world model's figures")  # fmt: skip
         lines.append(f"- World-model goals ({world.count(False)} not met): its held-out "
-                     f"flow-matching loss, {loss:.4g} at step {curves['dit'][-1]['step']:,}, "
+                     f"flow-matching loss, {loss:.4g} at step {dit[-1]['step']:,}, "
                      f"{said}; the goals' figures are measured by evaluation only.")  # fmt: skip
-    lines += _memory_prediction(figures, curves.get("dit", []))
+    lines += _memory_prediction(figures, dit)
     return ["", "**What more training predicts**", "", *lines] if lines else []
 
 
