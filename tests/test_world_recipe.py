@@ -104,8 +104,12 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     card = (ship / "README.md").read_text()
     assert "Training log" in card and "| tiny" not in card  # rows name the device, not the spec
     assert "evaluated |" in card
-    assert "2 euler steps, shift 3.0, classifier-free guidance 2 on the actions." in card
+    assert (
+        "2 euler steps, shift 3.0, classifier-free guidance 2 on the actions, the past "
+        "latents noised to level 0.35 (trained with noise on its past)."
+    ) in card
     config = json.loads((ship / "config.json").read_text())
+    assert config["sampler"]["past_noise"] == config["student"]["sampler"]["past_noise"] == 0.35
     assert config["dit"]["step"] == 8 and "psnr" in config["figures"]
     # every run's held-out checks ship, for the card's predictions (the autoencoder's with
     # SSIM and sharpness beside PSNR)

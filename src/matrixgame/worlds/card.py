@@ -412,7 +412,8 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{1000 * f * window['current'] / config['fps']:.0f} ms)"
         f"{', camera-aligned RoPE' if window.get('camera_rope') else ''}; "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
-        f"{config['sampler']['shift']}{_guidance_words(config['sampler'])}.",
+        f"{config['sampler']['shift']}{_guidance_words(config['sampler'])}"
+        f"{_past_noise_words(config['sampler'])}.",
         *_light_line(config),
         "- **Weights**: bf16 safetensors (`vae`, `dit`"
         f"{', `discriminator`' if config.get('decoder_step') != 0 else ''}"
@@ -436,6 +437,13 @@ def _guidance_words(sampler: dict) -> str:
     g = sampler.get("guidance") or {}
     parts = [f"{g[k]:g} on the {k}" for k in ("actions", "memory") if g.get(k, 1.0) != 1.0]
     return f", classifier-free guidance {' and '.join(parts)}" if parts else ""
+
+
+def _past_noise_words(sampler: dict) -> str:
+    """The noise level the sampler puts on the past (empty where none)."""
+    level = sampler.get("past_noise", 0.0)
+    return f", the past latents noised to level {level:g} (trained with noise on its past)" \
+        if level else ""  # fmt: skip
 
 
 def _light_line(config: dict) -> list[str]:
