@@ -623,7 +623,9 @@ def test_a_student_distilled_for_another_noise_on_the_past_is_distilled_anew(bui
     recipe = Recipe(spec, work, ship_to=tmp_path / "ship", progress=said.append)
     assert recipe.done("student") and recipe._stale("student")
     assert not recipe._holds(recipe.kept, "student")  # kept at the old level: no seed
+    assert not recipe._stale("eval")
     recipe.run(only="student")
+    assert recipe._stale("eval")  # the same step count, another student: evaluated anew
     assert all((work / f"{run}.other-past-noise").exists() for run in ("student-cold", "student"))
     assert any("noise level 0.35" in line and "plays at 0.2" in line for line in said)
     meta = latest_weights(work / "student", model="dmd")[1]
@@ -631,6 +633,29 @@ def test_a_student_distilled_for_another_noise_on_the_past_is_distilled_anew(bui
     assert recipe.done("student") and not recipe._stale("student")
     with pytest.raises(ValueError, match="play_past_noise"):
         spec_with("tiny", dit_past_noise=0.2, play_past_noise=0.3)
+
+
+def test_a_kept_student_past_its_cold_start_is_distilled_anew_without_a_multi_stage(
+    built, tmp_path
+):
+    """A fresh work folder under a cold-start-only recipe whose kept folder holds a student
+    past its cold start: nothing could continue or hold that student here, so the stage
+    distils one anew from the world model (it did nothing, and evaluated no student)."""
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    work, ship = tmp_path / "work", tmp_path / "ship"
+    shutil.copytree(built["work"], work)
+    shutil.copytree(built["ship"], ship)
+    for run in ("student-cold", "student"):
+        shutil.rmtree(work / run)
+    said = []
+    recipe = Recipe(spec_with("tiny", student_multi_steps=0), work, ship_to=ship,
+                    progress=said.append)  # fmt: skip
+    assert recipe.seed_folder("student") is not None and recipe._stale("student")
+    recipe.run(only="student")
+    assert any("distilling anew" in line for line in said)
+    assert _logged_steps(work / "student-cold") == [1, 2] and recipe.student_run() is not None
+    assert recipe.done("student") and not recipe._stale("student")
 
 
 @pytest.mark.slow

@@ -648,14 +648,22 @@ class Recipe:
 
     def _student_seed(self) -> tuple[str | None, int]:
         """(folder, steps) of the student a fresh work folder continues: the kept version's
-        (student and critic) or the shipped one's, when it is of this version and no student
-        run exists here; else (None, 0)."""
+        (student and critic) or the shipped one's, when it is of this version, no student run
+        exists here and a stage is left to continue it in; else (None, 0). A student past its
+        cold start under a recipe without the multi-segment stage is not continued (nothing
+        would train or hold it here): the student is distilled anew from the world model as
+        trained now."""
         if self.student_run() is not None:
             return None, 0
         folder = self.seed_folder("student")
         if folder is None:
             return None, 0
         step = int(shipped.read_config(folder).get("student", {}).get("step") or 0)
+        if step >= self.spec.student_cold_steps and self.spec.student_multi_steps == 0:
+            self.progress(f"[student] the student of {folder} is past its cold start and this "
+                          f"recipe has no multi-segment stage to continue it: distilling anew "
+                          f"from the world model at step {self._step('dit')}")  # fmt: skip
+            return None, 0
         self.progress(f"[student] continuing the student of {folder} at step {step}")
         return str(folder), step
 
@@ -688,7 +696,7 @@ class Recipe:
         report = json.loads((self.path("eval") / "report.json").read_text())
         self.evaluated = figures_of(report, self.spec.name)
         self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"),
-                   student_step=self._student_step())  # fmt: skip
+                   student_step=self._student_step(), student=self._student_key())  # fmt: skip
         self._mark("ship", done=False)
 
     def eval_config(self):
@@ -835,11 +843,22 @@ class Recipe:
         if stage not in ("eval", "ship"):
             return False
         info = self.state["stages"].get("eval", {})
-        return (info.get("dit_step"), info.get("vae_step"), info.get("student_step")) != (
+        return (info.get("dit_step"), info.get("vae_step"), info.get("student")) != (
             self._step("dit"),
             self._step("decoder"),
-            self._student_step(),
+            self._student_key(),
         )
+
+    def _student_key(self) -> list | None:
+        """Which student there is: its steps, the world-model step it was distilled from and
+        the noise on its past (a student distilled anew may reach the step count of the one
+        evaluated); None without one."""
+        run = self.student_run()
+        if run is None:
+            return None
+        teacher = self.state["stages"].get("student", {}).get("teacher_step")
+        level = (_run_config(run).get("job") or {}).get("past_noise", 0.0)
+        return [self._student_step(), teacher, level]
 
     def _step(self, stage: str) -> int:
         return _latest_step(self.path(stage))
