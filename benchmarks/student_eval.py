@@ -1,0 +1,60 @@
+"""The default world's student evaluated alone, as the recipe's evaluation evaluates it: the
+student of the work folder's runs in its own steps and in one (`Recipe.student_worlds`), on the
+recipe's held-out clips with its protocols (`Recipe.eval_config`) and its IDM, so that the
+figures compare with ``<work>/report`` without rolling the world model out again (the recipe's
+`--only eval` evaluates everything: half an hour on 2 cores).
+
+    python benchmarks/student_eval.py --work runs/world2 --out runs/world2/report-student
+
+Writes the report (report.json, report.md, strips) into ``--out``; prints the figures the
+model card reads, and the goals each meets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, required=True, help="the recipe's work folder")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--world", default="doom-e1m1", help="the recipe's spec")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from matrixgame.eval.idm import trained_idm
+    from matrixgame.eval.protocols import evaluate
+    from matrixgame.eval.report import write_report
+    from matrixgame.worlds.card import figures_of, goals, goals_met
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    recipe = Recipe(spec_with(args.world), args.work, progress=lambda _: None)
+    if recipe.student_run() is None:
+        raise SystemExit(f"{args.work}: no student run (`matrixgame world build --only student`)")
+    idm = recipe.path("idm")
+    if not (idm / "checkpoints").exists():
+        raise SystemExit(f"{args.work}: no IDM run (`matrixgame world build --only idm`)")
+    students = recipe.student_worlds(recipe.world().vae)
+    results = evaluate(students, recipe.heldout, recipe.eval_config(), trained_idm(idm))
+    write_report(results, args.out)
+    report = json.loads((args.out / "report.json").read_text())
+    for world in students:
+        figures = figures_of(report, world.name)
+        print(f"{world.name}: {goals_met(figures)} goals met; PSNR {figures['psnr']:.2f}, "
+              f"sharpness {figures['sharpness']:.2f}, first / last 10 s "
+              f"{figures['drift_first_psnr']:.2f} / {figures['drift_last_psnr']:.2f}")  # fmt: skip
+        for goal, _, met in goals(figures):
+            if met is False:
+                print(f"  not met: {goal}")
+
+
+if __name__ == "__main__":
+    main()
