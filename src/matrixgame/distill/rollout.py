@@ -25,8 +25,9 @@ from matrixgame.data.windows import (
     with_null_actions,
     without_memory,
 )
-from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
+from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import renoise_step
+from matrixgame.inference.rollout import noised_past
 from matrixgame.inference.session import Start, WorldSession
 
 Tensor = torch.Tensor
@@ -67,9 +68,9 @@ def conditioned(model, batch: dict, current: int, null: dict | None = None,
                 past_level: float = 0.0) -> Callable:  # fmt: skip
     """A velocity model of the current latents alone, ``fn(x_s, sigma, null=False) -> v``
     (``sigma`` a float or ``[B]``), for a collated window: its past latents are context before
-    ``x_s`` at timestep ``past_level`` (0: clean; a past already noised to that level, see
-    :func:`noised_past`); ``null=True`` runs the window ``null`` instead (the teacher's
-    unconditional branch: the same window with null actions)."""
+    ``x_s`` at timestep ``past_level`` (0: clean; a past already noised to that level by
+    :func:`~matrixgame.inference.rollout.noised_past`); ``null=True`` runs the window ``null``
+    instead (the teacher's unconditional branch: the same window with null actions)."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
     kwargs, null_kwargs = window_kwargs(batch), None if null is None else window_kwargs(null)
@@ -114,18 +115,7 @@ class SelfRollout:
     segments: int
     windows: list[list[dict]]  # per sample, every segment's window (unmasked), for tests
     generated: list[list[Tensor]]  # per sample, the latents of segments 1 .. k-1
-    past_level: float = 0.0  # the noise level on ``batch``'s past (see :func:`noised_past`)
-
-
-def noised_past(batch: dict, level: float) -> dict:
-    """A collated window with its past latents noised to ``level`` (as a world trained with
-    ``DiTTask.past_noise`` plays: :func:`~matrixgame.inference.rollout.denoise_window`), one
-    draw shared by every model that reads the window; 0 or no past: the window itself."""
-    past = batch["past"]
-    if level <= 0 or past.shape[2] == 0:
-        return batch
-    sigma = torch.full((past.shape[0],), level, device=past.device)
-    return {**batch, "past": add_noise(past, sigma, torch.randn_like(past))}
+    past_level: float = 0.0  # the noise level on ``batch``'s past (``noised_past``)
 
 
 def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
@@ -163,7 +153,7 @@ def self_rollout(student, episodes: dict, window: WindowConfig, segments: int,
         generated.append(made)
     batch = {k: torch.cat([w[k] for w in last]) for k in last[0]}
     masked = mask_window(batch, drop_past, drop_memory, frames_per_latent=window.frames_per_latent)
-    masked = noised_past(masked, past_noise)
+    masked = noised_past(masked, past_noise)  # one draw, read by every model alike
     null = with_null_actions(masked)  # guidance on the actions, as at inference
     velocity = conditioned(student, masked, c, past_level=past_noise)
     past = masked["past"]

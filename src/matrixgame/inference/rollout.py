@@ -83,6 +83,17 @@ def _model_inputs(batch: dict, dtype: torch.dtype) -> tuple[Tensor, dict]:
     return batch["past"].to(dtype), cond
 
 
+def noised_past(batch: dict, level: float, generator: torch.Generator | None = None) -> dict:
+    """A collated window with its past latents noised to ``level`` (a world trained with
+    ``DiTTask.past_noise`` reads its past so, given the level as its timestep), one draw of
+    ``generator`` for the whole window; 0 or no past: the window itself."""
+    past = batch["past"]
+    if level <= 0 or past.shape[2] == 0:
+        return batch
+    eps = torch.randn(past.shape, generator=generator).to(past)
+    return {**batch, "past": add_noise(past, torch.full((past.shape[0],), level), eps)}
+
+
 @torch.no_grad()
 def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: float = 3.0,
                    generator: torch.Generator | None = None, sampler: str = "euler",
@@ -96,9 +107,7 @@ def denoise_window(model, batch: dict, current: int, steps: int = 4, shift: floa
     level first, and given it as their timestep."""
     past = batch["past"]
     b, k = past.shape[0], past.shape[2]
-    if past_noise > 0 and k > 0:
-        eps = torch.randn(past.shape, generator=generator).to(past)
-        batch = {**batch, "past": add_noise(past, torch.full((b,), past_noise), eps)}
+    batch = noised_past(batch, past_noise, generator)
     shape = (b, past.shape[1], current, *past.shape[3:])
     noise = torch.randn(shape, generator=generator).to(past)
     # the model in its own dtype (bf16 where that pays: matrixgame.accel.precision), the

@@ -696,7 +696,7 @@ class Recipe:
         report = json.loads((self.path("eval") / "report.json").read_text())
         self.evaluated = figures_of(report, self.spec.name)
         self._mark("eval", done=True, dit_step=world.step, vae_step=self._step("decoder"),
-                   student_step=self._student_step(), student=self._student_key())  # fmt: skip
+                   student=self._student_key())  # fmt: skip
         self._mark("ship", done=False)
 
     def eval_config(self):
@@ -1169,11 +1169,13 @@ class HeldoutStop:
         scores = self.score()
         figures = {k: float(v) for k, v in scores.items()} if isinstance(scores, dict) else {}
         value = figures.pop("score") if figures else float(scores)
+        from matrixgame.worlds.card import measured_as_last
+
+        check = {"step": step, "score": value, **figures}
         history = self.history()
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "score": value, **figures}) + "\n")
-        level = figures.get("past_noise", 0.0)  # checks at another level: another loss
-        scores = [h["score"] for h in history if h.get("past_noise", 0.0) == level] + [value]
+            f.write(json.dumps(check) + "\n")
+        scores = [h["score"] for h in measured_as_last([*history, check])]
         best = max(range(len(scores)), key=scores.__getitem__)
         return len(scores) - 1 - best >= self.patience
 
@@ -1206,6 +1208,7 @@ def dit_heldout_scores(run: Path, latents: Path, windows: int = 32,
     (the level is kept with the figures: checks at another level measure another loss)."""
     from matrixgame.data.windows import window_kwargs, without_memory
     from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS, add_noise
+    from matrixgame.inference.rollout import noised_past
     from matrixgame.train.latents import LatentClips
     from matrixgame.train.memory_sampling import WindowDataset
     from matrixgame.train.runs import trained_world
@@ -1222,9 +1225,7 @@ def dit_heldout_scores(run: Path, latents: Path, windows: int = 32,
         sigma = torch.rand(1, generator=g).clamp(0.05, 0.95)
         noise = torch.randn(current.shape, generator=g)
         k, c = past.shape[2], current.shape[2]
-        if past_noise > 0:
-            level = torch.full((1,), past_noise)
-            past = add_noise(past, level, torch.randn(past.shape, generator=g))
+        past = noised_past(batch, past_noise, g)["past"]
         t = torch.cat([torch.full((1, k), NUM_TIMESTEPS * past_noise),
                        (NUM_TIMESTEPS * sigma)[:, None].expand(1, c)], 1)  # fmt: skip
         x = torch.cat([past, add_noise(current, sigma, noise)], 2)
