@@ -462,6 +462,31 @@ def test_the_decoder_continues_a_folders_fine_tuning_only_where_it_had_some(tmp_
         assert _decoder_step(folder) == expected, extra
 
 
+def test_the_autoencoders_step_means_the_same_in_a_work_folder_seeded_from_the_world(
+    built, tmp_path
+):
+    """On a fresh machine the autoencoder's run is seeded from the shipped world and the
+    decoder stage's run is not rebuilt: the world's ``vae.step`` is still its decoder's steps
+    (it used to read the seeded run's encoder steps), so the shipped world is still this one."""
+    from matrixgame.worlds import shipped
+    from matrixgame.worlds.recipe import Recipe, _seed_run, spec_with
+
+    work, ship = tmp_path / "work", tmp_path / "ship"
+    shutil.copytree(built["work"], work)
+    shutil.copytree(built["ship"], ship)
+    recipe = Recipe(spec_with("tiny"), work, ship_to=ship)
+    config = shipped.read_config(ship)
+    assert config["decoder_step"] != config["encoder_step"]
+    assert recipe._vae_step() == config["vae"]["step"] == config["decoder_step"]
+    assert recipe._ships_current()
+    for run in ("vae", "decoder"):
+        shutil.rmtree(work / run)
+    _seed_run(work / "vae", ship, "vae", recipe.spec)
+    assert recipe.vae_run() == work / "vae"
+    assert recipe._vae_step() == config["vae"]["step"]
+    assert recipe._ships_current()
+
+
 @pytest.mark.parametrize("older", ["preset", "version"])
 def test_a_new_version_shipped_over_an_old_one_leaves_none_of_its_weights(built, tmp_path, older):
     """An autoencoder without adversarial fine-tuning exported over another version's world

@@ -775,7 +775,7 @@ class Recipe:
         config = shipped.read_config(self.ship_to)
         same = (config["dit"].get("step"), config["vae"].get("step"), config["sampler"]) == (
             self._step("dit"),
-            _latest_step(self.vae_run()),
+            self._vae_step(),
             self.spec.sampler,
         )
         shipped_student = config.get("student") if isinstance(config.get("student"), dict) else {}
@@ -885,6 +885,14 @@ class Recipe:
         else the autoencoder's."""
         decoder = self.path("decoder")
         return decoder if _has_checkpoint(decoder) else self.path("vae")
+
+    def _vae_step(self) -> int:
+        """The world's autoencoder as config.json's ``vae.step`` names it: its decoder's
+        adversarial steps, or the autoencoder's steps where the decoder was not fine-tuned;
+        one meaning whether the decoder stage's run is here or the work folder was seeded from
+        a world folder (whose autoencoder run then holds the encoder's steps)."""
+        run = self.vae_run()
+        return _run_decoder_step(run, _run_config(run)) or self._step("vae")
 
     @property
     def shipped_name(self) -> str:
@@ -997,7 +1005,7 @@ class Recipe:
         dit_state, dit_cfg = latest_weights(self.path("dit"), model="dit")
         shipped.save_component(folder, "dit", dit_state)
         config = shipped.world_config(
-            s.name, _vae_meta(str(vae_run)), _latest_step(vae_run), dit_cfg,
+            s.name, _vae_meta(str(vae_run)), self._vae_step(), dit_cfg,
             _latest_step(self.path("dit")), s.fps, s.kinematics,
             s.sampler, version=s.version, encoder_step=_latest_step(self.path("vae")),
             figures=figures,
