@@ -6,6 +6,9 @@ figures compare with ``<work>/report`` without rolling the world model out again
 
     python benchmarks/student_eval.py --work runs/world2 --out runs/world2/report-student
 
+``--student RUN``: another `matrixgame distill` run instead (a probe of another recipe), in
+its own steps and in one, on the same clips.
+
 Writes the report (report.json, report.md, strips) into ``--out``; prints the figures the
 model card reads, and the goals each meets.
 """
@@ -26,6 +29,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="the recipe's work folder")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     parser.add_argument("--world", default="doom-e1m1", help="the recipe's spec")
+    parser.add_argument(
+        "--student",
+        type=Path,
+        default=None,
+        help="a `matrixgame distill` run to evaluate instead of the recipe's",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -33,16 +42,24 @@ def main() -> None:
     from matrixgame.eval.idm import trained_idm
     from matrixgame.eval.protocols import evaluate
     from matrixgame.eval.report import write_report
+    from matrixgame.train.runs import trained_world
     from matrixgame.worlds.card import figures_of, goals, goals_met
-    from matrixgame.worlds.recipe import Recipe, spec_with
+    from matrixgame.worlds.recipe import Recipe, in_one_step, spec_with
 
     recipe = Recipe(spec_with(args.world), args.work, progress=lambda _: None)
-    if recipe.student_run() is None:
-        raise SystemExit(f"{args.work}: no student run (`matrixgame world build --only student`)")
     idm = recipe.path("idm")
     if not (idm / "checkpoints").exists():
         raise SystemExit(f"{args.work}: no IDM run (`matrixgame world build --only idm`)")
-    students = recipe.student_worlds(recipe.world().vae)
+    if args.student is not None:
+        if not (args.student / "checkpoints").exists():
+            raise SystemExit(f"{args.student}: not a run folder (no checkpoints/)")
+        student = trained_world(args.student, args.student.name)
+        student.vae = recipe.world().vae
+        students = [student, in_one_step(student, f"{args.student.name}, 1 step")]
+    elif recipe.student_run() is None:
+        raise SystemExit(f"{args.work}: no student run (`matrixgame world build --only student`)")
+    else:
+        students = recipe.student_worlds(recipe.world().vae)
     results = evaluate(students, recipe.heldout, recipe.eval_config(), trained_idm(idm))
     write_report(results, args.out)
     report = json.loads((args.out / "report.json").read_text())

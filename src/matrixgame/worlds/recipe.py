@@ -966,16 +966,12 @@ class Recipe:
         it has a checkpoint; and where the multi-segment student has a cold start beside it
         (``student-cold/``), that cold start alone: the distillation issue's comparison of
         multi-segment training against the single segment."""
-        from dataclasses import replace
-
         from matrixgame.train.runs import trained_world
 
         student = self.student_world(vae)
         if student is None:
             return []
-        sampler = {**student.meta["sampler"], "steps": 1, "sigmas": [1.0, 0.0]}
-        one = replace(student, name=self.spec.student_one_step_name,
-                      meta={**student.meta, "sampler": sampler})  # fmt: skip
+        one = in_one_step(student, self.spec.student_one_step_name)
         cold = self.cold_run
         if self.student_run() == cold or not _has_checkpoint(cold):
             return [student, one]
@@ -1243,6 +1239,15 @@ def dit_heldout_scores(run: Path, latents: Path, windows: int = 32,
         total, without = total + full, without + bare
     scores = {"score": -total / len(idx), "memory_gain": (without - total) / len(idx)}
     return {**scores, "past_noise": past_noise} if past_noise > 0 else scores
+
+
+def in_one_step(student, name: str):
+    """A distilled student (a :class:`matrixgame.train.runs.World`) sampling in one step
+    from pure noise, its first exit (trained too), as ``name``."""
+    from dataclasses import replace
+
+    sampler = {**student.meta["sampler"], "steps": 1, "sigmas": [1.0, 0.0]}
+    return replace(student, name=name, meta={**student.meta, "sampler": sampler})
 
 
 def _same_window(a: dict | None, b: dict | None) -> bool:
