@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import make_dataset
-from matrixgame.data.windows import WindowConfig, window_kwargs
+from matrixgame.data.windows import WindowConfig, window_kwargs, without_past
 from matrixgame.diffusion.flow_matching import add_noise, flow_matching_loss
 from matrixgame.models.actions import ActionConfig
 from matrixgame.models.dit import DiTConfig, MatrixGameDiT
@@ -81,6 +81,32 @@ class _Seen(torch.nn.Module):
     def forward(self, x, t, context=None, **kwargs):
         self.x, self.t = x, t
         return torch.zeros_like(x, requires_grad=True)
+
+
+class _Kept(_Seen):
+    """... keeping its conditioning too."""
+
+    def forward(self, x, t, context=None, **kwargs):
+        self.kwargs = kwargs
+        return super().forward(x, t, context)
+
+
+@pytest.mark.parametrize("camera_rope", [False, True])
+def test_a_window_without_its_past_is_what_training_generates_from_memory_alone(
+    latents, camera_rope
+):
+    """`without_past` (a session's window generated from its memory alone) gives the model
+    what the training's drop-past mode gives it: the current latents alone, the same actions,
+    camera rays, RoPE offsets, memory and positions."""
+    ds = WindowDataset(latents, WindowConfig(past=2, current=3, memory=2, camera_rope=camera_rope))
+    batch = _collate([ds[len(ds) - 1], ds[len(ds) - 2]])
+    model = _Kept()
+    DiTTask(image_only=0.0, drop_past=1.0, drop_memory=0.0, drop_actions=0.0).loss(model, batch, 0)
+    assert model.x.shape[2] == 3  # no past latents
+    want = window_kwargs(without_past(batch, latents.frames_per_latent))
+    assert set(model.kwargs) == set(want)
+    for key, value in want.items():
+        assert torch.equal(model.kwargs[key], value), key
 
 
 def test_past_noise_noises_the_past_and_tells_the_model_its_level(latents):

@@ -330,3 +330,75 @@ def test_a_world_folders_guidance_is_checked_and_played_with(tmp_path):
             shipped.read_config(folder)
     shipped.write_config(folder, {**config, "sampler": {**good, "past_noise": 0.15}})
     assert WorldSession(shipped.load_world(folder)).past_noise == 0.15
+
+
+def _facing(yaw: float, frames: int) -> torch.Tensor:
+    """``[frames, 4, 4]`` poses at the origin, all facing ``yaw`` degrees."""
+    from matrixgame.geometry import pose_from_angles
+
+    zeros = torch.zeros(frames, dtype=torch.float64)
+    return pose_from_angles(torch.zeros(frames, 3, dtype=torch.float64),
+                            zeros + yaw, zeros)  # fmt: skip
+
+
+def test_a_revisit_is_generated_from_its_memory_alone():
+    """Facing the start's view again after turning away: the memory sees the window's view
+    and the past does not, so with a revisit margin the window is generated from memory
+    alone (the model gets the current latents without the past, as training's drop-past
+    mode); facing away it keeps its past; without a margin never. Bad margins are named."""
+    world = _world()
+    clip = _clip(latents=5)
+    clip["frame_c2w"], clip["c2w"] = _facing(0, 17), _facing(0, 5)
+    calls = []
+    forward = world.dit.forward
+
+    def spy(x, *args, **kwargs):
+        calls.append(x.shape[2])
+        return forward(x, *args, **kwargs)
+
+    world.dit.forward = spy
+    keyboard, mouse = torch.zeros(8, 6), torch.zeros(8, 2)
+    for margin, want in ((0.0, [False, False, True]), (None, [False, False, False])):
+        session = WorldSession(world, steps=1, decode=False, revisit_margin=margin)
+        session.reset(Start.from_clip(clip, 5))
+        seen = []
+        for yaw in (180, 180, 0):  # turn away, stay, face the start again
+            calls.clear()
+            segment = session.step(keyboard, mouse, c2w=_facing(yaw, 8))
+            seen.append(segment.from_memory)
+            assert calls == [2 if segment.from_memory else 4]  # current (+ past) latents
+            assert len(segment.memory_index) == 2
+        assert seen == want, margin
+    for bad in (2.0, "0", True):
+        with pytest.raises(ValueError, match="revisit_margin"):
+            WorldSession(world, revisit_margin=bad)
+    world.meta = {"sampler": {"revisit_margin": -3}}
+    with pytest.raises(ValueError, match="revisit_margin"):
+        WorldSession(world)
+
+
+def test_the_pool_scores_given_positions_as_a_batched_overlap_does():
+    from matrixgame.geometry.frustum import overlap_sampled
+
+    g = torch.Generator().manual_seed(6)
+    c2w = random_poses(40, g, extent=6.0)
+    view = ViewVolume.from_fov(64, 64, 90.0, 0.1, 8.0)
+    pool = MemoryPool(view, cap=16)
+    for start in range(0, 40, 5):
+        pool.add(torch.zeros(1, 5, 1, 1), c2w[start : start + 5], start)
+    kept = pool.positions  # the first latent and the latest ones (the cap evicted the rest)
+    want = overlap_sampled(c2w[7], c2w[kept[[0, 3, -1]]], view)
+    assert torch.equal(pool.overlap(c2w[7], kept[[0, 3, -1]]), want)
+    with pytest.raises(ValueError, match="not all in the pool"):
+        pool.overlap(c2w[7], torch.tensor([2]))  # evicted
+
+
+def test_the_evaluation_plays_each_worlds_revisit_margin_unless_told_another():
+    from matrixgame.eval.protocols import EvalConfig, eval_session
+
+    world = _world()
+    world.meta = {"sampler": {"revisit_margin": 0.0}}
+    assert eval_session(world, EvalConfig(), True, 1.0).revisit_margin == 0.0
+    assert eval_session(world, EvalConfig(revisit_margin=1.0), True, 1.0).revisit_margin == 1.0
+    world.meta = {}
+    assert eval_session(world, EvalConfig(), True, 1.0).revisit_margin is None

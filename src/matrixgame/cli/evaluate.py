@@ -64,6 +64,11 @@ Record an evaluation set with loops, e.g.:
     p.add_argument("--shift", type=float, default=3.0, help="flow-matching schedule shift")
     p.add_argument("--seed", type=int, default=0)
     add_guidance_arguments(p, "each world's own")
+    p.add_argument("--revisit-margin", type=float, metavar="R",
+                   help="generate a window from its memory alone where a memory latent sees "
+                        "its view better than its last past latent by more than R (view "
+                        "overlaps, in [-1, 1]; 1: never; default: each world's own, its "
+                        "sampler's revisit_margin)")  # fmt: skip
     p.add_argument("--idm", help="a `train idm` run (action accuracy, Fréchet distance)")
     p.add_argument("--lpips", help="local LPIPS (AlexNet) weights: .pth or .safetensors")
     p.add_argument("--fvd", help="local I3D (Kinetics-400) weights for FVD: .pt or .safetensors")
@@ -89,7 +94,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     config = EvalConfig(context=args.context, horizons=horizons, seconds=args.seconds,
                         bucket_seconds=args.bucket_seconds, clips=args.clips, split=args.split,
                         steps=args.steps, shift=args.shift, seed=args.seed,
-                        guidance=guidance_of(args), fvd_size=args.fvd_size)  # fmt: skip
+                        guidance=guidance_of(args), fvd_size=args.fvd_size,
+                        revisit_margin=args.revisit_margin)  # fmt: skip
     idm = lpips = i3d = None
     if args.idm:
         from matrixgame.eval.idm import trained_idm

@@ -194,6 +194,20 @@ def frame_conditions(batch: dict, keep) -> dict:
     return out
 
 
+def without_past(batch: dict, frames_per_latent: int) -> dict:
+    """A collated window (of latents of ``frames_per_latent`` frames) with its past latents
+    removed, their camera rays and actions too (its first latent is then its first current
+    one), as the DiT's training drops them (``DiTTask.drop_past``): the window generated
+    from its memory alone."""
+    m, p = batch["memory"].shape[2], batch["past"].shape[2]
+    frames = batch["keyboard"].shape[1] - frames_per_latent * p  # the current ones' stay
+    latents = batch["plucker"].shape[2]  # memory + past + current (generated or not)
+    return {**batch, "past": batch["past"][:, :, :0],
+            "keyboard": batch["keyboard"][:, -frames:], "mouse": batch["mouse"][:, -frames:],
+            "first_index": batch["first_index"] + p,
+            **frame_conditions(batch, [*range(m), *range(m + p, latents)])}  # fmt: skip
+
+
 def without_memory(batch: dict) -> dict:
     """A collated window with its memory latents removed (their camera rays too), as the
     DiT's training drops them (``DiTTask.drop_memory``)."""

@@ -20,10 +20,10 @@ import torch
 
 from matrixgame.data.windows import (
     WindowConfig,
-    frame_conditions,
     window_kwargs,
     with_null_actions,
     without_memory,
+    without_past,
 )
 from matrixgame.diffusion.flow_matching import NUM_TIMESTEPS
 from matrixgame.diffusion.samplers import renoise_step
@@ -50,15 +50,7 @@ def mask_window(batch: dict, drop_past: bool = False, drop_memory: bool = False,
     and/or memory removed (the report's masking, as the training objective's condition
     dropout) or its actions nulled (keyboard -1, mouse +1: the model's unconditional
     branch)."""
-    out = dict(batch)
-    m, p = batch["memory"].shape[2], batch["past"].shape[2]
-    if drop_past:
-        frames = out["keyboard"].shape[1] - frames_per_latent * p  # the current ones' stay
-        out["past"] = batch["past"][:, :, :0]
-        out["keyboard"], out["mouse"] = out["keyboard"][:, -frames:], out["mouse"][:, -frames:]
-        latents = batch["plucker"].shape[2]  # memory + past + current (generated or not)
-        out.update(frame_conditions(batch, [*range(m), *range(m + p, latents)]))
-        out["first_index"] = batch["first_index"] + p
+    out = without_past(batch, frames_per_latent) if drop_past else dict(batch)
     if drop_memory:
         out = without_memory(out)
     return with_null_actions(out) if null_actions else out

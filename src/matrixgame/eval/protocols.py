@@ -60,6 +60,9 @@ class EvalConfig:
     # classifier-free guidance (inference.rollout.Guidance) or weights overriding each
     # world's own ({"actions": a}); None: each world's own
     guidance: Guidance | dict | None = None
+    # revisits generated from memory alone (WorldSession.revisit_margin); None: each world's
+    # own, 1: never (a difference of overlaps never exceeds it)
+    revisit_margin: float | None = None
 
 
 @dataclass
@@ -154,7 +157,8 @@ def eval_session(world: World, config: EvalConfig, memory: bool,
     steps, shift = (None, None) if distilled else (config.steps, config.shift)
     return WorldSession(world, steps=steps, shift=shift, memory=memory, seed=config.seed,
                         decode=False, metres_per_unit=metres_per_unit,
-                        guidance=config.guidance)  # fmt: skip
+                        guidance=config.guidance,
+                        revisit_margin=config.revisit_margin)  # fmt: skip
 
 
 def run_clip(world: World, clip: EvalClip, config: EvalConfig, memory: bool = True,

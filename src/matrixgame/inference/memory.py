@@ -109,6 +109,16 @@ class MemoryPool:
         past window or later)."""
         return ((self.positions >= 1) & (self.positions < before)).nonzero()[:, 0]
 
+    def overlap(self, query: Tensor, positions: Tensor) -> Tensor:
+        """``[n]`` view-volume overlap of the query pose ``[4, 4]`` with the pool's latents at
+        sequence ``positions [n]`` (each must be in the pool)."""
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+        rows = torch.searchsorted(self.positions, positions).clamp(max=max(len(self) - 1, 0))
+        if not len(self) or not torch.equal(self.positions[rows], positions):
+            raise ValueError(f"positions {positions.tolist()} are not all in the pool")
+        query = query.to(self.device, torch.float64)
+        return overlap_sampled(query, self.frusta[rows], self.view, compiled=self.compiled)
+
     def retrieve(self, query: Tensor, before: int, k: int, dedup: float | None = None) -> Tensor:
         """Sequence positions (sorted) of the ``k`` latents before ``before`` whose view
         volumes overlap the query pose ``[4, 4]``'s most; fewer when fewer exist."""

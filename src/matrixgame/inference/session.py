@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from matrixgame.data.windows import assemble_window
+from matrixgame.data.windows import assemble_window, without_past
 from matrixgame.diffusion.samplers import get_sampler
 from matrixgame.geometry.kinematics import (
     KinematicsConfig,
@@ -132,6 +132,7 @@ class Segment:
     c2w: Tensor  # [f C, 4, 4] the new frames' poses (f: frames per latent)
     dit_seconds: float
     decode_seconds: float
+    from_memory: bool = False  # generated from memory alone (a revisit: see WorldSession)
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Window:
     keyboard: Tensor
     mouse: Tensor
     state: SessionState
+    from_memory: bool = False  # the past dropped: generated from memory alone
 
 
 # a world's sampler where its config names none (a `train dit` run): Euler, as the recipe
@@ -167,7 +169,8 @@ class WorldSession:
                  retrieval: str = "topk", compile_retrieval: bool = False,
                  compile_dit: str | None = None,
                  guidance: Guidance | dict | None = None,
-                 past_noise: float | None = None) -> None:  # fmt: skip
+                 past_noise: float | None = None,
+                 revisit_margin: float | None = None) -> None:  # fmt: skip
         meta = getattr(world, "meta", {}) or {}
         sampler = meta.get("sampler", {})
         self.world, self.window = world, world.window
@@ -187,6 +190,15 @@ class WorldSession:
         self.past_noise = sampler.get("past_noise", 0.0) if past_noise is None else past_noise
         if not 0 <= self.past_noise < 1:
             raise ValueError(f"past_noise is a noise level in [0, 1), got {self.past_noise}")
+        # revisits: a window whose memory sees its view better than its past by more than
+        # this margin is generated from memory alone (None: never)
+        margin = sampler.get("revisit_margin") if revisit_margin is None else revisit_margin
+        if margin is not None and (
+            isinstance(margin, bool) or not isinstance(margin, int | float) or not -1 <= margin <= 1
+        ):
+            raise ValueError(f"revisit_margin is a difference of view overlaps in [-1, 1], "
+                             f"got {margin!r}")  # fmt: skip
+        self.revisit_margin = margin
         get_sampler(self.sampler)  # an unknown name fails here, not at the first step
         # a distilled student's exact schedule, unless steps or shift are chosen here
         given = "sigmas" in sampler and steps is None and shift is None
@@ -289,6 +301,7 @@ class WorldSession:
         # the window's frames in the tail (from its first latent's first frame)
         first_frame = self.window.first_frame(s) - st.first_frame
         frames = slice(first_frame, self.window.last_frame(L + c - 1) + 1 - st.first_frame)
+        from_memory = self._revisits(st, chosen, window_c2w[-1])
         memory_index, first = self._positions(chosen, s, L + c)
         item = assemble_window(
             st.pool.latent(chosen) if len(chosen) else st.latents[:, :0],
@@ -297,8 +310,11 @@ class WorldSession:
             self.height, self.width, self.window.camera_rope,
         )  # fmt: skip
         batch = {k: v[None] for k, v in item.items()}
+        if from_memory:  # as the training's windows without their past (DiTTask.drop_past)
+            batch = without_past(batch, f)
         return Window(batch, chosen, poses, velocity, window_c2w,
-                      torch.cat([st.frame_c2w, poses]), seq_keyboard, seq_mouse, st)  # fmt: skip
+                      torch.cat([st.frame_c2w, poses]), seq_keyboard, seq_mouse, st,
+                      from_memory)  # fmt: skip
 
     def commit(self, window: Window, new: Tensor, dit_seconds: float = 0.0) -> Segment:
         """Take the generated latents ``[z, C, h, w]`` of a prepared window: decode them,
@@ -322,7 +338,7 @@ class WorldSession:
                                    window.keyboard, window.mouse, window.velocity, st.pool,
                                    decoder, st.K)  # fmt: skip
         return Segment(decoded, new, window.chosen.tolist(), window.poses, dit_seconds,
-                       decode_seconds)  # fmt: skip
+                       decode_seconds, window.from_memory)  # fmt: skip
 
     def _trimmed(self, length: int, latents: Tensor, c2w: Tensor, first_frame: int,
                  frame_c2w: Tensor, keyboard: Tensor, mouse: Tensor,
@@ -335,6 +351,18 @@ class WorldSession:
         return SessionState(length, latents[:, latents.shape[1] - keep :],
                             c2w[len(c2w) - keep :], first_frame + f, frame_c2w[f:],
                             keyboard[f:], mouse[f:], *rest)  # fmt: skip
+
+    def _revisits(self, st: SessionState, chosen: Tensor, query: Tensor) -> bool:
+        """Whether the window is a revisit to generate from its memory alone: a memory latent
+        sees the view of the window's last latent (pose ``query``) better than the last past
+        latent does, by more than ``revisit_margin``. A world model follows its past even
+        where the past has lost the scene (the loop's return after a generated detour) and
+        its memory holds it; without the past it draws on the memory, as it trained to
+        (``DiTTask.drop_past``)."""
+        if self.revisit_margin is None or not len(chosen) or not st.length:
+            return False
+        seen = st.pool.overlap(query, torch.cat([chosen, torch.tensor([st.length - 1])]))
+        return bool(seen[:-1].max() - seen[-1] > self.revisit_margin)
 
     def _positions(self, chosen: Tensor, first: int, end: int) -> tuple[Tensor, int]:
         """Temporal RoPE positions of the window's memory and first latent. RoPE attends by

@@ -137,6 +137,12 @@ class WorldSpec:
     # memory gain doubled (BENCHMARKS.md, fifth session); from 15,239 steps on
     dit_past_noise: float = 0.5
     play_past_noise: float = 0.35
+    # revisits (inference.session.WorldSession.revisit_margin): a window whose memory sees its
+    # view better than its last past latent does by more than this is generated from memory
+    # alone, the past dropped as the world model's training drops it (DiTTask.drop_past); the
+    # model follows even a past that has lost the scene and draws on its memory only without
+    # one (loop returns: +3.9 dB from memory with no past, +0.3 dB with a grey one). None: off
+    play_revisit_margin: float | None = 0.0
     # the student: DMD from the world model with the report's update ratios; the cold start
     # alone, as at equal steps it did as well as the report's multi-segment stage, which costs
     # 2.6 times as much per step here (model card, 2026-12-04; --student-multi-steps N adds it)
@@ -170,6 +176,10 @@ class WorldSpec:
     eval_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        margin = self.play_revisit_margin
+        if margin is not None and not -1 <= margin <= 1:
+            raise ValueError(f"play_revisit_margin is a difference of view overlaps in [-1, 1] "
+                             f"(or None: off), got {margin}")  # fmt: skip
         if not 0 <= self.play_past_noise <= self.dit_past_noise < 1:
             raise ValueError(
                 f"need 0 <= play_past_noise <= dit_past_noise < 1 (a world plays with noise on "
@@ -187,6 +197,8 @@ class WorldSpec:
         sampler = {"name": "euler", "steps": self.sampler_steps, "shift": self.shift}
         if self.play_past_noise > 0:
             sampler["past_noise"] = self.play_past_noise
+        if self.play_revisit_margin is not None:
+            sampler["revisit_margin"] = self.play_revisit_margin
         if (self.action_guidance, self.memory_guidance) != (1.0, 1.0):
             sampler["guidance"] = {"actions": self.action_guidance,
                                    "memory": self.memory_guidance}  # fmt: skip
