@@ -204,6 +204,9 @@ def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
     assert student.name == "tiny student" and student.step == 4
     sampler = student.meta["sampler"]
     assert sampler["distilled"] and sampler["steps"] == 3 and len(sampler["sigmas"]) == 4
+    # both play revisits from memory alone, at the recipe's margin
+    assert sampler["revisit_margin"] == teacher.meta["sampler"]["revisit_margin"] == 0.0
+    assert WorldSession(student).revisit_margin == 0.0
     assert not torch.equal(student.dit.blocks[0].self_attn.q.weight,
                            teacher.dit.blocks[0].self_attn.q.weight)  # fmt: skip
     session = WorldSession(student)

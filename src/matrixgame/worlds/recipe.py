@@ -141,7 +141,11 @@ class WorldSpec:
     # view better than its last past latent does by more than this is generated from memory
     # alone, the past dropped as the world model's training drops it (DiTTask.drop_past); the
     # model follows even a past that has lost the scene and draws on its memory only without
-    # one (loop returns: +3.9 dB from memory with no past, +0.3 dB with a grey one). None: off
+    # one (loop returns: +3.9 dB from memory with no past, +0.3 dB with a grey one); its
+    # student plays so too. Margin 0 against none, same weights, the recipe's 7 clips: world
+    # model 10 goals against 9, 60-s PSNR +0.72 dB, revisits +0.68 dB over memory off (was
+    # -0.12), first to last 10 s 1.48 dB (2.38); its 1-step student +1.05 dB, revisits +0.49
+    # (was -1.76); FD up (1.31 -> 3.73) and PSNR at 16 s down 1 dB (BENCHMARKS.md). None: off
     play_revisit_margin: float | None = 0.0
     # the student: DMD from the world model with the report's update ratios; the cold start
     # alone, as at equal steps it did as well as the report's multi-segment stage, which costs
@@ -970,6 +974,7 @@ class Recipe:
         student = trained_world(run, self.spec.student_name)
         student.vae = vae
         student.step = self._student_step()
+        student.meta = {**student.meta, "sampler": self.played(student.meta["sampler"])}
         return student
 
     def student_worlds(self, vae) -> list:
@@ -989,6 +994,7 @@ class Recipe:
             return [student, one]
         alone = trained_world(cold, self.spec.student_cold_name)
         alone.vae, alone.step = vae, _latest_step(cold)
+        alone.meta = {**alone.meta, "sampler": self.played(alone.meta["sampler"])}
         return [student, one, alone]
 
     def export(self, figures: dict, student_figures: dict | None = None,
@@ -1038,7 +1044,7 @@ class Recipe:
             config["student"] = {
                 "step": self._student_step(),
                 "teacher_step": self.state["stages"].get("student", {}).get("teacher_step"),
-                "sampler": meta["sampler"], "figures": student_figures or {},
+                "sampler": self.played(meta["sampler"]), "figures": student_figures or {},
                 "regression": (meta.get("job") or {}).get("regression", 0.0),
                 "guidance": (meta.get("job") or {}).get("guidance", 1.0),
                 "cold_start_only": student == self.cold_run,
@@ -1048,7 +1054,8 @@ class Recipe:
                 cold_step = _latest_step(self.cold_run)
                 config["student"]["cold_start"] = {"step": cold_step, "figures": cold}
         elif (kept := self._student_of(folder, self._step("dit"))) is not None:
-            config["student"] = kept  # the folder's student, of this very world model
+            # the folder's student, of this very world model
+            config["student"] = {**kept, "sampler": self.played(kept["sampler"])}
         else:
             (folder / "student.safetensors").unlink(missing_ok=True)
         light = self._export_light(folder)
@@ -1075,6 +1082,14 @@ class Recipe:
             if curve:
                 curves[stage] = curve
         return curves
+
+    def played(self, sampler: dict) -> dict:
+        """A student's few-step sampler as the world plays it: with the recipe's revisit
+        margin (the session's ``revisit_margin``; none where the recipe has none)."""
+        sampler = {k: v for k, v in sampler.items() if k != "revisit_margin"}
+        if self.spec.play_revisit_margin is not None:
+            sampler["revisit_margin"] = self.spec.play_revisit_margin
+        return sampler
 
     def _student_of(self, folder: Path, dit_step: int | None) -> dict | None:
         """The config.json entry of ``folder``'s student where it is a student of the world
