@@ -72,3 +72,16 @@ def test_a_recording_holds_what_was_shown_up_to_its_cap(world, tmp_path):
     path, frames = player.stop_recording()
     assert frames == 17 and read_video(path)[0].shape == (17, 64, 64, 3)
     assert player.stop_recording() is None
+
+
+def test_a_segment_generated_from_memory_alone_is_marked(world):
+    """The page is told which segments the session generated from memory alone (revisits,
+    the world's revisit margin): every one with memory at margin -1, none without a margin."""
+    w, starts = world
+    for margin, want in ((-1.0, True), (None, False)):
+        session = WorldSession(w, steps=1, decode=True, revisit_margin=margin)
+        player = Player(session, starts, 17.5)
+        player.reset(0)
+        headers = [player.step(frozenset("W"), (0, 0), i)[0] for i in range(4)]
+        assert all(h["from_memory"] == (want and bool(h["memory"])) for h in headers)
+        assert any(h["memory"] for h in headers)

@@ -79,7 +79,8 @@ class Player:
         thumbs = [self.thumbs[p] for p in seg.memory_index if p in self.thumbs]
         timing = {"dit_ms": round(seg.dit_seconds * 1e3, 1),
                   "decode_ms": round(seg.decode_seconds * 1e3, 1)}  # fmt: skip
-        header = self._header(seg.c2w[-1], seg.memory_index, input_seq, **timing)
+        header = self._header(seg.c2w[-1], seg.memory_index, input_seq,
+                              from_memory=seg.from_memory, **timing)  # fmt: skip
         return header, seg.frames, thumbs
 
     # -- what the page shows --------------------------------------------------------------------

@@ -144,14 +144,16 @@ function onSegmentShown(item, now) {
   state.trail.push(h.pose);
   if (state.trail.length > 20000) state.trail.shift();
   if (h.revisit) state.revisits.push(h.pose);
-  showMemory(h.memory, item.thumbs);
+  showMemory(h.memory, item.thumbs, h.from_memory);
   drawTrail();
   if (h.dit_ms !== undefined) $("segment-ms").textContent = `${h.dit_ms} + ${h.decode_ms} ms`;
 }
 
-function showMemory(memory, thumbs) {
+function showMemory(memory, thumbs, fromMemory) {
   const box = $("memory");
   box.innerHTML = "";
+  box.title = fromMemory ? "this segment was generated from its memory alone (a revisit)" : "";
+  box.classList.toggle("from-memory", Boolean(fromMemory));
   let k = 0;
   memory.forEach((m) => {
     const figure = document.createElement("figure");
