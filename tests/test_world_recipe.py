@@ -106,7 +106,8 @@ def test_the_shipped_world_loads_decodes_and_rolls_out(built):
     assert "evaluated |" in card
     assert (
         "2 euler steps, shift 3.0, classifier-free guidance 2 on the actions, the past "
-        "latents noised to level 0.35 (trained with noise on its past)."
+        "latents noised to level 0.35 (trained with noise on its past); a window whose memory "
+        "sees its view better than its last past latent does is generated from memory alone."
     ) in card
     config = json.loads((ship / "config.json").read_text())
     assert config["sampler"]["past_noise"] == config["student"]["sampler"]["past_noise"] == 0.35

@@ -413,7 +413,7 @@ def _summary(config: dict, spec: dict) -> list[str]:
         f"{', camera-aligned RoPE' if window.get('camera_rope') else ''}; "
         f"{config['sampler']['steps']} {config['sampler']['name']} steps, shift "
         f"{config['sampler']['shift']}{_guidance_words(config['sampler'])}"
-        f"{_past_noise_words(config['sampler'])}.",
+        f"{_past_noise_words(config['sampler'])}{_revisit_words(config['sampler'])}.",
         *_light_line(config),
         "- **Weights**: bf16 safetensors (`vae`, `dit`"
         f"{', `discriminator`' if config.get('decoder_step') != 0 else ''}"
@@ -444,6 +444,16 @@ def _past_noise_words(sampler: dict) -> str:
     level = sampler.get("past_noise", 0.0)
     return f", the past latents noised to level {level:g} (trained with noise on its past)" \
         if level else ""  # fmt: skip
+
+
+def _revisit_words(sampler: dict) -> str:
+    """How the sampler plays revisits (empty where it follows its past everywhere)."""
+    margin = sampler.get("revisit_margin")
+    if margin is None:
+        return ""
+    by = f", by more than {margin:g} of view overlap," if margin else ""
+    return (f"; a window whose memory sees its view better than its last past latent does{by} "
+            f"is generated from memory alone")  # fmt: skip
 
 
 def _light_line(config: dict) -> list[str]:
