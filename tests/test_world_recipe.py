@@ -978,3 +978,20 @@ def test_a_raised_recipe_version_alone_is_a_new_version(tmp_path):
         (ship / "config.json").write_text(json.dumps({**config, "version": bad}))
         with pytest.raises(ValueError, match="version must be an integer from 1 up"):
             read_config(ship)
+
+
+def test_the_revisit_margin_reaches_the_world_and_its_students_sampler_or_neither(tmp_path):
+    """The recipe's revisit margin is in the world's sampler and put on its student's (as
+    evaluated and shipped); a recipe without one leaves both following their past."""
+    from dataclasses import replace
+
+    from matrixgame.worlds.recipe import SPECS, Recipe
+
+    student = {"name": "renoise", "steps": 3, "revisit_margin": 0.3}
+    on = Recipe(SPECS["tiny"], tmp_path / "a", progress=lambda _: None)
+    assert on.spec.sampler["revisit_margin"] == 0.0 == on.played(student)["revisit_margin"]
+    off = Recipe(replace(SPECS["tiny"], play_revisit_margin=None), tmp_path / "b",
+                 progress=lambda _: None)  # fmt: skip
+    assert "revisit_margin" not in off.spec.sampler and "revisit_margin" not in off.played(student)
+    with pytest.raises(ValueError, match="play_revisit_margin"):
+        replace(SPECS["tiny"], play_revisit_margin=1.5)
