@@ -5,7 +5,8 @@ server, the video generator and the evaluation drive it alike.
 Each step generates the world's ``current`` latents from noise (the sampler and its steps
 from the world's config), given the last ``past`` latents of the sequence so far and memory
 retrieved from the :class:`MemoryPool` by the pose the actions lead to, assembled exactly as
-the training windows (:func:`matrixgame.data.windows.assemble_window`); then the streaming
+the training windows (:func:`matrixgame.data.windows.assemble_window`; at a revisit, with the
+world's ``revisit_margin``, without its past, from memory alone); then the streaming
 decoder turns them into frames. Poses come from integrating the actions with the world's
 kinematics (momentum carried across steps), or are given (replaying a recording).
 """
@@ -359,7 +360,7 @@ class WorldSession:
         where the past has lost the scene (the loop's return after a generated detour) and
         its memory holds it; without the past it draws on the memory, as it trained to
         (``DiTTask.drop_past``)."""
-        if self.revisit_margin is None or not len(chosen) or not st.length:
+        if self.revisit_margin is None or not len(chosen):
             return False
         seen = st.pool.overlap(query, torch.cat([chosen, torch.tensor([st.length - 1])]))
         return bool(seen[:-1].max() - seen[-1] > self.revisit_margin)
