@@ -5,10 +5,11 @@ that key, frames dropped, how many frames wait in the page's queue (a growing qu
 be growing lag), and the server's DiT and decode time per segment.
 
     python benchmarks/play.py [--seconds 300] [any option of `matrixgame play`'s world:
-                              --world, --mode, --student, --light, --steps, --dtype, --int8]
+                              --world, --mode, --student, --decoder, --steps, --dtype, --int8]
 
 The world is opened as `matrixgame play` opens it (its auto mode by default: on a CPU the
-student in one step with the light decoder, bf16 where the CPU has it).
+student in one step, with the light decoder where the full one measures too slow, bf16 where
+the CPU has it).
 
 The player holds W for 2 s, lets go for 1 s, turns with the mouse, and repeats; each key
 press is a latency sample. FPS and queue are sampled every 5 s; the table compares the
@@ -57,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0)
     # the world's options as `matrixgame play` takes them (--world, --mode, --student,
-    # --light, --steps, --dtype, --int8, --threads, --seed), opened as it opens them
+    # --decoder, --steps, --dtype, --int8, --threads, --seed), opened as it opens them
     _world_arguments(parser, "auto")
     args = parser.parse_args()
     world, starts, info = torch_thread().submit(_open, args).result()
@@ -95,7 +96,7 @@ def main() -> None:
           f"{stats['frames']}, dropped {stats['dropped']} (page) + "
           f"{stats['serverDropped']} segments (server)")  # fmt: skip
     write_json("play", {"machine": machine(), "world": world.name, "steps": args.steps,
-                        "light": args.light,
+                        "decoder": args.decoder,
                         "seconds": args.seconds,
                         "world_fps": server.fps, "mode": info["mode"], "int8": info["int8"],
                         "dtype": info["dtype"], "samples": samples,

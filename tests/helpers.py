@@ -116,6 +116,20 @@ def make_world_folder(root: Path, starts: int = 2, current: int = 1, fps: float 
     return root
 
 
+def add_light_decoder(folder: Path, rate: float = 0.75) -> Path:
+    """Give a world folder (``make_world_folder``'s) a light decoder: its own decoder pruned
+    by ``rate`` (not distilled), as `world build --only light` ships one."""
+    from matrixgame.accel.light_vae import prune_decoder
+    from matrixgame.worlds import shipped
+
+    config = shipped.read_config(folder)
+    vae = shipped.load_vae(folder)[0]
+    light = prune_decoder(vae, rate)
+    shipped.save_component(folder, "light", light.state_dict())
+    shipped.write_config(folder, {**config, "light": {"pruning_rate": rate, "step": 0}})
+    return folder
+
+
 def make_world_and_latents(root: Path) -> Path:
     """``root/world`` (a tiny world, one latent per step) and ``root/latents``: its VAE's
     latent cache of two synthetic 41-frame clips (11 latents each)."""

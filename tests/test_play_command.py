@@ -70,22 +70,23 @@ def test_a_taken_port_is_a_clear_error(world, capsys):
     assert main(["play", "--world", str(world), "--port", "70000"]) == 2
 
 
-def test_auto_mode_is_the_one_step_student_with_the_light_decoder_on_a_cpu(world):
+def test_auto_mode_is_the_one_step_student_with_a_measured_decoder_on_a_cpu(world):
     from argparse import Namespace
 
     from matrixgame.cli.play import resolve_mode
     from matrixgame.worlds import world_folder
 
     def chosen(folder, mode, cuda=False, **flags):
-        args = Namespace(**{"mode": mode, "student": False, "light": False, "steps": None,
+        args = Namespace(**{"mode": mode, "student": False, "decoder": "auto", "steps": None,
                             **flags})  # fmt: skip
         resolve_mode(args, folder, cuda)
-        return args.mode, args.student, args.light, args.steps
+        return args.mode, args.student, args.decoder, args.steps
 
     shipped = world_folder("doom-e1m1")  # ships a student and a light decoder
-    assert chosen(shipped, "auto") == ("realtime", True, True, 1)
-    assert chosen(shipped, "auto", cuda=True) == ("quality", False, False, None)
-    assert chosen(shipped, "quality") == ("quality", False, False, None)
-    assert chosen(shipped, "realtime", steps=3) == ("realtime", True, True, 3)
-    assert chosen(shipped, "quality", light=True) == ("quality", False, True, None)
-    assert chosen(world, "realtime") == ("realtime", False, False, None)  # ships neither
+    assert chosen(shipped, "auto") == ("realtime", True, "measure", 1)
+    assert chosen(shipped, "auto", cuda=True) == ("quality", False, "full", None)
+    assert chosen(shipped, "quality") == ("quality", False, "full", None)
+    assert chosen(shipped, "realtime", steps=3) == ("realtime", True, "measure", 3)
+    assert chosen(shipped, "realtime", decoder="full") == ("realtime", True, "full", 1)
+    assert chosen(shipped, "quality", decoder="light") == ("quality", False, "light", None)
+    assert chosen(world, "realtime") == ("realtime", False, "full", None)  # ships neither

@@ -13,17 +13,22 @@ def _world_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--world", default="doom-e1m1",
                    help="a shipped world's name or folder (default: doom-e1m1)")  # fmt: skip
     p.add_argument("--mode", choices=("auto", "realtime", "quality"), default=mode,
-                   help="realtime: the world's student in one step with its light decoder "
-                        "(what it ships of them); quality: the world model with its own "
-                        "sampler and full decoder; auto: realtime on a CPU, quality on a "
-                        f"GPU (default: {mode}). --student, --light and --steps override "
-                        "it")  # fmt: skip
+                   help="realtime: the world's student in one step, with its light decoder "
+                        "where this machine is too slow for the full one (what it ships of "
+                        "them); quality: the world model with its own sampler and full "
+                        "decoder; auto: realtime on a CPU, quality on a GPU (default: "
+                        f"{mode}). --student, --decoder and --steps override it")  # fmt: skip
     p.add_argument("--student", action="store_true",
                    help="the world's distilled few-step student in place of its world model "
                         "(where it ships one: see its model card)")  # fmt: skip
-    p.add_argument("--light", action="store_true",
-                   help="the world's light decoder (channels pruned, distilled) in place of "
-                        "its full one: faster decoding (where it ships one)")  # fmt: skip
+    p.add_argument("--decoder", choices=("auto", "full", "light"), default="auto",
+                   help="the world's full decoder, or its light one (channels pruned, "
+                        "distilled: faster, blurrier; where it ships one); auto: in realtime "
+                        "mode the light one only where a short measure at start-up finds "
+                        "the full one too slow for the world's frame rate, else the full "
+                        "one")  # fmt: skip
+    p.add_argument("--light", action="store_const", const="light", dest="decoder",
+                   help="the same as --decoder light")  # fmt: skip
     p.add_argument("--steps", type=int, help="sampler steps per segment (default: the world's)")
     p.add_argument("--int8", choices=("auto", "off"), default="auto",
                    help="INT8 attention projections where this CPU/GPU has fast int8 "
@@ -83,13 +88,13 @@ keys: any of W, S, A, D held for the segment; mouse: (pitch, yaw) per frame in m
 
 
 def _open(args: argparse.Namespace):
-    """The world with its starts, bf16 and INT8 applied where they pay, and what was
-    chosen."""
+    """The world with its starts, bf16 and INT8 applied where they pay, the decoder a
+    real-time session can afford (measured), and what was chosen."""
     import torch
 
     from matrixgame.accel.capability import cpu_capability
     from matrixgame.accel.precision import cast_dit
-    from matrixgame.worlds.shipped import load_starts, load_world, world_folder
+    from matrixgame.worlds.shipped import load_starts, load_vae, load_world, world_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,15 +102,12 @@ def _open(args: argparse.Namespace):
         raise ValueError(f"--steps must lie in 1..100, got {args.steps}")
     folder = world_folder(args.world)
     resolve_mode(args, folder, torch.cuda.is_available())
-    world = load_world(folder, student=args.student, light=args.light)
+    world = load_world(folder, student=args.student, light=args.decoder == "light")
     precision = cast_dit(world.dit, args.dtype)
     info = {
         "capability": cpu_capability(),
         "dtype": f"{precision.name} ({precision.reason})",
         "int8": "off",
-        "mode": f"{args.mode}: {'student' if args.student else 'world model'} in "
-        f"{args.steps or 'its own'} step{'' if args.steps == 1 else 's'}, "
-        f"{'light' if args.light else 'full'} decoder, {precision.name}",
     }
     if args.int8 == "auto":
         from matrixgame.accel.int8 import quantize_dit
@@ -113,20 +115,46 @@ def _open(args: argparse.Namespace):
         report = quantize_dit(world.dit)
         info["int8"] = (f"{report.backend}, {len(report.replaced)} layers" if report.quantized
                         else f"off ({report.reason})")  # fmt: skip
-    return world, load_starts(folder), info
+    starts = load_starts(folder)
+    decoder = args.decoder
+    if decoder == "measure" and not starts:  # nothing to measure from: the safe side
+        decoder = "light (no start to measure the full one from)"
+        world.vae = load_vae(folder, light=True)[0]
+    elif decoder == "measure":  # the world as it will play, timed with its full decoder
+        from matrixgame.accel.budget import choose_decoder
+        from matrixgame.inference.session import WorldSession
+        from matrixgame.worlds.shipped import choose_start
+
+        session = WorldSession(world, steps=args.steps, seed=args.seed,
+                               guidance=guidance_of(args))  # fmt: skip
+        choice = choose_decoder(session, choose_start(starts, None, world),
+                                float(world.meta.get("fps", 17.5)))  # fmt: skip
+        decoder = f"{'light' if choice.light else 'full'} ({choice.reason})"
+        if choice.light:
+            world.vae = load_vae(folder, light=True)[0]
+    info["mode"] = (f"{args.mode}: {'student' if args.student else 'world model'} in "
+                    f"{args.steps or 'its own'} step{'' if args.steps == 1 else 's'}, "
+                    f"{decoder} decoder, {precision.name}")  # fmt: skip
+    return world, starts, info
 
 
 def resolve_mode(args: argparse.Namespace, folder, cuda: bool) -> None:
-    """Set ``args.student``, ``args.light`` and ``args.steps`` from ``args.mode`` where the
-    flags left them open: real time is the student in one step (its trained first exit) with
-    the light decoder, where the world ships them; "auto" is real time without ``cuda``."""
+    """Set ``args.student``, ``args.decoder`` and ``args.steps`` from ``args.mode`` where the
+    flags left them open: real time is the student in one step (its trained first exit),
+    where the world ships one, with its light decoder where the world ships one and the full
+    one proves too slow (``args.decoder`` "measure": :func:`_open` measures); "auto" is real
+    time without ``cuda``. ``args.decoder`` ends "full", "light" or "measure"."""
     from matrixgame.worlds.shipped import has_light, has_student
 
     if args.mode == "auto":
         args.mode = "quality" if cuda else "realtime"
+    if args.decoder == "light" and not has_light(folder):
+        raise ValueError(f"{folder}: this world ships no light decoder (config.json has none)")
+    if args.decoder == "auto":
+        realtime = args.mode == "realtime" and has_light(folder)
+        args.decoder = "measure" if realtime else "full"
     if args.mode == "realtime":
         args.student = args.student or has_student(folder)
-        args.light = args.light or has_light(folder)
         if args.steps is None and args.student:
             args.steps = 1
 

@@ -471,8 +471,9 @@ def _light_line(config: dict) -> list[str]:
     return [f"- **Light decoder** (`light`): the decoder's channels pruned by "
             f"{100 * light['pruning_rate']:.0f}% (MG-LightVAE), distilled {light.get('step')} "
             f"steps against the decoder at step {light.get('decoder_step')}.{psnr} "
-            f"`matrixgame play` decodes with it in its realtime mode (the default on a CPU; "
-            f"`--light`), `load(name, light=True)`."]  # fmt: skip
+            f"`matrixgame play` decodes with it in its realtime mode (the default on a CPU) "
+            f"where the full decoder measures too slow at start-up (`--decoder light` "
+            f"always), `load(name, light=True)`."]  # fmt: skip
 
 
 def _trained(row: dict) -> str:
