@@ -49,12 +49,14 @@ def main() -> None:
     light = replace(student, name="student, 1 step, light decoder",
                     vae=load_vae(folder, light=True)[0])  # fmt: skip
     fps = float(student.meta.get("fps", 17.5))
+    # timed as play times it: a DiT cast as play casts it (the evaluation keeps fp32)
+    dit = load_world(folder, student=True).dit
+    precision = cast_dit(dit, "auto")
+    start = load_starts(folder)[0]
     rows = []
-    for world in (student, light):  # as play times it: the DiT cast as play casts it
-        timed = replace(world, dit=load_world(folder, student=True).dit)
-        precision = cast_dit(timed.dit, "auto")
-        session = WorldSession(timed, steps=1, seed=0)
-        ms = segment_ms(session, load_starts(folder)[0], args.segments)
+    for world in (student, light):
+        session = WorldSession(replace(world, dit=dit), steps=1, seed=0)
+        ms = segment_ms(session, start, args.segments)
         rows.append({"decoder": world.name, "DiT": precision.name, "ms / segment": round(ms, 1),
                      "share of the segment": round(ms / (1000 * session.frames_per_step / fps),
                                                    3)})  # fmt: skip

@@ -5,7 +5,8 @@ only where the full one would not keep the world's frame rate. The light decoder
 real-time lever of a plain AVX2 CPU (a segment 2.4-3.1x faster inside the session), and
 costs the picture: -3.4 dB and a third of the sharpness on the default world's held-out
 reconstructions. Where the CPU has the headroom (AVX-512 BF16: the one-step student and the
-full decoder take ~70 ms of a 229-ms segment), the full decoder is kept.
+full decoder take 57-100 ms of a 229-ms segment on the two such machines measured), the full
+decoder is kept.
 
 The measure is a short session as the player's: a few segments of the world as it will play
 (its DiT's dtype, steps and guidance already chosen) with the full decoder, the first one

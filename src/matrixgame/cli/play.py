@@ -117,20 +117,20 @@ def _open(args: argparse.Namespace):
                         else f"off ({report.reason})")  # fmt: skip
     starts = load_starts(folder)
     decoder = args.decoder
-    if decoder == "measure" and not starts:  # nothing to measure from: the safe side
-        decoder = "light (no start to measure the full one from)"
-        world.vae = load_vae(folder, light=True)[0]
-    elif decoder == "measure":  # the world as it will play, timed with its full decoder
+    if decoder == "measure":  # the world as it will play, timed with its full decoder
         from matrixgame.accel.budget import choose_decoder
         from matrixgame.inference.session import WorldSession
         from matrixgame.worlds.shipped import choose_start
 
-        session = WorldSession(world, steps=args.steps, seed=args.seed,
-                               guidance=guidance_of(args))  # fmt: skip
-        choice = choose_decoder(session, choose_start(starts, None, world),
-                                float(world.meta.get("fps", 17.5)))  # fmt: skip
-        decoder = f"{'light' if choice.light else 'full'} ({choice.reason})"
-        if choice.light:
+        light, why = True, "no start to measure the full one from"  # the safe side
+        if starts:
+            session = WorldSession(world, steps=args.steps, seed=args.seed,
+                                   guidance=guidance_of(args))  # fmt: skip
+            choice = choose_decoder(session, choose_start(starts, None, world),
+                                    float(world.meta.get("fps", 17.5)))  # fmt: skip
+            light, why = choice.light, choice.reason
+        decoder = f"{'light' if light else 'full'} ({why})"
+        if light:
             world.vae = load_vae(folder, light=True)[0]
     info["mode"] = (f"{args.mode}: {'student' if args.student else 'world model'} in "
                     f"{args.steps or 'its own'} step{'' if args.steps == 1 else 's'}, "
