@@ -668,8 +668,9 @@ def test_a_kept_student_past_its_cold_start_is_distilled_anew_without_a_multi_st
     built, tmp_path
 ):
     """A fresh work folder under a cold-start-only recipe whose kept folder holds a student
-    past its cold start: nothing could continue or hold that student here, so the stage
-    distils one anew from the world model (it did nothing, and evaluated no student)."""
+    past its cold start with multi-segment training: nothing could continue or hold that
+    student here, so the stage distils one anew from the world model (it did nothing, and
+    evaluated no student)."""
     from matrixgame.worlds.recipe import Recipe, spec_with
 
     work, ship = tmp_path / "work", tmp_path / "ship"
@@ -685,6 +686,54 @@ def test_a_kept_student_past_its_cold_start_is_distilled_anew_without_a_multi_st
     assert any("distilling anew" in line for line in said)
     assert _logged_steps(work / "student-cold") == [1, 2] and recipe.student_run() is not None
     assert recipe.done("student") and not recipe._stale("student")
+
+
+def test_a_kept_cold_start_of_the_world_model_is_kept_not_distilled_anew(built, tmp_path):
+    """A fresh work folder whose kept folder holds a cold-start student of the very world
+    model it continues, under a cold-start-only recipe: that student becomes the cold-start
+    run at its step (weights equal, nothing trained), so the evaluation sees it; a kept
+    student of an earlier world model is distilled anew."""
+    from safetensors.torch import load_file
+
+    from matrixgame.train.runs import latest_weights, sub_state
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    spec = spec_with("tiny", student_multi_steps=0)
+    first, ship = tmp_path / "first", tmp_path / "ship"
+    shutil.copytree(built["work"], first, ignore=shutil.ignore_patterns("student"))
+    shutil.copytree(built["ship"], ship)
+    keeper = Recipe(spec, first, ship_to=ship, progress=lambda _: None)
+    keeper.export({}, {"psnr": 1.0}, folder=keeper.kept)
+    kept = json.loads((keeper.kept / "config.json").read_text())["student"]
+    assert kept["cold_start_only"] and (kept["step"], kept["teacher_step"]) == (2, 8)
+
+    work = tmp_path / "work"
+    shutil.copytree(built["work"], work, ignore=shutil.ignore_patterns("student*"))
+    said = []
+    recipe = Recipe(spec, work, ship_to=ship, progress=said.append)
+    assert recipe.student_run() is None and recipe._stale("student")
+    rows = len(recipe.state["sessions"])
+    recipe.run(only="student")
+    assert any("kept as it is" in line for line in said)
+    assert recipe.student_run() == recipe.cold_run and recipe._student_step() == 2
+    assert not (recipe.cold_run / "log.jsonl").exists()  # not a step trained
+    student = recipe.state["stages"]["student"]
+    assert student["done"] and (student["step"], student["teacher_step"]) == (2, 8)
+    assert "student" not in recipe.trained and len(recipe.state["sessions"]) == rows
+    assert recipe._student_key() is not None and not recipe._stale("student")
+    weights = sub_state(latest_weights(recipe.cold_run, model="dmd")[0], "student.")
+    expected = load_file(keeper.kept / "student.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k].float(), expected[k].float()) for k in expected)
+
+    config = json.loads((keeper.kept / "config.json").read_text())
+    config["student"]["teacher_step"] = 6  # a student of an earlier world model
+    (keeper.kept / "config.json").write_text(json.dumps(config))
+    shutil.rmtree(work / "student-cold")
+    again = Recipe(spec, work, ship_to=ship, progress=said.append)
+    again.run(only="student")
+    assert any("distilling anew" in line for line in said)
+    assert _logged_steps(work / "student-cold") == [1, 2]
 
 
 @pytest.mark.slow

@@ -630,16 +630,19 @@ class Recipe:
                     f"distilling anew"
                 )
         teacher_step = _latest_step(dit)  # the teacher this call loads (runs resume with it)
-        seed, seed_step = self._student_seed()
-        past_cold = _has_checkpoint(multi) or seed_step >= s.student_cold_steps
-        if not past_cold and _latest_step(cold) < s.student_cold_steps:
+        seed, seed_step = self._student_seed(teacher_step)
+        past_cold = _has_checkpoint(multi) or (seed_step >= s.student_cold_steps
+                                               and s.student_multi_steps > 0)  # fmt: skip
+        if not past_cold and _latest_step(cold) < max(s.student_cold_steps, seed_step):
+            # (a kept cold start of this very world model becomes the run at its step)
             trainer = train_distill(DistillJob(out=str(cold), stage="cold",
                                                steps=s.student_cold_steps, student_every=5,
                                                init=seed, start_step=seed_step,
                                                **common), self.train_deadline)  # fmt: skip
             self._mark("student", done=False, step=self._student_step(),
                        teacher_step=teacher_step)  # fmt: skip
-            self.trained["student"] = self._student_step()
+            if trainer.step > trainer.first_step:  # a kept student at its step trained nothing
+                self.trained["student"] = self._student_step()
             if self._ended(trainer) is False:
                 return False
         if s.student_multi_steps == 0 and not _has_checkpoint(multi):  # the cold start alone
@@ -662,23 +665,31 @@ class Recipe:
         self.trained["student"] = step
         return self._ended(trainer)
 
-    def _student_seed(self) -> tuple[str | None, int]:
+    def _student_seed(self, teacher_step: int) -> tuple[str | None, int]:
         """(folder, steps) of the student a fresh work folder continues: the kept version's
         (student and critic) or the shipped one's, when it is of this version, no student run
-        exists here and a stage is left to continue it in; else (None, 0). A student past its
-        cold start under a recipe without the multi-segment stage is not continued (nothing
-        would train or hold it here): the student is distilled anew from the world model as
-        trained now."""
+        exists here and a stage is left to continue it in; else (None, 0). Under a recipe
+        without the multi-segment stage, a student past its cold start is kept only where it
+        is a cold start of the world model at ``teacher_step`` (the student this stage would
+        distil: it becomes the cold-start run at its step, and trains no further); any other
+        is not continued (nothing would train or hold it here): the student is distilled anew
+        from the world model as trained now."""
         if self.student_run() is not None:
             return None, 0
         folder = self.seed_folder("student")
         if folder is None:
             return None, 0
-        step = int(shipped.read_config(folder).get("student", {}).get("step") or 0)
+        student = shipped.read_config(folder).get("student") or {}
+        step = int(student.get("step") or 0)
         if step >= self.spec.student_cold_steps and self.spec.student_multi_steps == 0:
+            if student.get("teacher_step") == teacher_step and student.get("cold_start_only"):
+                self.progress(f"[student] the student of {folder} ({step} steps) is a cold "
+                              f"start of this world model (step {teacher_step}): kept as it "
+                              f"is")  # fmt: skip
+                return str(folder), step
             self.progress(f"[student] the student of {folder} is past its cold start and this "
                           f"recipe has no multi-segment stage to continue it: distilling anew "
-                          f"from the world model at step {self._step('dit')}")  # fmt: skip
+                          f"from the world model at step {teacher_step}")  # fmt: skip
             return None, 0
         self.progress(f"[student] continuing the student of {folder} at step {step}")
         return str(folder), step
