@@ -7,7 +7,8 @@ figures compare with ``<work>/report`` without rolling the world model out again
     python benchmarks/student_eval.py --work runs/world2 --out runs/world2/report-student
 
 ``--student RUN``: another `matrixgame distill` run instead (a probe of another recipe), in
-its own steps and in one, on the same clips.
+its own steps and in one, on the same clips, played as the recipe's student plays (its
+sampler with the recipe's revisit margin).
 
 Writes the report (report.json, report.md, strips) into ``--out``; prints the figures the
 model card reads, and the goals each meets.
@@ -42,7 +43,6 @@ def main() -> None:
     from matrixgame.eval.idm import trained_idm
     from matrixgame.eval.protocols import evaluate
     from matrixgame.eval.report import write_report
-    from matrixgame.train.runs import trained_world
     from matrixgame.worlds.card import figures_of, goals, goals_met
     from matrixgame.worlds.recipe import Recipe, in_one_step, spec_with
 
@@ -53,8 +53,7 @@ def main() -> None:
     if args.student is not None:
         if not (args.student / "checkpoints").exists():
             raise SystemExit(f"{args.student}: not a run folder (no checkpoints/)")
-        student = trained_world(args.student, args.student.name)
-        student.vae = recipe.world().vae
+        student = recipe.student_world(recipe.world().vae, args.student, args.student.name)
         students = [student, in_one_step(student, f"{args.student.name}, 1 step")]
     elif recipe.student_run() is None:
         raise SystemExit(f"{args.work}: no student run (`matrixgame world build --only student`)")

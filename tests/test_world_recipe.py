@@ -565,6 +565,9 @@ def test_no_multi_segment_steps_ship_the_cold_start_alone(built, tmp_path):
     recipe = Recipe(spec_with("tiny", student_multi_steps=0), work, ship_to=folder,
                     progress=lambda _: None)  # fmt: skip
     assert recipe.student_run() == recipe.cold_run and recipe._student_step() == 2
+    probe = recipe.student_world(None, recipe.cold_run, "probe")  # another run, played alike
+    assert probe.name == "probe" and recipe.spec.play_revisit_margin is not None
+    assert probe.meta["sampler"]["revisit_margin"] == recipe.spec.play_revisit_margin
     assert recipe.stage_student() is None and not (work / "student").exists()
     assert recipe.state["stages"]["student"]["done"] and recipe._student_step() == 2
     recipe.export({}, {"psnr": 1.0}, folder=folder)

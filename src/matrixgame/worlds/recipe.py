@@ -974,17 +974,20 @@ class Recipe:
                 return run
         return None
 
-    def student_world(self, vae):
+    def student_world(self, vae, run: Path | None = None, name: str | None = None):
         """The student as distilled so far, with the world's ``vae`` (None before it has
-        any)."""
+        any); ``run``: another `matrixgame distill` run (a probe), as ``name``. Either plays
+        as the world ships it: with the recipe's sampler options (:meth:`played`)."""
         from matrixgame.train.runs import trained_world
 
-        run = self.student_run()
+        probe = run is not None
+        run = run if probe else self.student_run()
         if run is None:
             return None
-        student = trained_world(run, self.spec.student_name)
+        student = trained_world(run, name or self.spec.student_name)
         student.vae = vae
-        student.step = self._student_step()
+        if not probe:
+            student.step = self._student_step()
         student.meta = {**student.meta, "sampler": self.played(student.meta["sampler"])}
         return student
 
