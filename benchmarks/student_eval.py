@@ -6,9 +6,11 @@ figures compare with ``<work>/report`` without rolling the world model out again
 
     python benchmarks/student_eval.py --work runs/world2 --out runs/world2/report-student
 
-``--student RUN``: another `matrixgame distill` run instead (a probe of another recipe), in
-its own steps and in one, on the same clips, played as the recipe's student plays (its
-sampler with the recipe's revisit margin).
+``--student RUN``: another `matrixgame distill` run instead (a probe of another recipe), or a
+world folder's student (e.g. the shipped one, as it ships), in its own steps and in one, on the
+same clips, played as the recipe's student plays (its sampler with the recipe's revisit
+margin): the baseline of a probe on this machine's clips (held-out recordings can differ
+between CPUs).
 
 Writes the report (report.json, report.md, strips) into ``--out``; prints the figures the
 model card reads, and the goals each meets.
@@ -34,7 +36,8 @@ def main() -> None:
         "--student",
         type=Path,
         default=None,
-        help="a `matrixgame distill` run to evaluate instead of the recipe's",
+        help="a `matrixgame distill` run, or a world folder with a student, to evaluate "
+        "instead of the recipe's",
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -51,10 +54,8 @@ def main() -> None:
     if not (idm / "checkpoints").exists():
         raise SystemExit(f"{args.work}: no IDM run (`matrixgame world build --only idm`)")
     if args.student is not None:
-        if not (args.student / "checkpoints").exists():
-            raise SystemExit(f"{args.student}: not a run folder (no checkpoints/)")
-        student = recipe.student_world(recipe.world().vae, args.student, args.student.name)
-        students = [student, in_one_step(student, f"{args.student.name}, 1 step")]
+        student = probe_student(recipe, args.student)
+        students = [student, in_one_step(student, f"{student.name}, 1 step")]
     elif recipe.student_run() is None:
         raise SystemExit(f"{args.work}: no student run (`matrixgame world build --only student`)")
     else:
@@ -70,6 +71,24 @@ def main() -> None:
         for goal, _, met in goals(figures):
             if met is False:
                 print(f"  not met: {goal}")
+
+
+def probe_student(recipe, path: Path):
+    """The student of a distill run or of a world folder, played as the recipe plays its own."""
+    from matrixgame.worlds import shipped
+
+    if (path / "checkpoints").exists():  # decoded by the world's VAE (the shipped one's on a
+        # work folder with no world-model run yet)
+        dit = recipe.path("dit") / "checkpoints"
+        vae = recipe.world().vae if dit.exists() else shipped.load_vae(recipe.ship_to)[0]
+        return recipe.student_world(vae, path, path.name)
+    if not (path / "student.safetensors").exists():
+        raise SystemExit(f"{path}: neither a distill run (no checkpoints/) nor a world folder "
+                         f"with a student (no student.safetensors)")  # fmt: skip
+    student = shipped.load_world(path, student=True)
+    student.name = f"{path.name} student"
+    student.meta = {**student.meta, "sampler": recipe.played(student.meta["sampler"])}
+    return student
 
 
 if __name__ == "__main__":
