@@ -147,11 +147,15 @@ class WorldSpec:
     # -0.12), first to last 10 s 1.48 dB (2.38); its 1-step student +1.05 dB, revisits +0.49
     # (was -1.76); FD up (1.31 -> 3.73) and PSNR at 16 s down 1 dB (BENCHMARKS.md). None: off
     play_revisit_margin: float | None = 0.0
-    # the student: DMD from the world model with the report's update ratios; the cold start
-    # alone, as at equal steps it did as well as the report's multi-segment stage, which costs
-    # 2.6 times as much per step here (model card, 2026-12-04; --student-multi-steps N adds it)
+    # the student: DMD from the world model with the report's update ratios and both stages.
+    # At equal steps from the 26,173-step world model's 1,500-step cold start, 900 multi-segment
+    # steps against 900 more cold ones (7 clips, 3 steps): 60-s PSNR 19.70 against 19.52, the
+    # last 10 s of 60 20.20 against 20.09, FD 1.25 against 1.53, revisits +1.56 against +1.87
+    # dB; in 1 step level (20.11 / 20.05). A multi-segment step costs 2.5 cold ones (6.9 min
+    # per 100 on one AVX2 thread). On the 5,902-step world model (2026-12-04) the cold start
+    # alone was 0.13 dB ahead (model card, BENCHMARKS.md; --student-multi-steps 0: cold alone)
     student_cold_steps: int = 1500
-    student_multi_steps: int = 0
+    student_multi_steps: int = 900
     student_batch: int = 2
     student_lr: float = 1e-5
     critic_lr: float = 1e-5
