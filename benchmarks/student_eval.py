@@ -75,13 +75,11 @@ def main() -> None:
 
 def probe_student(recipe, path: Path):
     """The student of a distill run or of a world folder, played as the recipe plays its own."""
+    from matrixgame.train.runs import trained_vae
     from matrixgame.worlds import shipped
 
-    if (path / "checkpoints").exists():  # decoded by the world's VAE (the shipped one's on a
-        # work folder with no world-model run yet)
-        dit = recipe.path("dit") / "checkpoints"
-        vae = recipe.world().vae if dit.exists() else shipped.load_vae(recipe.ship_to)[0]
-        return recipe.student_world(vae, path, path.name)
+    if (path / "checkpoints").exists():  # decoded by the world's VAE (no world model loaded)
+        return recipe.student_world(trained_vae(recipe.vae_run())[0], path, path.name)
     if not (path / "student.safetensors").exists():
         raise SystemExit(f"{path}: neither a distill run (no checkpoints/) nor a world folder "
                          f"with a student (no student.safetensors)")  # fmt: skip
