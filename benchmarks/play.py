@@ -1,11 +1,15 @@
 """Play, measured from the browser: `matrixgame play`'s server on the shipped world, Debian's
 Chromium (headless, Playwright) playing for a fixed time with a scripted player, and the
 page's own figures: frames drawn per second, key press to the first frame generated with
-that key, frames dropped, how many frames wait in the page's queue (a growing queue would
-be growing lag), and the server's DiT and decode time per segment.
+that key, split where it went (to the server, waiting there for the next step, the step,
+back to the page, in the page's queue: the server stamps its segments), frames dropped or
+skipped (new keys skip the frames queued ahead of them), how many frames wait in the page's
+queue (a growing queue would be growing lag), how late the page draws a waiting frame, and
+the server's DiT and decode time per segment.
 
     python benchmarks/play.py [--seconds 300] [any option of `matrixgame play`'s world:
                               --world, --mode, --student, --decoder, --steps, --dtype, --int8]
+                              [--no-keys-first]
 
 The world is opened as `matrixgame play` opens it (its auto mode by default: on a CPU the
 student in one step, with the light decoder where the full one measures too slow, bf16 where
@@ -60,9 +64,13 @@ def main() -> None:
     # the world's options as `matrixgame play` takes them (--world, --mode, --student,
     # --decoder, --steps, --dtype, --int8, --threads, --seed), opened as it opens them
     _world_arguments(parser, "auto")
+    parser.add_argument("--no-keys-first", dest="keys_first", action="store_false",
+                        help="pace every step, new keys too (the server without "
+                             "ServeConfig.keys_first)")  # fmt: skip
     args = parser.parse_args()
     world, starts, info = torch_thread().submit(_open, args).result()
-    server = PlayServer(world, starts, ServeConfig(max_sessions=1, steps=args.steps), info)
+    config = ServeConfig(max_sessions=1, steps=args.steps, keys_first=args.keys_first)
+    server = PlayServer(world, starts, config, info)
     url, stop = start_in_thread(server)
     from playwright.sync_api import sync_playwright
 
@@ -91,13 +99,27 @@ def main() -> None:
           f"last segment {segment}")  # fmt: skip
     print_table(rows, ["window", "FPS", "queued frames"])
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else None
-    print(f"key press -> frame: median {statistics.median(lat):.0f} ms, p90 {p90:.0f} ms, "
-          f"max {lat[-1]:.0f} ms over the last {len(lat)} presses; frames drawn "
-          f"{stats['frames']}, dropped {stats['dropped']} (page) + "
-          f"{stats['serverDropped']} segments (server)")  # fmt: skip
-    write_json("play", {"machine": machine(), "world": world.name, "steps": args.steps,
+    print(f"key press -> frame: median {statistics.median(lat):.0f} ms (mean "
+          f"{statistics.fmean(lat):.0f}), p90 {p90:.0f} ms, max {lat[-1]:.0f} ms over the last "
+          f"{len(lat)} presses; frames drawn "
+          f"{stats['frames']}, skipped {stats['skipped']} for new keys, dropped "
+          f"{stats['dropped']} (page) + {stats['serverDropped']} segments (server)")  # fmt: skip
+    # where a key's time goes (medians of each part over the presses; server stamps): to the
+    # server, waiting there for the next step, the step, the socket back, the page's queue
+    parts = ("to_server", "to_step", "step", "to_page", "in_page")
+    split = {f"{k}_ms": round(statistics.median(x[k] for x in stats["splits"]), 1) for k in parts}
+    backlog, late = stats["backlogs"], sorted(stats["lateness"])
+    split |= {"backlog_frames_mean": round(statistics.fmean(backlog), 2),
+              "late_draw_ms_median": round(statistics.median(late), 1),
+              "late_draw_ms_p90": round(late[int(0.9 * (len(late) - 1))], 1)}  # fmt: skip
+    print("of which (medians): " + ", ".join(f"{k} {split[k + '_ms']:.0f} ms" for k in parts))
+    print(f"older frames still queued when a segment arrives: {split['backlog_frames_mean']} "
+          f"on average; a waiting frame drawn {split['late_draw_ms_median']} ms late "
+          f"(median, p90 {split['late_draw_ms_p90']})")  # fmt: skip
+    write_json("play", {**split, "machine": machine(), "world": world.name, "steps": args.steps,
                         "decoder": args.decoder,
-                        "seconds": args.seconds,
+                        "seconds": args.seconds, "keys_first": args.keys_first,
+                        "skipped_frames": stats["skipped"],
                         "world_fps": server.fps, "mode": info["mode"], "int8": info["int8"],
                         "dtype": info["dtype"], "samples": samples,
                         "latencies_ms": lat, "rows": rows, "frames": stats["frames"],

@@ -24,12 +24,24 @@ def session(world_folder):
 
 def test_the_choice_follows_the_measure(world_folder, session):
     start = load_starts(world_folder)[0]
-    roomy = budget.choose_decoder(session, start, fps=17.5, share=1e6)
+    roomy = budget.choose_decoder(session, start, fps=17.5, share=1e6, latency_ms=1e12)
     assert not roomy.light and roomy.segment_ms > 0
-    assert roomy.budget_ms == pytest.approx(1e9 * session.frames_per_step / 17.5)
+    assert roomy.budget_ms == pytest.approx(
+        budget.segment_budget_ms(session.frames_per_step, 17.5, 1e6, 1e12)
+    )
     assert "within" in roomy.reason and f"{roomy.segment_ms:.0f} ms" in roomy.reason
     tight = budget.choose_decoder(session, start, fps=17.5, share=0.0)
     assert tight.light and "over 0 ms" in tight.reason
+
+
+def test_the_budget_is_the_frame_rate_s_or_the_latency_s():
+    d = 4000 / 17.5  # 4 frames at 17.5 fps: a 229-ms segment, its share 137 ms
+    assert budget.segment_budget_ms(4, 17.5, share=0.6, latency_ms=1e9) == pytest.approx(0.6 * d)
+    g = budget.segment_budget_ms(4, 17.5, share=0.6, latency_ms=250)
+    c = budget.CONTENTION * g  # the step in the server; a key waits for half of one by g / d
+    assert c + c * c / (2 * d) + budget.OVERHEAD_MS == pytest.approx(250)
+    assert 90 < g < 0.6 * d  # the latency binds: ~103 ms
+    assert budget.segment_budget_ms(4, 17.5, latency_ms=budget.OVERHEAD_MS) == 0.0
 
 
 def test_bad_measures_are_clear_errors(world_folder, session):
@@ -55,6 +67,7 @@ def test_play_loads_the_light_decoder_only_when_the_full_one_is_too_slow(
     from matrixgame.cli.play import _open
 
     monkeypatch.setattr(budget, "SHARE", share)
+    monkeypatch.setattr(budget, "LATENCY_MS", 1e9)
     world, starts, info = _open(_args(world_folder))
     assert bool(world.vae.config.pruning_rate) == light
     assert f"{'light' if light else 'full'} (full decoder" in info["mode"]

@@ -92,6 +92,11 @@ def test_walk_and_look_under_pointer_lock(page):
 
     stats = _stats(page)
     assert stats["fps"] > 2 and 0 < stats["latencies"][-1] < 5000
+    # each key's latency split where it went (benchmarks/play.py): the parts, from the page's
+    # clock and the server's stamps, add up to it, and the step is a real part of it
+    split = stats["splits"][-1]
+    assert sum(split.values()) == pytest.approx(stats["latencies"][-1], abs=1.0)
+    assert split["step"] > 0 and split["in_page"] >= 0
     assert float(page.inner_text("#fps")) > 0 and page.inner_text("#latency") != "–"
     assert stats["memory"], "the memory panel shows the retrieved latents"
     assert not stats["errors"] and stats["closed"] is None

@@ -56,10 +56,37 @@ def test_hello_then_frames_and_keys_move_the_pose(world):
             header, frames, _ = _next(ws)
         assert header["input_seq"] == 1 and frames.shape == (4, 64, 64, 3)
         assert header["pose"][0] > x0 + 1.0  # walked forward (+x at yaw 0), metres
+        # wall-clock stamps (epoch ms) that split a key's latency: the input's arrival, the
+        # step's start, its frames queued; the step spans the DiT and the decoder
+        now = time.time() * 1e3
+        assert now - 60e3 < header["input_at"] <= header["began_at"] <= header["queued_at"] <= now
+        span = header["queued_at"] - header["began_at"]
+        assert span >= header["dit_ms"] + header["decode_ms"] - 0.2
         ws.send_json({"type": "input", "seq": 2, "keys": [], "mouse": [200, 0]})
         for _ in range(3):
             header, _, _ = _next(ws)
         assert header["pose"][2] < -20  # the pointer moved right: turned right
+
+
+@pytest.mark.parametrize("keys_first", [True, False])
+def test_new_keys_start_the_next_step_at_once(world, monkeypatch, keys_first):
+    # at 0.25 frames/s a segment lasts 16 s and the pace (its estimate of a step starts at a
+    # segment's duration) waits ~5 s before the second step: new keys start it at once
+    # (keys_first), pointer motion alone waits; without keys_first new keys wait too
+    monkeypatch.setitem(world[0].meta, "fps", 0.25)
+    with _client(world, pace=True, keys_first=keys_first) as client:
+        with client.websocket_connect("/ws") as ws:
+            assert _next(ws, "hello")["keys_first"] is keys_first
+            _next(ws)  # the start
+            _next(ws)  # the first step: now the pace runs from here
+            began = time.monotonic()
+            ws.send_json({"type": "input", "seq": 1, "keys": [], "mouse": [5, 0]})
+            time.sleep(0.3)
+            ws.send_json({"type": "input", "seq": 2, "keys": ["W"], "mouse": [0, 0]})
+            header, _, _ = _next(ws)
+            waited = time.monotonic() - began
+    assert header["input_seq"] == 2
+    assert (waited < 2.5) if keys_first else (waited > 3.5), f"{waited:.2f} s"
 
 
 def test_bad_messages_get_an_error_and_the_connection_survives(world):

@@ -49,6 +49,9 @@ class ServeConfig:
     errors_per_s: float = 20.0  # error answers per second at most (a flood is not echoed)
     degrees_per_pixel: float = 0.15
     pace: bool = True  # never generate ahead of real time
+    # a change of the keys held starts the next step at once instead of at its pace point,
+    # and the page skips the frames still queued ahead of it (generated with the old keys)
+    keys_first: bool = True
     max_record_s: float = 600.0
     pool_cap: int | None = 10_000  # memory latents per session (~38 min at 17.5 fps)
     steps: int | None = None  # sampler steps (default: the world's)
@@ -123,7 +126,7 @@ class PlayServer:
             "frames_per_step": session.frames_per_step, "sampler_steps": session.steps,
             "starts": [s.name for s in self.starts], "max_sessions": self.config.max_sessions,
             "pitch": self.pitch, "degrees_per_pixel": self.config.degrees_per_pixel,
-            "idle_s": self.config.idle_s, **info,
+            "idle_s": self.config.idle_s, "keys_first": self.config.keys_first, **info,
         }  # fmt: skip
 
     def _build(self):
@@ -208,8 +211,10 @@ class Connection:
                              self.config.degrees_per_pixel, server.pitch,
                              max_record_s=self.config.max_record_s)  # fmt: skip
         self.keys: frozenset[str] = frozenset()
+        self.keys_changed = False  # since the producer last read them
         self.pixels = [0.0, 0.0]
         self.seq = -1
+        self.seq_at = 0.0  # when (epoch s) the input of ``seq`` arrived
         self.commands: collections.deque = collections.deque(maxlen=16)
         self.frames: collections.deque = collections.deque(maxlen=self.config.queue)
         self.texts: collections.deque = collections.deque(maxlen=32)
@@ -268,10 +273,14 @@ class Connection:
 
     def handle(self, message) -> None:
         if isinstance(message, Input):
+            if message.keys != self.keys and self.config.keys_first:
+                self.keys_changed = True
+                self.wake.set()
             self.keys = message.keys
             self.pixels[0] += message.mouse[0]
             self.pixels[1] += message.mouse[1]
-            self.seq = max(self.seq, message.seq)
+            if message.seq > self.seq:
+                self.seq, self.seq_at = message.seq, time.time()
         elif isinstance(message, Reset):
             if message.start >= len(self.server.starts):
                 raise ValueError(f"start {message.start} does not exist "
@@ -294,7 +303,10 @@ class Connection:
             while self.commands:
                 await self.command(self.commands.popleft())
                 sent = loop.time()
-            if self.config.pace:  # start so the segment lands as the last one ends
+            # start so the segment lands as the last one ends (or at once for new keys: a key
+            # waits on average half a segment for the next step to start, more than the
+            # page's skip of the frames queued ahead of it costs; benchmarks/play.py)
+            if self.config.pace and not self.keys_changed:
                 wait = sent + duration - estimate - loop.time()
                 if wait > 0:
                     self.wake.clear()
@@ -304,16 +316,24 @@ class Connection:
                     if self.commands:
                         continue
             keys, pixels, seq = self.keys, tuple(self.pixels), self.seq
+            self.keys_changed = False
             self.pixels = [0.0, 0.0]
             began = loop.time()
-            await self.work(self.player.step, keys, pixels, seq)
+            # wall-clock times (epoch ms) the page can set beside its own: where a key's
+            # latency goes (to the server, waiting for the step, the step, back to the page)
+            times = {
+                "input_at": round(self.seq_at * 1e3, 1),
+                "began_at": round(time.time() * 1e3, 1),
+            }
+            await self.work(self.player.step, keys, pixels, seq, times=times)
             sent = loop.time()
             estimate = 0.7 * estimate + 0.3 * (sent - began)
             if self.player.recording_full:
                 await self.command(Record(False))
 
-    async def work(self, fn, *args) -> None:
-        """Run a player call in a worker thread; queue its frames (dropping the oldest)."""
+    async def work(self, fn, *args, times: dict | None = None) -> None:
+        """Run a player call in a worker thread; queue its frames (dropping the oldest).
+        ``times``: wall-clock stamps for the header, which gains the time it was queued."""
         loop = asyncio.get_running_loop()
         self.busy = loop.run_in_executor(self.server.executor, fn, *args)
         header, frames, thumbs = await asyncio.shield(self.busy)
@@ -321,6 +341,8 @@ class Connection:
         if len(self.frames) == self.frames.maxlen:
             self.dropped += 1
         header["dropped"] = self.dropped
+        if times is not None:
+            header.update(times, queued_at=round(time.time() * 1e3, 1))
         self.frames.append(pack_frames(header, frames, thumbs))
         self.ready.set()
 

@@ -12,6 +12,7 @@ const state = {
   ws: null, info: null, seq: 0, keys: new Set(), dx: 0, dy: 0, sentKeys: "",
   queue: [], nextDraw: 0, drawnTimes: [], frames: 0, segments: 0, dropped: 0,
   serverDropped: 0, press: null, latencies: [], trail: [], revisits: [], memory: [],
+  splits: [], backlogs: [], lateness: [], keySeq: null, skipped: 0,
   recording: false, lastHeader: null, closed: null, errors: [], lastSent: 0,
 };
 
@@ -88,13 +89,23 @@ function onFrames(buffer) {
   });
   state.segments += 1;
   state.serverDropped = header.dropped || 0;
+  const arrived = performance.now();
+  keep(state.backlogs, state.queue.length);  // frames of older segments still to draw
+  if (state.keySeq !== null && header.input_seq >= state.keySeq) {
+    // the first segment made with the keys as they are now: the frames queued ahead of it
+    // were made with the old ones; skip them (the server started this one early for it)
+    state.skipped += state.queue.length;
+    state.queue = [];
+    state.nextDraw = 0;
+    state.keySeq = null;
+  }
   if (header.reset) {  // a new start: show its last frame now, forget the old trail
     state.queue = [];
     state.trail = [];
     state.revisits = [];
     images.splice(0, images.length - 1);
   }
-  images.forEach((image, t) => state.queue.push({ image, header, first: t === 0, thumbs }));
+  images.forEach((image, t) => state.queue.push({ image, header, first: t === 0, thumbs, arrived }));
   const step = state.info ? state.info.frames_per_step : T;
   if (state.queue.length > 2 * step) {  // behind: skip ahead rather than lag
     const drop = state.queue.length - step;
@@ -124,6 +135,8 @@ function draw(now) {
   if (state.queue.length && now >= state.nextDraw) {
     const item = state.queue.shift();
     ctx.putImageData(item.image, 0, 0);
+    // drawn how late (ms) after its time, for a frame that was waiting when its time came
+    if (item.arrived <= state.nextDraw) keep(state.lateness, now - state.nextDraw);
     state.frames += 1;
     state.drawnTimes.push(now);
     state.nextDraw = Math.max(state.nextDraw + interval, now - interval / 2);
@@ -136,8 +149,15 @@ function draw(now) {
 function onSegmentShown(item, now) {
   const h = item.header;
   if (state.press && h.input_seq >= state.press.seq) {
-    state.latencies.push(now - state.press.t);
-    if (state.latencies.length > 50) state.latencies.shift();
+    keep(state.latencies, now - state.press.t);
+    if (h.began_at !== undefined) {  // where the time went (server stamps: epoch ms)
+      const epoch = (t) => performance.timeOrigin + t;
+      keep(state.splits, {
+        to_server: h.input_at - epoch(state.press.t), to_step: h.began_at - h.input_at,
+        step: h.queued_at - h.began_at, to_page: epoch(item.arrived) - h.queued_at,
+        in_page: now - item.arrived,
+      });
+    }
     state.press = null;
   }
   state.lastHeader = h;
@@ -221,17 +241,28 @@ document.addEventListener("keydown", (e) => {
   if (e.repeat || state.keys.has(key)) return;
   state.keys.add(key);
   sendInput();
+  keysChanged();
   if (!state.press) state.press = { seq: state.seq, t: performance.now() };
 });
 
 document.addEventListener("keyup", (e) => {
   const key = KEYMAP[e.code];
   if (!key) return;
-  state.keys.delete(key);
+  if (!state.keys.delete(key)) return;
   sendInput();
+  keysChanged();
 });
 
-window.addEventListener("blur", () => { state.keys.clear(); sendInput(); });
+window.addEventListener("blur", () => {
+  const held = state.keys.size;
+  state.keys.clear();
+  sendInput();
+  if (held) keysChanged();
+});
+
+function keysChanged() {  // where the server starts a step at once for new keys
+  if (state.info && state.info.keys_first) state.keySeq = state.seq;
+}
 
 screen.addEventListener("click", () => screen.requestPointerLock());
 document.addEventListener("pointerlockchange", () => {
@@ -255,13 +286,18 @@ $("record").addEventListener("click", () => send({ type: "record", on: !state.re
 setInterval(() => {
   const fps = state.drawnTimes.length / 2;
   $("fps").textContent = fps.toFixed(1);
-  const lat = state.latencies;
+  const lat = state.latencies.slice(-50);  // the last 50 presses
   if (lat.length) {
     $("latency").textContent = lat[lat.length - 1].toFixed(0);
     $("latency-median").textContent = median(lat).toFixed(0);
   }
   $("dropped").textContent = String(state.dropped + state.serverDropped);
 }, 250);
+
+function keep(list, value, n = 200) {  // a rolling window of a figure
+  list.push(value);
+  if (list.length > n) list.shift();
+}
 
 function median(values) {
   const s = [...values].sort((a, b) => a - b);
@@ -272,7 +308,9 @@ function median(values) {
 window.matrixgame = {
   stats: () => ({
     fps: state.drawnTimes.length / 2, frames: state.frames, segments: state.segments,
-    latencies: [...state.latencies], dropped: state.dropped, serverDropped: state.serverDropped,
+    latencies: [...state.latencies], splits: state.splits.map((x) => ({ ...x })),
+    backlogs: [...state.backlogs], lateness: [...state.lateness], skipped: state.skipped,
+    dropped: state.dropped, serverDropped: state.serverDropped,
     queued: state.queue.length, trail: state.trail.map((p) => [...p]),
     revisits: state.revisits.length, memory: state.lastHeader ? state.lastHeader.memory : [],
     errors: [...state.errors], closed: state.closed, recording: state.recording,
