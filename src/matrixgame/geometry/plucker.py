@@ -9,6 +9,8 @@ position, channel order ``(c, dy, dx)``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from matrixgame.geometry.cameras import (
@@ -31,19 +33,39 @@ def plucker_rays(c2w: Tensor, K: Tensor, height: int, width: int) -> Tensor:
     check_image_size(height, width)
     if c2w.ndim != 3:
         raise ValueError(f"c2w must have shape [N, 4, 4], got {list(c2w.shape)}")
-    K = K.to(c2w).expand(len(c2w), 4)
+    n = len(c2w)
+    if K.ndim == 1 or (K.ndim == 2 and len(K) == 1):  # shared: its directions made once
+        key = (*K.reshape(4).tolist(), height, width, c2w.dtype, str(c2w.device))
+        dirs = _pixel_directions(*key).expand(n, height * width, 3)
+    else:
+        dirs = _directions(K.to(c2w).expand(n, 4), height, width).reshape(n, -1, 3)
+    rays = c2w.new_empty(n, height * width, 6)
+    rays[..., 3:] = dirs @ c2w[:, :3, :3].transpose(-1, -2)  # camera frame to world
+    rays[..., :3] = c2w[:, None, :3, 3]
+    return rays.view(n, height, width, 6)
+
+
+def _directions(K: Tensor, height: int, width: int) -> Tensor:
+    """Unit camera-frame directions ``[N, H, W, 3]`` through the pixel centres of cameras
+    ``K [N, 4]``."""
     fx, fy, cx, cy = (k[:, None, None] for k in K.unbind(-1))  # each [N, 1, 1]
     v, u = torch.meshgrid(
-        torch.arange(height, dtype=c2w.dtype, device=c2w.device) + 0.5,
-        torch.arange(width, dtype=c2w.dtype, device=c2w.device) + 0.5,
+        torch.arange(height, dtype=K.dtype, device=K.device) + 0.5,
+        torch.arange(width, dtype=K.dtype, device=K.device) + 0.5,
         indexing="ij",
     )
     x, y = (u - cx) / fx, (v - cy) / fy  # [N, H, W]
     dirs = torch.stack([x, y, torch.ones_like(x)], -1)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)  # [N, H, W, 3] camera frame
-    rays_d = torch.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], dirs)
-    rays_o = c2w[:, None, None, :3, 3].expand_as(rays_d)
-    return torch.cat([rays_o, rays_d], -1)
+    return dirs / dirs.norm(dim=-1, keepdim=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_directions(fx: float, fy: float, cx: float, cy: float, height: int, width: int,
+                      dtype: torch.dtype, device: str) -> Tensor:  # fmt: skip
+    """:func:`_directions` of one shared camera, ``[H * W, 3]``, made once per camera (a
+    streaming session's every step asks for the same)."""
+    K = torch.tensor([[fx, fy, cx, cy]], dtype=dtype, device=device)
+    return _directions(K, height, width).reshape(-1, 3)
 
 
 def fold_plucker(rays: Tensor, latent_height: int, latent_width: int) -> Tensor:
