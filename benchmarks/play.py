@@ -69,7 +69,8 @@ def main() -> None:
                              "ServeConfig.keys_first)")  # fmt: skip
     args = parser.parse_args()
     world, starts, info = torch_thread().submit(_open, args).result()
-    config = ServeConfig(max_sessions=1, steps=args.steps, keys_first=args.keys_first)
+    config = ServeConfig(max_sessions=1, steps=args.steps, keys_first=args.keys_first,
+                         compile_retrieval=info["retrieval"] == "compiled")  # fmt: skip
     server = PlayServer(world, starts, config, info)
     url, stop = start_in_thread(server)
     from playwright.sync_api import sync_playwright
@@ -95,7 +96,8 @@ def main() -> None:
              "queued frames": max(s["queued"] for s in part)}
             for name, part in (("first", first), ("last", last))]  # fmt: skip
     print(f"{world.name}: {args.seconds:.0f} s in Chromium, world at {server.fps} fps, "
-          f"{info['capability']}, mode {info['mode']}, int8 {info['int8']}, "
+          f"{info['capability']}, mode {info['mode']}, int8 {info['int8']}, retrieval "
+          f"{info['retrieval']}, "
           f"last segment {segment}")  # fmt: skip
     print_table(rows, ["window", "FPS", "queued frames"])
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else None

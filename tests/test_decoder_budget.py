@@ -90,3 +90,18 @@ def test_quality_mode_and_forced_decoders_skip_the_measure(world_folder, monkeyp
         _open(_args(bare, decoder="light"))
     world, _, info = _open(_args(bare))  # realtime, nothing to choose: the full decoder
     assert "full decoder" in info["mode"]
+
+
+def test_play_compiles_retrieval_or_says_why_not(world_folder, monkeypatch):
+    from matrixgame.cli.play import _open
+    from matrixgame.geometry import frustum
+
+    _, _, info = _open(_args(world_folder, mode="quality"))
+    assert info["retrieval"] == "compiled"  # warmed: sessions' first retrieval does not stall
+
+    def no_compiler():
+        raise RuntimeError("no C++ compiler\nmore")
+
+    monkeypatch.setattr(frustum, "_compiled_hits", no_compiler)
+    _, _, info = _open(_args(world_folder, mode="quality"))
+    assert info["retrieval"] == "eager (RuntimeError: no C++ compiler)"

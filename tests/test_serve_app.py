@@ -74,17 +74,17 @@ def test_new_keys_start_the_next_step_at_once(world, monkeypatch, keys_first):
     # segment's duration) waits ~5 s before the second step: new keys start it at once
     # (keys_first), pointer motion alone waits; without keys_first new keys wait too
     monkeypatch.setitem(world[0].meta, "fps", 0.25)
-    with _client(world, pace=True, keys_first=keys_first) as client:
-        with client.websocket_connect("/ws") as ws:
-            assert _next(ws, "hello")["keys_first"] is keys_first
-            _next(ws)  # the start
-            _next(ws)  # the first step: now the pace runs from here
-            began = time.monotonic()
-            ws.send_json({"type": "input", "seq": 1, "keys": [], "mouse": [5, 0]})
-            time.sleep(0.3)
-            ws.send_json({"type": "input", "seq": 2, "keys": ["W"], "mouse": [0, 0]})
-            header, _, _ = _next(ws)
-            waited = time.monotonic() - began
+    client = _client(world, pace=True, keys_first=keys_first)
+    with client, client.websocket_connect("/ws") as ws:
+        assert _next(ws, "hello")["keys_first"] is keys_first
+        _next(ws)  # the start
+        _next(ws)  # the first step: now the pace runs from here
+        began = time.monotonic()
+        ws.send_json({"type": "input", "seq": 1, "keys": [], "mouse": [5, 0]})
+        time.sleep(0.3)
+        ws.send_json({"type": "input", "seq": 2, "keys": ["W"], "mouse": [0, 0]})
+        header, _, _ = _next(ws)
+        waited = time.monotonic() - began
     assert header["input_seq"] == 2
     assert (waited < 2.5) if keys_first else (waited > 3.5), f"{waited:.2f} s"
 

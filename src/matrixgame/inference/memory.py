@@ -181,3 +181,21 @@ class MemoryPool:
     def pose(self, positions: Tensor) -> Tensor:
         """Poses ``[len(positions), 4, 4]`` (float64) of latents still in the pool."""
         return self.c2w[self._rows(positions)]
+
+
+def warm_compiled_retrieval(view: ViewVolume, device=None) -> str | None:
+    """Compile the fused overlap of a pool with ``compiled`` retrieval ahead of a session that
+    uses it (seconds, once per process: one graph serves every pool size), so its first
+    retrieval does not stall a step. Returns None when ready, else why it cannot compile here
+    (no C++ compiler for inductor, say): use eager retrieval then, the same selections."""
+    pool = MemoryPool(view, device=device, compiled=True)
+    yaw = torch.arange(4, dtype=torch.float64) * 30.0
+    c2w = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    c2w[:, 0, 0], c2w[:, 0, 1] = yaw.deg2rad().cos(), -yaw.deg2rad().sin()
+    c2w[:, 1, 0], c2w[:, 1, 1] = yaw.deg2rad().sin(), yaw.deg2rad().cos()
+    pool.add(torch.zeros(1, 4, 1, 1), c2w, 0)
+    try:
+        pool.retrieve(c2w[0], 4, 2)
+    except Exception as err:  # inductor's failures are many kinds: any of them means eager
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+    return None

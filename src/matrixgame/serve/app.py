@@ -54,6 +54,7 @@ class ServeConfig:
     keys_first: bool = True
     max_record_s: float = 600.0
     pool_cap: int | None = 10_000  # memory latents per session (~38 min at 17.5 fps)
+    compile_retrieval: bool = False  # sessions' retrieval compiled (warm it first: cli.play)
     steps: int | None = None  # sampler steps (default: the world's)
     guidance: dict | None = None  # guidance weights overriding the world's (Guidance)
 
@@ -205,8 +206,8 @@ class Connection:
     def __init__(self, server: PlayServer, ws) -> None:
         self.server, self.ws, self.config = server, ws, server.config
         session = WorldSession(server.world, steps=self.config.steps,
-                               pool_cap=self.config.pool_cap,
-                               guidance=self.config.guidance)  # fmt: skip
+                               pool_cap=self.config.pool_cap, guidance=self.config.guidance,
+                               compile_retrieval=self.config.compile_retrieval)  # fmt: skip
         self.player = Player(session, server.starts, server.fps,
                              self.config.degrees_per_pixel, server.pitch,
                              max_record_s=self.config.max_record_s)  # fmt: skip
