@@ -117,7 +117,7 @@ def _open(args: argparse.Namespace):
                         else f"off ({report.reason})")  # fmt: skip
     starts = load_starts(folder)
     # sessions' memory retrieval compiled where inductor can (a step's retrieval against
-    # 10k latents: 3 ms instead of 12-14 on AVX2), warmed here so no step stalls on it
+    # 10k latents: 3 ms instead of 8.5-14 on AVX2), warmed here so no step stalls on it
     info["retrieval"] = "eager (no start to warm it from)"
     if starts:
         from matrixgame.inference.memory import warm_compiled_retrieval
