@@ -233,6 +233,26 @@ def test_rope_offsets_move_the_grid_to_real_positions():
 
 
 @torch.no_grad()
+def test_the_blocks_share_one_rope_grid_and_give_the_same_prediction():
+    # the forward makes the rotations once for all blocks (ctx["rope_grid"]); each block
+    # making its own gives the same numbers, bit for bit; a grid of the wrong layout is refused
+    from matrixgame.models.layers import rotate
+
+    torch.manual_seed(0)
+    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
+    x, memory = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    t = torch.tensor([[0.0, 0.0, 500.0], [0.0, 0.0, 800.0]])
+    kwargs = dict(memory=memory, memory_index=torch.tensor([0, 1]), first_index=4,
+                  rope_offset=torch.randn(2, 5, 2) * 3)  # fmt: skip
+    tokens, _, e0, ctx = model.prepare(x, t, **kwargs)
+    shared = model.run_blocks(tokens, e0, ctx)
+    assert torch.equal(shared, model.run_blocks(tokens, e0, {**ctx, "rope_grid": None}))
+    q = torch.randn(2, tokens.shape[1] - 1, 2, 32)
+    with pytest.raises(ValueError, match="does not fit x"):
+        rotate(q, ctx["rope_grid"])
+
+
+@torch.no_grad()
 def test_camera_rope_depends_only_on_the_frames_relative_offsets():
     # RoPE attention sees position differences: moving every frame's grid alike changes
     # nothing, moving the memory frames' grids against the rest changes the prediction

@@ -28,9 +28,10 @@ from matrixgame.models.actions import ActionConfig, ActionModule
 from matrixgame.models.layers import (
     LayerNorm,
     RMSNorm,
-    apply_rope_3d,
     attention,
     rope_frequencies,
+    rope_grid,
+    rotate,
     timestep_embedding,
 )
 
@@ -109,9 +110,10 @@ class SelfAttention(nn.Module):
         self.sequence_parallel = None
 
     def forward(self, x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width: int,
-                offset: Tensor | None = None) -> Tensor:  # fmt: skip
+                offset: Tensor | None = None, grid: Tensor | None = None) -> Tensor:  # fmt: skip
         """``x [B, L, C]``; ``t_index [F]`` temporal RoPE index of each of the L/(h w) frames;
-        ``offset [B, F, 2]`` their grids' camera-aligned shifts in tokens (or None)."""
+        ``offset [B, F, 2]`` their grids' camera-aligned shifts in tokens (or None); ``grid``:
+        the rotations these make (:func:`rope_grid`), when made once for all blocks."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))  # [B, L, H, d]
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
@@ -119,6 +121,8 @@ class SelfAttention(nn.Module):
             if offset is not None:
                 raise ValueError("camera-aligned RoPE does not run sequence-parallel")
             return self.o(self.sequence_parallel(q, k, v, freqs, t_index).flatten(2))
+        if grid is not None:
+            return self.o(attention(rotate(q, grid), rotate(k, grid), v).flatten(2))
         return self.o(rope_attention(q, k, v, freqs, t_index, height, width, offset).flatten(2))
 
 
@@ -127,9 +131,8 @@ def rope_attention(q: Tensor, k: Tensor, v: Tensor, freqs: Tensor, t_index: Tens
     """Attention over ``[B, L, H, d]`` tokens (frame-major, ``height x width`` per frame)
     after rotating queries and keys by their 3D RoPE positions (``offset``: see
     :func:`apply_rope_3d`)."""
-    q = apply_rope_3d(q, freqs, t_index, height, width, offset)
-    k = apply_rope_3d(k, freqs, t_index, height, width, offset)
-    return attention(q, k, v)
+    grid = rope_grid(freqs, t_index, height, width, offset, batch=q.shape[0])
+    return attention(rotate(q, grid), rotate(k, grid), v)
 
 
 class CrossAttention(SelfAttention):
@@ -174,7 +177,7 @@ class Block(nn.Module):
         # 1. self-attention over memory + past + current tokens
         h = (self.norm1(x).float() * (1 + scale1) + shift1).to(x.dtype)
         y = self.self_attn(h, ctx["freqs"], ctx["t_index"], ctx["height"], ctx["width"],
-                           ctx["rope_offset"])  # fmt: skip
+                           ctx["rope_offset"], ctx.get("rope_grid"))  # fmt: skip
         x = x + (y * gate1).to(x.dtype)  # gates are float32; the stream keeps the model dtype
         # 2. camera injection
         if ctx["camera"] is not None:
@@ -409,6 +412,8 @@ class MatrixGameDiT(nn.Module):
                                  f"got {list(rope_offset.shape)}")  # fmt: skip
             cells = torch.tensor([ph, pw], dtype=torch.float64, device=rope_offset.device)
             ctx["rope_offset"] = rope_offset.reshape(-1, m + f, 2).double() / cells  # in tokens
+        # the blocks' RoPE rotations, the same for all of them: made once per forward
+        ctx["rope_grid"] = rope_grid(ctx["freqs"], t_index, h, w, ctx["rope_offset"], batch=b)
         return tokens, e, e0, ctx
 
     def run_blocks(self, tokens: Tensor, e0: Tensor, ctx: dict) -> Tensor:

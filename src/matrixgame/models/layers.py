@@ -82,21 +82,30 @@ def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width:
     fractional) moves each frame's grid to rows ``i + offset[0]``, columns ``j + offset[1]``
     (camera-aligned positions); None keeps the grid. Returns float32.
     """
-    b, seq, heads, dim = x.shape
+    frames = t_index.shape[-1]
+    if x.shape[1] != frames * height * width:
+        raise ValueError(f"{x.shape[1]} tokens do not make {frames} frames of {height}x{width}")
+    return rotate(x, rope_grid(freqs, t_index, height, width, offset, batch=x.shape[0]))
+
+
+def rope_grid(freqs: Tensor, t_index: Tensor, height: int, width: int,
+              offset: Tensor | None = None, batch: int | None = None) -> Tensor:  # fmt: skip
+    """The rotations :func:`apply_rope_3d` applies, ``[n, L, H, D/2]`` complex (n: 1 when
+    shared by the batch, else B), made once for every attention of a forward that shares
+    the positions (:func:`rotate` applies them)."""
+    heads = freqs.shape[0]
     t_index = t_index.long()
     if t_index.ndim == 1:
         t_index = t_index[None]
     frames = t_index.shape[1]
-    if seq != frames * height * width:
-        raise ValueError(f"{seq} tokens do not make {frames} frames of {height}x{width}")
-    ct, ch, cw = rope_split(dim)
+    ct, ch, cw = rope_split(2 * freqs.shape[2])
     ft, fh, fw = freqs.split([ct, ch, cw], dim=2)
     if offset is None:
         fh = fh[:, :height].permute(1, 0, 2)[None, None, :, None]  # [1, 1, h, 1, H, ch]
         fw = fw[:, :width].permute(1, 0, 2)[None, None, None, :]  # [1, 1, 1, w, H, cw]
     else:
         offset = offset.to(torch.float64).reshape(-1, frames, 2)
-        if offset.shape[0] not in (1, b):
+        if offset.shape[0] not in (1, batch or offset.shape[0]):
             raise ValueError(f"offset must be [F, 2] or [B, F, 2], got {list(offset.shape)}")
         fh, fw = (_shifted(f, size, offset[..., axis])
                   for f, size, axis in ((fh, height, 0), (fw, width, 1)))  # fmt: skip
@@ -110,7 +119,16 @@ def apply_rope_3d(x: Tensor, freqs: Tensor, t_index: Tensor, height: int, width:
             fw.expand(*shape, cw),
         ],
         dim=-1,
-    ).reshape(n, seq, heads, dim // 2)
+    )
+    return grid.reshape(n, frames * height * width, heads, ct + ch + cw)
+
+
+def rotate(x: Tensor, grid: Tensor) -> Tensor:
+    """``x [B, L, H, D]`` rotated by a :func:`rope_grid` ``[1 or B, L, H, D/2]``; float32."""
+    b, seq, heads, dim = x.shape
+    if grid.shape[1:] != (seq, heads, dim // 2) or grid.shape[0] not in (1, b):
+        raise ValueError(f"a rotation grid {list(grid.shape)} does not fit x {list(x.shape)} "
+                         f"(needs [1 or {b}, {seq}, {heads}, {dim // 2}])")  # fmt: skip
     xc = torch.view_as_complex(x.float().reshape(b, seq, heads, dim // 2, 2))
     return torch.view_as_real(xc * grid.to(xc.dtype)).flatten(3)
 
