@@ -232,6 +232,24 @@ def test_rope_offsets_move_the_grid_to_real_positions():
     assert not torch.allclose(half, plain, atol=1e-3) and not torch.allclose(half, moved, atol=1e-3)
 
 
+def test_cross_attention_to_one_token_is_its_value():
+    # text_len 1 (a world without text): every query gives the one key weight 1, so inference
+    # skips queries, keys and softmax; with grad the full path runs (q and k get gradients)
+    from matrixgame.models.dit import CrossAttention
+    from matrixgame.models.layers import attention
+
+    torch.manual_seed(0)
+    layer = CrossAttention(32, 2, True, 1e-6)
+    x, context = torch.randn(2, 7, 32), torch.randn(2, 1, 32)
+    q = layer.norm_q(layer.q(x)).unflatten(-1, (2, -1))
+    k = layer.norm_k(layer.k(context)).unflatten(-1, (2, -1))
+    full = layer.o(attention(q, k, layer.v(context).unflatten(-1, (2, -1))).flatten(2))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, context), full, atol=1e-6, rtol=1e-6)
+    layer(x, context).square().sum().backward()
+    assert layer.q.weight.grad is not None and layer.k.weight.grad is not None
+
+
 @torch.no_grad()
 def test_the_blocks_share_one_rope_grid_and_give_the_same_prediction():
     # the forward makes the rotations once for all blocks (ctx["rope_grid"]); each block

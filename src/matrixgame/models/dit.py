@@ -138,6 +138,12 @@ def rope_attention(q: Tensor, k: Tensor, v: Tensor, freqs: Tensor, t_index: Tens
 class CrossAttention(SelfAttention):
     def forward(self, x: Tensor, context: Tensor) -> Tensor:  # type: ignore[override]
         dtype = self.q.weight.dtype  # the release casts both sides to its (bf16) weights
+        if context.shape[1] == 1 and not torch.is_grad_enabled():
+            # one key: softmax gives it weight 1 for every query, so each output is its value
+            # (the same up to rounding): no queries, keys or attention to compute (a world
+            # without text, text_len 1: a fifth of the default world's DiT on a CPU). With
+            # grad the full path runs, so training's q and k get their (zero) gradients
+            return self.o(self.v(context.to(dtype))).expand(-1, x.shape[1], -1)
         q = self.norm_q(self.q(x.to(dtype))).unflatten(-1, (self.heads, -1))
         k = self.norm_k(self.k(context.to(dtype))).unflatten(-1, (self.heads, -1))
         v = self.v(context.to(dtype)).unflatten(-1, (self.heads, -1))
