@@ -250,19 +250,23 @@ def test_cross_attention_to_one_token_is_its_value():
     assert layer.q.weight.grad is not None and layer.k.weight.grad is not None
 
 
+def _memory_window():
+    """A tiny DiT (off-zero init) and a window of 2 memory latents and 3 of x."""
+    torch.manual_seed(0)
+    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
+    x, memory = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    t = torch.tensor([[0.0, 0.0, 500.0], [0.0, 0.0, 800.0]])
+    return model, x, t, dict(memory=memory, memory_index=torch.tensor([0, 1]), first_index=4)
+
+
 @torch.no_grad()
 def test_the_blocks_share_one_rope_grid_and_give_the_same_prediction():
     # the forward makes the rotations once for all blocks (ctx["rope_grid"]); each block
     # making its own gives the same numbers, bit for bit; a grid of the wrong layout is refused
     from matrixgame.models.layers import rotate
 
-    torch.manual_seed(0)
-    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
-    x, memory = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 2, 4, 4)
-    t = torch.tensor([[0.0, 0.0, 500.0], [0.0, 0.0, 800.0]])
-    kwargs = dict(memory=memory, memory_index=torch.tensor([0, 1]), first_index=4,
-                  rope_offset=torch.randn(2, 5, 2) * 3)  # fmt: skip
-    tokens, _, e0, ctx = model.prepare(x, t, **kwargs)
+    model, x, t, kwargs = _memory_window()
+    tokens, _, e0, ctx = model.prepare(x, t, rope_offset=torch.randn(2, 5, 2) * 3, **kwargs)
     shared = model.run_blocks(tokens, e0, ctx)
     assert torch.equal(shared, model.run_blocks(tokens, e0, {**ctx, "rope_grid": None}))
     q = torch.randn(2, tokens.shape[1] - 1, 2, 32)
@@ -274,12 +278,8 @@ def test_the_blocks_share_one_rope_grid_and_give_the_same_prediction():
 def test_camera_rope_depends_only_on_the_frames_relative_offsets():
     # RoPE attention sees position differences: moving every frame's grid alike changes
     # nothing, moving the memory frames' grids against the rest changes the prediction
-    torch.manual_seed(0)
-    model = off_init(MatrixGameDiT(DIT_PRESETS["tiny"]).eval())
-    x, memory = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 2, 4, 4)
-    t = torch.tensor([[0.0, 0.0, 500.0], [0.0, 0.0, 800.0]])
+    model, x, t, kwargs = _memory_window()
     offset = torch.randn(2, 5, 2) * 3
-    kwargs = dict(memory=memory, memory_index=torch.tensor([0, 1]), first_index=4)
     base = model(x, t, rope_offset=offset, **kwargs)
     alike = model(x, t, rope_offset=offset + torch.tensor([1.5, -4.0]), **kwargs)
     torch.testing.assert_close(alike, base, atol=1e-4, rtol=0)
