@@ -173,15 +173,19 @@ class CausalConv3d(nn.Conv3d):
         if history is not None and pad[4] > 0:
             x = torch.cat([history.to(x), x], dim=2)
             pad[4] -= history.shape[2]
-        x = F.pad(x, pad)
         mode = _cpu_conv(x, self)
-        if mode == "frames":
-            return frames_conv3d(x, self.weight, self.bias, self.stride, self.groups)
         if mode == "onednn":
             # PyTorch's CPU heuristic sends small-batch 3D convolutions with 3x3 kernels to
-            # its slow im2col path; oneDNN computes the same thing 3-6x faster
-            return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias, self.padding,
-                                            self.stride, self.dilation, self.groups)  # fmt: skip
+            # its slow im2col path; oneDNN computes the same thing 3-6x faster, and pads the
+            # height and width itself (the same numbers, no padded copy of the input)
+            if pad[4]:
+                x = F.pad(x, (0, 0, 0, 0, pad[4], 0))
+            return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias,
+                                            (0, pad[2], pad[0]), self.stride, self.dilation,
+                                            self.groups)  # fmt: skip
+        x = F.pad(x, pad)
+        if mode == "frames":
+            return frames_conv3d(x, self.weight, self.bias, self.stride, self.groups)
         return super().forward(x)
 
 
