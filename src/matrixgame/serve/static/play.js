@@ -96,7 +96,7 @@ function onFrames(buffer) {
     // were made with the old ones; skip them (the server started this one early for it)
     state.skipped += state.queue.length;
     state.queue = [];
-    state.nextDraw = 0;
+    state.nextDraw = arrived;  // its first frame at once, the rest at the world's rate
     state.keySeq = null;
   }
   if (header.reset) {  // a new start: show its last frame now, forget the old trail
