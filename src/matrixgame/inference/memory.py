@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from matrixgame.geometry.cameras import pose_from_angles
 from matrixgame.geometry.frustum import Frusta, ViewVolume, overlap_sampled, topk_overlap
 
 Tensor = torch.Tensor
@@ -189,10 +190,7 @@ def warm_compiled_retrieval(view: ViewVolume, device=None) -> str | None:
     retrieval does not stall a step. Returns None when ready, else why it cannot compile here
     (no C++ compiler for inductor, say): use eager retrieval then, the same selections."""
     pool = MemoryPool(view, device=device, compiled=True)
-    yaw = torch.arange(4, dtype=torch.float64) * 30.0
-    c2w = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
-    c2w[:, 0, 0], c2w[:, 0, 1] = yaw.deg2rad().cos(), -yaw.deg2rad().sin()
-    c2w[:, 1, 0], c2w[:, 1, 1] = yaw.deg2rad().sin(), yaw.deg2rad().cos()
+    c2w = pose_from_angles(torch.zeros(4, 3, dtype=torch.float64), torch.arange(4.0) * 30.0)
     pool.add(torch.zeros(1, 4, 1, 1), c2w, 0)
     try:
         pool.retrieve(c2w[0], 4, 2)

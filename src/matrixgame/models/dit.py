@@ -183,7 +183,7 @@ class Block(nn.Module):
         # 1. self-attention over memory + past + current tokens
         h = (self.norm1(x).float() * (1 + scale1) + shift1).to(x.dtype)
         y = self.self_attn(h, ctx["freqs"], ctx["t_index"], ctx["height"], ctx["width"],
-                           ctx["rope_offset"], ctx.get("rope_grid"))  # fmt: skip
+                           ctx["rope_offset"], ctx["rope_grid"])  # fmt: skip
         x = x + (y * gate1).to(x.dtype)  # gates are float32; the stream keeps the model dtype
         # 2. camera injection
         if ctx["camera"] is not None:
@@ -418,8 +418,12 @@ class MatrixGameDiT(nn.Module):
                                  f"got {list(rope_offset.shape)}")  # fmt: skip
             cells = torch.tensor([ph, pw], dtype=torch.float64, device=rope_offset.device)
             ctx["rope_offset"] = rope_offset.reshape(-1, m + f, 2).double() / cells  # in tokens
-        # the blocks' RoPE rotations, the same for all of them: made once per forward
-        ctx["rope_grid"] = rope_grid(ctx["freqs"], t_index, h, w, ctx["rope_offset"], batch=b)
+        # the blocks' RoPE rotations, the same for all of them: made once per forward (not
+        # where the blocks run sequence-parallel: each rank rotates its own heads there)
+        ctx["rope_grid"] = None
+        if all(block.self_attn.sequence_parallel is None for block in self.blocks):
+            ctx["rope_grid"] = rope_grid(ctx["freqs"], t_index, h, w, ctx["rope_offset"],
+                                         batch=b)  # fmt: skip
         return tokens, e, e0, ctx
 
     def run_blocks(self, tokens: Tensor, e0: Tensor, ctx: dict) -> Tensor:
