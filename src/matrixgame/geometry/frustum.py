@@ -273,26 +273,52 @@ def _separated(a: Frusta, b: Frusta) -> Tensor:
     return outside(b.planes, a.corners).T | outside(a.planes, b.corners)
 
 
-def sample_hits(planes: Tensor, origin: Tensor, points: Tensor, queries: int) -> Tensor:
+def moved_planes(planes: Tensor, origin: Tensor) -> Tensor:
+    """Float32 half-spaces ``[C, 6, 4]`` of ``planes [C, 6, 4]`` with the offsets moved to
+    ``origin [3]`` (d' = d + n.o in the planes' precision), for tests of points relative to
+    ``origin``: a map's absolute coordinates would cost float32 its precision, distances
+    within view of the origin keep it."""
+    offsets = (planes[..., 3] + planes[..., 0] * origin[0] + planes[..., 1] * origin[1]
+               + planes[..., 2] * origin[2])  # fmt: skip
+    return torch.cat([planes[..., :3], offsets[..., None]], -1).float()
+
+
+def sample_hits(planes: Tensor, points: Tensor, queries: int) -> Tensor:
     """``[C, Q]``: how many of each query's sample points lie inside each candidate's view
-    volume. ``planes [C, 6, 4]`` (inside where n.p + d >= 0 for all six); ``points [3, Q*S]``
-    (float32, query-major) relative to ``origin [3]``, to which the planes' offsets are moved
-    in their own precision (d' = d + n.o) before the float32 tests. Elementwise (a matrix
-    product of inner size 4 runs far below BLAS speed), so :func:`torch.compile` fuses it
-    into one loop that never writes the ``[C, 6, Q*S]`` distances out; eager and compiled
-    give the same counts."""
-    normals = planes[..., :3].float()[..., None]  # [C, 6, 3, 1]
-    offsets = (planes[..., 3] + (planes[..., :3] * origin).sum(-1)).float()[..., None]
-    dist = (offsets + normals[:, :, 0] * points[0] + normals[:, :, 1] * points[1]
+    volume. ``planes [C, 6, 4]`` (float32, inside where n.p + d >= 0 for all six);
+    ``points [3, Q*S]`` (float32, query-major, in the planes' frame: see
+    :func:`moved_planes`). Every plane at once (eager: few large operations; the caller
+    chunks the candidates so the ``[c, 6, Q*S]`` distances stay in cache)."""
+    normals = planes[..., :3, None]  # [C, 6, 3, 1]
+    dist = (planes[..., 3, None] + normals[:, :, 0] * points[0] + normals[:, :, 1] * points[1]
             + normals[:, :, 2] * points[2])  # fmt: skip
     return (dist.amin(1) >= 0).view(len(planes), queries, -1).sum(-1)
 
 
+def fused_hits(planes: Tensor, origin: Tensor, points: Tensor,
+               queries: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:func:`sample_hits` of :func:`moved_planes` written plane by plane: one chain of
+    elementwise tests and a single sum, which :func:`torch.compile` makes one loop that
+    writes no distances out; the counts summed as float32 (exact up to 2^24), whose vector
+    sum is cheaper than int64's. 1.9-2.6x faster than compiling :func:`sample_hits`, whose
+    minimum over planes becomes a second loop (eagerly 2.4x slower). The same distances in
+    the same order: the same counts. Returns (hits, the moved planes): as an output they are
+    computed once, where the compiled loop would recompute each candidate's coefficients for
+    every 8 samples."""
+    moved = moved_planes(planes, origin)
+    inside = None
+    for i in range(moved.shape[1]):
+        dist = (moved[:, i, 3, None] + moved[:, i, 0, None] * points[0]
+                + moved[:, i, 1, None] * points[1] + moved[:, i, 2, None] * points[2])  # fmt: skip
+        inside = dist >= 0 if inside is None else inside & (dist >= 0)
+    return inside.float().view(len(planes), queries, -1).sum(-1), moved
+
+
 @functools.cache
 def _compiled_hits():
-    """:func:`sample_hits` through ``torch.compile`` (shapes dynamic: one graph for any pool
+    """:func:`fused_hits` through ``torch.compile`` (shapes dynamic: one graph for any pool
     size), made on first use."""
-    return torch.compile(sample_hits, dynamic=True)
+    return torch.compile(fused_hits, dynamic=True)
 
 
 def overlap_sampled(
@@ -332,14 +358,15 @@ def overlap_sampled(
     if compiled:
         # detached: a view of the pool's buffer would be guarded on its base's size (a
         # recompile whenever the pool grows); one graph per number of queries
-        hits = _compiled_hits()(candidates.planes.detach(), origin, points, len(query))
+        hits, _ = _compiled_hits()(candidates.planes.detach(), origin, points, len(query))
         score = hits.T.to(query.dtype) / len(samples)
         return score[0] if single else score
     score = query.new_zeros(len(query), len(candidates))
     live = (~_separated(Frusta.from_poses(query, view), candidates)).any(0).nonzero()[:, 0]
     if len(live):
-        planes, chunk = candidates.planes[live], chunk or max(1, 2**14 // points.shape[1])
-        hits = torch.cat([sample_hits(planes[i : i + chunk], origin, points, len(query))
+        planes = moved_planes(candidates.planes[live], origin)
+        chunk = chunk or max(1, 2**14 // points.shape[1])
+        hits = torch.cat([sample_hits(planes[i : i + chunk], points, len(query))
                           for i in range(0, len(planes), chunk)])  # fmt: skip
         score[:, live] = hits.T.to(query.dtype) / len(samples)
     return score[0] if single else score

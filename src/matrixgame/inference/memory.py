@@ -107,8 +107,10 @@ class MemoryPool:
 
     def candidates(self, before: int) -> Tensor:
         """Pool rows of positions 1 .. before - 1 (memory never takes the first latent, the
-        past window or later)."""
-        return ((self.positions >= 1) & (self.positions < before)).nonzero()[:, 0]
+        past window or later): a run of rows, the pool being in position order."""
+        bounds = torch.tensor([1, before], device=self.device)
+        first, end = torch.searchsorted(self.positions, bounds).tolist()
+        return torch.arange(first, max(first, end), device=self.device)
 
     def overlap(self, query: Tensor, positions: Tensor) -> Tensor:
         """``[n]`` view-volume overlap of the query pose ``[4, 4]`` with the pool's latents at
