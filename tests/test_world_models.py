@@ -1,5 +1,7 @@
 """The default world's presets (the `doom` VAE and DiT) and the adversarial decoder stage."""
 
+import os
+
 import pytest
 import torch
 
@@ -258,3 +260,21 @@ def test_train_decoder_starts_from_a_world_folder_and_checks_its_encoder(tmp_pat
         train_decoder(replace(job, init=str(tmp_path / "other"), out=str(tmp_path / "dec2")))
     with pytest.raises(ValueError, match="no vae.safetensors"):
         train_decoder(replace(job, init=str(tmp_path / "data"), out=str(tmp_path / "dec3")))
+
+
+def test_saving_a_component_again_leaves_equal_weights_untouched(tmp_path):
+    """The recipe re-exports a kept version's components on every call: a file that already
+    holds the same weights is not rewritten (a rewrite changes its header's bytes, a new
+    version in git), while changed weights are."""
+    from matrixgame.worlds.shipped import component_weights, save_component
+
+    state = {"a.weight": torch.randn(4, 3), "a.steps": torch.tensor([7])}
+    path = save_component(tmp_path, "dit", state)
+    os.utime(path, ns=(0, 0))  # a mark: a rewrite would change it
+    save_component(tmp_path, "dit", {k: v.clone() for k, v in state.items()})
+    assert path.stat().st_mtime_ns == 0
+    changed = {**state, "a.weight": state["a.weight"] + 1}
+    save_component(tmp_path, "dit", changed)
+    assert path.stat().st_mtime_ns != 0
+    assert torch.equal(component_weights(tmp_path, "dit")["a.weight"],
+                       changed["a.weight"].bfloat16().float())  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from matrixgame.io import atomic_path, atomic_write_text
@@ -236,10 +237,30 @@ def save_component(folder: str | Path, component: str, state: dict[str, torch.Te
         for k, v in state.items()
     }
     path = Path(folder) / f"{component}.safetensors"
+    metadata = {"format": WORLD_FORMAT, "component": component}
+    if _holds(path, tensors, metadata):  # the same weights: leave the file (its header's
+        return path  # order varies per write, which git would see as a new version)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": WORLD_FORMAT, "component": component})
+        save_file(tensors, tmp, metadata=metadata)
     return path
+
+
+def _holds(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
+    """Whether the safetensors file ``path`` exists and holds exactly ``tensors`` and
+    ``metadata``."""
+    if not path.exists():
+        return False
+    try:
+        with safe_open(path, "pt") as f:
+            if f.metadata() != metadata:
+                return False
+        stored = load_file(path)
+    except Exception:  # unreadable or truncated: rewrite it
+        return False
+    return stored.keys() == tensors.keys() and all(
+        stored[k].dtype == v.dtype and torch.equal(stored[k], v) for k, v in tensors.items()
+    )
 
 
 def write_config(folder: str | Path, config: dict) -> Path:
