@@ -32,6 +32,23 @@ def median_ms(fn: Callable[[], object], repeat: int = 20, warmup: int = 3, sync=
     return statistics.median(times)
 
 
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeat: int = 20,
+                          warmup: int = 3) -> dict[str, float]:  # fmt: skip
+    """Median wall time of each of ``fns`` in milliseconds, the calls taken in turn (one of
+    each per round), so a machine whose speed drifts during the run slows all alike and
+    their ratios hold."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:

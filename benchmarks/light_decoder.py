@@ -1,8 +1,9 @@
 """The light decoder against its full decoder, streaming as `matrixgame play` does: one
-segment's latents per call with the cache kept, side by side in one run (same latents), per
-thread count, and one latent a call (the release's way) for comparison.
+segment's latents per call with the cache kept, side by side in one run (same latents; the
+two decoders' calls in turn, so a drifting machine slows both alike), per thread count, and
+one latent a call (the release's way) for comparison.
 
-    python benchmarks/light_decoder.py [--world doom-e1m1] [--threads 1 2] [--repeat 40]
+    python benchmarks/light_decoder.py [--world doom-e1m1] [--threads 1 2] [--repeat 60]
 
 The issue's goal: the 75% light decoder >= 4x faster than its full one (its PSNR cost is in
 the world's model card). Rows name the CPU capability.
@@ -14,7 +15,7 @@ import argparse
 
 import torch
 
-from common import median_ms, print_table, write_json
+from common import interleaved_median_ms, print_table, write_json
 from matrixgame.accel.capability import cpu_capability
 from matrixgame.models.vae import FeatureCache
 from matrixgame.worlds import load
@@ -25,7 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="doom-e1m1")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=40, help="timed calls per figure")
+    parser.add_argument(
+        "--repeat", type=int, default=60, help="timed calls per figure (full and light in turn)"
+    )
     args = parser.parse_args()
     if not has_light(args.world):
         raise SystemExit(f"{args.world} ships no light decoder")
@@ -39,8 +42,9 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for chunk, way in ((current, "a segment a call (play)"), (1, "a latent a call")):
-            ms = {name: segment_ms(vae, z, current, chunk, args.repeat)
-                  for name, vae in decoders.items()}  # fmt: skip
+            calls = {name: segment_call(vae, z, current, chunk)
+                     for name, vae in decoders.items()}  # fmt: skip
+            ms = interleaved_median_ms(calls, args.repeat)
             rows.append({"world": args.world, "capability": cpu_capability(),
                          "threads": threads, "calls": way, "latents": current,
                          "full_ms": round(ms["full"], 2), "light_ms": round(ms["light"], 2),
@@ -49,15 +53,19 @@ def main() -> None:
     print(write_json("light_decoder", {"rows": rows}))
 
 
-@torch.no_grad()
-def segment_ms(vae, z: torch.Tensor, current: int, chunk: int, repeat: int) -> float:
-    """Milliseconds to decode one segment of ``current`` later latents, the stream opened by
-    the latents before it (cache kept, copied per call as a session does)."""
+def segment_call(vae, z: torch.Tensor, current: int, chunk: int):
+    """A call that decodes one segment of ``current`` later latents, the stream opened by the
+    latents before it (cache kept, copied per call as a session does)."""
     cache = FeatureCache()
-    vae.decode(z[:, :, :-current], cache, chunk=chunk)
+    with torch.no_grad():
+        vae.decode(z[:, :, :-current], cache, chunk=chunk)
     segment = z[:, :, -current:]
 
-    return median_ms(lambda: vae.decode(segment, cache.copy(), chunk=chunk), repeat, warmup=3)
+    @torch.no_grad()
+    def call():
+        return vae.decode(segment, cache.copy(), chunk=chunk)
+
+    return call
 
 
 if __name__ == "__main__":
