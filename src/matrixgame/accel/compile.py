@@ -49,7 +49,12 @@ class CompiledDecoder(_Steady):
     def __call__(self, x: Tensor, cache: FeatureCache) -> Tensor:
         shapes = (cache.first, tuple(None if s is None else tuple(s.shape) for s in cache.slots))
         # compiled once the cache stopped changing shape (never the clip's first chunk)
-        return self._pick(shapes, ready=not cache.first)(x, cache)
+        decoder = self._pick(shapes, ready=not cache.first)
+        if decoder is self.compiled:  # the graph's inputs in one layout, whichever route
+            # made them (eager oneDNN convolutions leave channels-last tensors): one graph
+            cache.slots = [None if s is None else s.contiguous() for s in cache.slots]
+            x = x.contiguous()
+        return decoder(x, cache)
 
 
 class CompiledDiT(_Steady):
