@@ -300,11 +300,11 @@ def fused_hits(planes: Tensor, origin: Tensor, points: Tensor,
     """:func:`sample_hits` of :func:`moved_planes` written plane by plane: one chain of
     elementwise tests and a single sum, which :func:`torch.compile` makes one loop that
     writes no distances out; the counts summed as float32 (exact up to 2^24), whose vector
-    sum is cheaper than int64's. 1.9-2.6x faster than compiling :func:`sample_hits`, whose
-    minimum over planes becomes a second loop (eagerly 2.4x slower). The same distances in
-    the same order: the same counts. Returns (hits, the moved planes): as an output they are
-    computed once, where the compiled loop would recompute each candidate's coefficients for
-    every 8 samples."""
+    sum is cheaper than int64's. About 2x faster than compiling :func:`sample_hits`, whose
+    minimum over planes becomes a second loop (BENCHMARKS.md; eagerly 2.4x slower). The
+    same distances in the same order: the same counts. Returns (hits, the moved planes): as
+    an output they are computed once, where the compiled loop would recompute each
+    candidate's coefficients for every 8 samples."""
     moved = moved_planes(planes, origin)
     inside = None
     for i in range(moved.shape[1]):

@@ -237,12 +237,17 @@ def save_component(folder: str | Path, component: str, state: dict[str, torch.Te
         for k, v in state.items()
     }
     path = Path(folder) / f"{component}.safetensors"
-    metadata = {"format": WORLD_FORMAT, "component": component}
-    if _holds(path, tensors, metadata):  # the same weights: leave the file (its header's
-        return path  # order varies per write, which git would see as a new version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    return _write(path, tensors, {"format": WORLD_FORMAT, "component": component})
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a world's safetensors file, unless it already holds the same tensors and
+    metadata: the recipe re-exports a kept version on every call, and a rewrite of equal
+    tensors changes the header's order (git would see a new version)."""
+    if not _holds(path, tensors, metadata):
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
     return path
 
 
@@ -397,16 +402,12 @@ def save_starts(folder: str | Path, starts: list) -> Path:
             tensors[f"{i}.{key}"] = (value.to(torch.bfloat16) if key == "latents"
                                      else value.float()).contiguous()  # fmt: skip
         names.append(start.name)
-    path = Path(folder) / "starts.safetensors"
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": WORLD_FORMAT, "names": json.dumps(names)})
-    return path
+    metadata = {"format": WORLD_FORMAT, "names": json.dumps(names)}
+    return _write(Path(folder) / "starts.safetensors", tensors, metadata)
 
 
 def load_starts(folder: str | Path) -> list:
     """The shipped starts of a world (an empty list when it ships none)."""
-    from safetensors import safe_open
-
     from matrixgame.inference.session import Start
 
     path = world_folder(folder) / "starts.safetensors"
