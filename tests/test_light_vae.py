@@ -149,12 +149,13 @@ def test_the_job_writes_a_light_vae_run(tmp_path, capsys):
     assert main(base) == 0
     light = ["train", "light-vae", "--data", str(data), "--vae", str(tmp_path / "vae"), "--out",
              str(tmp_path / "light"), "--rate", "0.75", "--steps", "2", "--batch-size", "2",
-             "--frames", "5", "--features", "1"]  # fmt: skip
+             "--frames", "5", "--features", "1", "--final-lr", "0.1"]  # fmt: skip
     assert main(light) == 0
     assert "against the teacher" in capsys.readouterr().out
     weights, config = latest_weights(tmp_path / "light", prefix="")
     assert all(k.startswith(("model.vae.", "ema.vae.")) for k in weights)  # no teacher inside
     assert config["stage"] == "light" and config["pruning_rate"] == 0.75
+    assert config["train"]["final_lr"] == 0.1  # the schedule a resumed run follows
     vae, size = trained_vae(tmp_path / "light")
     full, _ = trained_vae(tmp_path / "vae")
     assert size == (32, 32) and vae.config.pruning_rate == 0.75

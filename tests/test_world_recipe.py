@@ -256,6 +256,8 @@ def test_a_student_is_refused_where_none_ships_and_a_bad_schedule_named(built, t
 
 @pytest.mark.slow
 def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path):
+    from matrixgame.train.runs import latest_weights
+    from matrixgame.worlds.recipe import WorldSpec
     from matrixgame.worlds.shipped import component_weights, load_world
 
     work, ship = tmp_path / "fresh", tmp_path / "ship"
@@ -268,6 +270,8 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     state = json.loads((work / "recipe.json").read_text())
     assert state["stages"]["vae"].get("from_shipped") is True
     assert _logged_steps(work / "light") == [3]  # the shipped light decoder (2) continued
+    light_run = latest_weights(work / "light", model="vae")[1]  # its cosine, as the recipe's
+    assert light_run["train"]["final_lr"] == WorldSpec().light_final_lr < 1
     steps = _logged_steps(work / "dit")
     assert steps[0] > 8 and steps[-1] == 10  # counted on from the shipped step
     decoder = _logged_steps(work / "decoder")

@@ -124,6 +124,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     light.add_argument("--height", type=int, help="frame height (default: the teacher run's)")
     light.add_argument("--width", type=int, help="frame width (default: the teacher run's)")
     light.add_argument("--lr", type=float, default=1e-4)
+    light.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
+                       help="cosine-decay the learning rate to this fraction of --lr by the "
+                       "last step (1: constant)")  # fmt: skip
     light.add_argument("--features", type=float, default=0.0,
                        help="weight of the stage-feature loss on the kept channels")  # fmt: skip
     light.add_argument("--checkpoint-every", type=int, default=200)

@@ -112,6 +112,10 @@ class WorldSpec:
     light_rate: float = 0.75
     light_steps: int = 2000
     light_lr: float = 1e-4
+    # cosine-decayed to this fraction of light_lr by light_steps (a larger target stretches
+    # the cosine, so a continued run resumes part way down it): at a constant 1e-4 the
+    # 6,000-step light decoder still gained ~0.25 dB per 1,000 steps
+    light_final_lr: float = 0.1
     dit_preset: str = "doom-2x"
     # a new version's world model starts from the shipped one of an earlier version carried
     # onto its latents (`train/latent_map.py`), the rotation fitted on this many training
@@ -499,8 +503,9 @@ class Recipe:
         teacher = self.vae_run()
         job = LightVAEJob(data=str(self.path("record")), vae=str(teacher), out=str(out),
                           rate=s.light_rate, steps=s.light_steps, batch_size=s.vae_batch,
-                          frames=s.vae_frames, lr=s.light_lr, init=init, start_step=start,
-                          checkpoint_every=s.checkpoint_every, cpu_bf16=self.cpu_bf16)  # fmt: skip
+                          frames=s.vae_frames, lr=s.light_lr, final_lr=s.light_final_lr,
+                          init=init, start_step=start, checkpoint_every=s.checkpoint_every,
+                          cpu_bf16=self.cpu_bf16)  # fmt: skip
         trainer = train_light_vae(job, self.train_deadline)
         result = self._finish("light", trainer, s.light_steps)
         if "light" in self.trained:  # its figures and teacher, where this call trained it
