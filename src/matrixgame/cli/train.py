@@ -8,6 +8,13 @@ import argparse
 FRAMES_HELP = "frames per sample (1 + f k, f the VAE's frames per latent)"
 
 
+def add_final_lr(parser: argparse.ArgumentParser) -> None:
+    """A training command's ``--final-lr`` (``TrainConfig.final_lr``)."""
+    parser.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
+                        help="cosine-decay the learning rate to this fraction of --lr by the "
+                        "last step (1: constant)")  # fmt: skip
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -36,9 +43,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--height", type=int, default=96, help=f"training height ({stride})")
     vae.add_argument("--width", type=int, default=128, help=f"training width ({stride})")
     vae.add_argument("--lr", type=float, default=3e-4)
-    vae.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
-                     help="cosine-decay the learning rate to this fraction of --lr by the last "
-                     "step (1: constant)")  # fmt: skip
+    add_final_lr(vae)
     vae.add_argument("--checkpoint-every", type=int, default=200)
     vae.add_argument(
         "--init",
@@ -69,9 +74,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--batch-size", type=int, default=4)
     dec.add_argument("--frames", type=int, default=9, help=FRAMES_HELP)
     dec.add_argument("--lr", type=float, default=1e-4)
-    dec.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
-                     help="cosine-decay the learning rate to this fraction of --lr by the last "
-                     "step (1: constant)")  # fmt: skip
+    add_final_lr(dec)
     dec.add_argument("--adversarial", type=float, default=0.5,
                      help="adversarial weight (times the adaptive weight; 0: off)")  # fmt: skip
     dec.add_argument("--feature-matching", type=float, default=0.0,
@@ -124,9 +127,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     light.add_argument("--height", type=int, help="frame height (default: the teacher run's)")
     light.add_argument("--width", type=int, help="frame width (default: the teacher run's)")
     light.add_argument("--lr", type=float, default=1e-4)
-    light.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
-                       help="cosine-decay the learning rate to this fraction of --lr by the "
-                       "last step (1: constant)")  # fmt: skip
+    add_final_lr(light)
     light.add_argument("--features", type=float, default=0.0,
                        help="weight of the stage-feature loss on the kept channels")  # fmt: skip
     light.add_argument("--checkpoint-every", type=int, default=200)
@@ -159,9 +160,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--steps", type=int, default=5000)
     dit.add_argument("--batch-size", type=int, default=4)
     dit.add_argument("--lr", type=float, default=2e-4)
-    dit.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
-                     help="cosine-decay the learning rate to this fraction of --lr by the last "
-                     "step (1: constant)")  # fmt: skip
+    add_final_lr(dit)
     dit.add_argument("--past", type=int, default=2, help="past latents per window")
     dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
     dit.add_argument("--memory", type=int, default=2, help="memory latents")
