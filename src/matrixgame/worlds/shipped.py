@@ -237,7 +237,6 @@ def save_component(folder: str | Path, component: str, state: dict[str, torch.Te
         for k, v in state.items()
     }
     path = Path(folder) / f"{component}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
     return _write(path, tensors, {"format": WORLD_FORMAT, "component": component})
 
 
@@ -246,6 +245,7 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
     metadata: the recipe re-exports a kept version on every call, and a rewrite of equal
     tensors changes the header's order (git would see a new version)."""
     if not _holds(path, tensors, metadata):
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
     return path
