@@ -254,6 +254,17 @@ def test_the_learning_rate_warms_up_then_decays_on_a_cosine_to_its_final_fractio
     assert TrainConfig(out=str(tmp_path), warmup=10).lr_scale(500) == 1.0  # constant by default
     with pytest.raises(ValueError, match="final_lr is a fraction"):
         TrainConfig(out=str(tmp_path), final_lr=1.5)
+    # warmup-stable-decay: constant until the last decay_steps, then the same cosine there;
+    # a larger target moves the cooldown to its new end
+    wsd = TrainConfig(out=str(tmp_path), steps=1000, warmup=10, final_lr=0.1, decay_steps=100)
+    assert wsd.lr_scale(9) == wsd.lr_scale(900) == pytest.approx(1.0)
+    assert wsd.lr_scale(950) == pytest.approx(0.55) and wsd.lr_scale(1000) == pytest.approx(0.1)
+    longer = TrainConfig(out=str(tmp_path), steps=2000, warmup=10, final_lr=0.1, decay_steps=100)
+    assert longer.lr_scale(1000) == pytest.approx(1.0) and longer.lr_scale(1950) == pytest.approx(
+        0.55
+    )
+    with pytest.raises(ValueError, match="decay_steps must be >= 0"):
+        TrainConfig(out=str(tmp_path), decay_steps=-1)
     trainer = _tiny_trainer(tmp_path, "run", steps=4)
     trainer.cfg = TrainConfig(out=str(tmp_path / "run"), steps=4, batch_size=2, warmup=1,
                               checkpoint_every=2, final_lr=0.2)  # fmt: skip

@@ -274,6 +274,10 @@ def test_a_fresh_work_folder_continues_from_the_shipped_weights(built, tmp_path)
     assert light_run["train"]["final_lr"] == WorldSpec().light_final_lr < 1
     steps = _logged_steps(work / "dit")
     assert steps[0] > 8 and steps[-1] == 10  # counted on from the shipped step
+    dit_run = latest_weights(work / "dit", model="dit")[1]  # its cooldown, as the recipe's
+    spec = WorldSpec()
+    assert (dit_run["train"]["final_lr"], dit_run["train"]["decay_steps"]) == (
+        spec.dit_final_lr, spec.dit_decay_steps)  # fmt: skip
     decoder = _logged_steps(work / "decoder")
     shipped_decoder = json.loads((ship / "config.json").read_text())["vae"]["step"]
     assert decoder[0] > shipped_decoder and decoder[-1] == 6

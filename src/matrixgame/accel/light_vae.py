@@ -406,6 +406,7 @@ class LightVAEJob:
     width: int | None = None
     lr: float = 1e-4
     final_lr: float = 1.0  # cosine decay to this fraction of lr by the last step (1: constant)
+    decay_steps: int = 0  # ... over the last this many steps only (0: all after warmup)
     features: float = 0.0  # weight of the feature loss
     checkpoint_every: int = 200
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
@@ -444,7 +445,8 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
     meta = {"model": "vae", "stage": "light", "teacher": str(job.vae), "weights_prefix": "vae.",
             **meta, "pruning_rate": job.rate, "task": asdict(task)}  # fmt: skip
     config = TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
-                         final_lr=job.final_lr, checkpoint_every=job.checkpoint_every,
+                         final_lr=job.final_lr, decay_steps=job.decay_steps,
+                         checkpoint_every=job.checkpoint_every,
                          seed=job.seed, cpu_bf16=job.cpu_bf16)  # fmt: skip
     trainer = Trainer(model, task, data, config, meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it

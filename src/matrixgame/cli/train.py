@@ -8,11 +8,16 @@ import argparse
 FRAMES_HELP = "frames per sample (1 + f k, f the VAE's frames per latent)"
 
 
-def add_final_lr(parser: argparse.ArgumentParser) -> None:
-    """A training command's ``--final-lr`` (``TrainConfig.final_lr``)."""
+def add_lr_schedule(parser: argparse.ArgumentParser) -> None:
+    """A training command's ``--final-lr`` and ``--decay-steps`` (``TrainConfig``'s)."""
     parser.add_argument("--final-lr", type=float, default=1.0, metavar="FRACTION",
                         help="cosine-decay the learning rate to this fraction of --lr by the "
                         "last step (1: constant)")  # fmt: skip
+    parser.add_argument("--decay-steps", type=int, default=0, metavar="N",
+                        help="with --final-lr: decay over the last N steps only, the rate "
+                        "constant before (warmup-stable-decay: a run continued to more "
+                        "--steps trains at full rate again until its own last N; 0: the "
+                        "whole run)")  # fmt: skip
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +48,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--height", type=int, default=96, help=f"training height ({stride})")
     vae.add_argument("--width", type=int, default=128, help=f"training width ({stride})")
     vae.add_argument("--lr", type=float, default=3e-4)
-    add_final_lr(vae)
+    add_lr_schedule(vae)
     vae.add_argument("--checkpoint-every", type=int, default=200)
     vae.add_argument(
         "--init",
@@ -74,7 +79,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--batch-size", type=int, default=4)
     dec.add_argument("--frames", type=int, default=9, help=FRAMES_HELP)
     dec.add_argument("--lr", type=float, default=1e-4)
-    add_final_lr(dec)
+    add_lr_schedule(dec)
     dec.add_argument("--adversarial", type=float, default=0.5,
                      help="adversarial weight (times the adaptive weight; 0: off)")  # fmt: skip
     dec.add_argument("--feature-matching", type=float, default=0.0,
@@ -127,7 +132,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     light.add_argument("--height", type=int, help="frame height (default: the teacher run's)")
     light.add_argument("--width", type=int, help="frame width (default: the teacher run's)")
     light.add_argument("--lr", type=float, default=1e-4)
-    add_final_lr(light)
+    add_lr_schedule(light)
     light.add_argument("--features", type=float, default=0.0,
                        help="weight of the stage-feature loss on the kept channels")  # fmt: skip
     light.add_argument("--checkpoint-every", type=int, default=200)
@@ -160,7 +165,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     dit.add_argument("--steps", type=int, default=5000)
     dit.add_argument("--batch-size", type=int, default=4)
     dit.add_argument("--lr", type=float, default=2e-4)
-    add_final_lr(dit)
+    add_lr_schedule(dit)
     dit.add_argument("--past", type=int, default=2, help="past latents per window")
     dit.add_argument("--current", type=int, default=4, help="current (generated) latents")
     dit.add_argument("--memory", type=int, default=2, help="memory latents")

@@ -48,6 +48,7 @@ class VAEJob:
     width: int = 128
     lr: float = 3e-4
     final_lr: float = 1.0  # cosine decay to this fraction of lr (1: constant)
+    decay_steps: int = 0  # ... over the last this many steps only (0: all after warmup)
     checkpoint_every: int = 200
     init: str | None = None  # start from these weights (a state dict .safetensors)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
@@ -93,7 +94,8 @@ def _train_config(job, **extra) -> TrainConfig:
     return TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        checkpoint_every=job.checkpoint_every, seed=job.seed,
                        cpu_bf16=getattr(job, "cpu_bf16", False),
-                       final_lr=getattr(job, "final_lr", 1.0), **extra)  # fmt: skip
+                       final_lr=getattr(job, "final_lr", 1.0),
+                       decay_steps=getattr(job, "decay_steps", 0), **extra)  # fmt: skip
 
 
 # -- VAE decoder: adversarial fine-tuning on noisy latents -------------------------------------
@@ -109,6 +111,7 @@ class DecoderJob:
     frames: int = 9
     lr: float = 1e-4
     final_lr: float = 1.0  # cosine decay to this fraction of lr (1: constant)
+    decay_steps: int = 0  # ... over the last this many steps only (0: all after warmup)
     checkpoint_every: int = 200
     adversarial: float = 0.5
     feature_matching: float = 0.0
@@ -240,6 +243,7 @@ class DiTJob:
     batch_size: int = 4
     lr: float = 2e-4
     final_lr: float = 1.0  # cosine decay to this fraction of lr (1: constant)
+    decay_steps: int = 0  # ... over the last this many steps only (0: all after warmup)
     past: int = 2
     current: int = 4
     memory: int = 2

@@ -46,6 +46,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     warmup: int = 100
     final_lr: float = 1.0  # cosine decay to this fraction of lr at the last step (1: constant)
+    # the cosine over the last decay_steps steps only, constant before (warmup-stable-decay):
+    # a run continued to a larger step target trains at the full rate until its last
+    # decay_steps and cools down again there; 0: the cosine spans the run after its warmup
+    decay_steps: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -60,16 +64,22 @@ class TrainConfig:
             raise ValueError("steps, batch_size and checkpoint_every must be positive")
         if not 0.0 <= self.final_lr <= 1.0:
             raise ValueError(f"final_lr is a fraction of lr in [0, 1], got {self.final_lr}")
+        if self.decay_steps < 0:
+            raise ValueError(f"decay_steps must be >= 0, got {self.decay_steps}")
 
     def lr_scale(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based) as a fraction of ``lr``: a linear
-        warmup, then a cosine from 1 to ``final_lr`` at the last step. A function of the
-        step alone, so a resumed run follows the same schedule; a larger ``steps`` (a
-        continued run) stretches it."""
+        warmup, then a cosine from 1 to ``final_lr`` at the last step (over the last
+        ``decay_steps`` only, where set). A function of the step alone, so a resumed run
+        follows the same schedule; a larger ``steps`` (a continued run) stretches it, or with
+        ``decay_steps`` moves its cooldown to the new end."""
         warm = min(1.0, (step + 1) / max(1, self.warmup))
         if self.final_lr == 1.0:
             return warm
-        done = min(1.0, max(0, step - self.warmup) / max(1, self.steps - self.warmup))
+        start = (
+            self.warmup if not self.decay_steps else max(self.warmup, self.steps - self.decay_steps)
+        )
+        done = min(1.0, max(0, step - start) / max(1, self.steps - start))
         return warm * (self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * done)))
 
 

@@ -124,6 +124,12 @@ class WorldSpec:
     dit_steps: int = 40_000
     dit_batch: int = 8
     dit_lr: float = 2e-4
+    # the rate cools down, a cosine to dit_final_lr, over the last dit_decay_steps of the step
+    # target and is constant before (warmup-stable-decay, TrainConfig.decay_steps): a larger
+    # --dit-steps trains at the full rate again and cools down at its new end. Constant up
+    # to 35,338 steps (BENCHMARKS.md, fourteenth session)
+    dit_final_lr: float = 0.1
+    dit_decay_steps: int = 2500
     past: int = 2
     current: int = 2  # latents generated per step: 4 frames, 229 ms of video
     memory: int = 2
@@ -548,7 +554,8 @@ class Recipe:
         elif not _has_checkpoint(out):  # a new version: the shipped world model carried over
             init = self._carried_dit()
         job = DiTJob(latents=str(self.path("latents")), out=str(out), preset=s.dit_preset,
-                     steps=s.dit_steps, batch_size=s.dit_batch, lr=s.dit_lr, past=s.past,
+                     steps=s.dit_steps, batch_size=s.dit_batch, lr=s.dit_lr,
+                     final_lr=s.dit_final_lr, decay_steps=s.dit_decay_steps, past=s.past,
                      current=s.current, memory=s.memory, camera_rope=s.camera_rope,
                      past_noise=s.dit_past_noise,
                      checkpoint_every=s.checkpoint_every, init=init, start_step=start,
