@@ -4,11 +4,13 @@ two decoders' calls in turn, so a drifting machine slows both alike), per thread
 one latent a call (the release's way) for comparison.
 
     python benchmarks/light_decoder.py [--world doom-e1m1] [--threads 1 2] [--repeat 60]
-                                       [--widths 16:1,1,1 ...]
+                                       [--widths 16:1,1,1 ...] [--rates 0.875,0.875,0.875,0.5 ...]
 
 ``--widths`` times untrained decoders of the world's autoencoder at other stage widths in the
 same turns (``DIM:MULTS``: the decoder's base width and its stages' multipliers; the shipped
-75% decoder is 8:1,2,2): the speed of a pruning shape before one is distilled.
+75% decoder is 8:1,2,2): the speed of a pruning shape before one is distilled. ``--rates``
+times the full decoder pruned by these per-stage rates (as `train light-vae --rate` takes
+them, latents to pixels; not distilled): the shapes a light decoder can be distilled in.
 
 The issue's goal: the 75% light decoder >= 4x faster than its full one (its PSNR cost is in
 the world's model card). Rows name the CPU capability.
@@ -23,6 +25,7 @@ import torch
 
 from common import interleaved_median_ms, print_table, write_json
 from matrixgame.accel.capability import cpu_capability
+from matrixgame.accel.light_vae import prune_decoder
 from matrixgame.models.vae import FeatureCache, WanVAE
 from matrixgame.worlds import load
 from matrixgame.worlds.shipped import has_light
@@ -42,6 +45,13 @@ def main() -> None:
         metavar="DIM:MULTS",
         help="also time untrained decoders of these widths, e.g. 16:1,1,1",
     )
+    parser.add_argument(
+        "--rates",
+        nargs="*",
+        default=[],
+        metavar="R,R,...",
+        help="also time the full decoder pruned by these per-stage rates (not distilled)",
+    )
     args = parser.parse_args()
     if not has_light(args.world):
         raise SystemExit(f"{args.world} ships no light decoder")
@@ -49,6 +59,8 @@ def main() -> None:
     decoders = {"full": world.vae, "light": load(args.world, light=True).vae}
     for spec in args.widths:
         decoders[spec] = untrained(world.vae.config, spec)
+    for spec in args.rates:
+        decoders[spec] = pruned(world.vae, spec)
     f, current = world.vae.config.spatial_factor, world.window.current
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, world.dit.config.in_dim, 4 + current, world.height // f,
@@ -65,7 +77,7 @@ def main() -> None:
                          "full_ms": round(ms["full"], 2), "light_ms": round(ms["light"], 2),
                          "speedup": round(ms["full"] / ms["light"], 2),
                          **{f"{w} ms / speed-up": f"{ms[w]:.2f} / {ms['full'] / ms[w]:.2f}x"
-                            for w in args.widths}})  # fmt: skip
+                            for w in [*args.widths, *args.rates]}})  # fmt: skip
     print_table(rows, list(rows[0]))
     print(write_json("light_decoder", {"rows": rows}))
 
@@ -80,6 +92,15 @@ def untrained(config, spec: str) -> WanVAE:
     if len(mults) != len(config.dim_mult):
         raise SystemExit(f"--widths {spec}: the decoder has {len(config.dim_mult)} stages")
     return WanVAE(replace(config, pruning_rate=0.0, dec_dim=dim, dim_mult=mults)).eval()
+
+
+def pruned(vae: WanVAE, spec: str) -> WanVAE:
+    """``vae`` with its decoder pruned by the per-stage rates ``R,R,...`` (not distilled)."""
+    try:
+        rates = tuple(float(r) for r in spec.split(","))
+        return prune_decoder(vae, rates if len(rates) > 1 else rates[0]).eval()
+    except ValueError as e:
+        raise SystemExit(f"--rates {spec}: {e}") from None
 
 
 def segment_call(vae, z: torch.Tensor, current: int, chunk: int):

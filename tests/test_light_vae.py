@@ -18,14 +18,18 @@ from matrixgame.cli import main
 from matrixgame.models.vae import VAE_PRESETS, WanVAE
 
 CASES = [(preset, rate) for preset in ("doom", "tiny") for rate in (0.5, 0.75)]
+# one rate per decoder stage (latents to pixels): a wider full-resolution stage, or a narrower
+PER_STAGE = [("doom", (0.875, 0.875, 0.875, 0.5)), ("tiny", (0.75, 0.75, 0.75, 0.75, 0.625))]
 
 
-@pytest.mark.parametrize("preset, rate", CASES)
+@pytest.mark.parametrize("preset, rate", CASES + PER_STAGE)
 def test_pruned_shapes_are_the_light_configs_and_the_encoder_is_the_teachers(preset, rate):
     torch.manual_seed(0)
     teacher = WanVAE(VAE_PRESETS[preset])
     student = prune_decoder(teacher, rate)
-    light = WanVAE(replace(VAE_PRESETS[preset], pruning_rate=rate)).state_dict()
+    light = WanVAE(replace(VAE_PRESETS[preset], pruning_rate=rate, prune_encoder=False))
+    assert light.decoder.conv1.out_channels == light.config.decoder_dims()[0]
+    light = light.state_dict()
     own, full = student.state_dict(), teacher.state_dict()
     assert own.keys() == light.keys() == full.keys()
     for key, value in own.items():
@@ -36,21 +40,25 @@ def test_pruned_shapes_are_the_light_configs_and_the_encoder_is_the_teachers(pre
     assert student.config.pruning_rate == rate and not student.config.prune_encoder
 
 
-def _silence_tail(vae: WanVAE, rate: float) -> None:
+def _silence_tail(vae: WanVAE, rate) -> None:
     """Zero, in every decoder layer but the pixel head, the output filters (and biases) past
-    the light width; q, k, v of an attention and the two frames of a temporal upsampler
-    each on their own. Those channels are then zero everywhere, whatever the input."""
-    full, light = vae.config.dec_dim, round(vae.config.dec_dim * (1 - rate))
+    the light decoder's width of that layer; q, k, v of an attention and the two frames of a
+    temporal upsampler each on their own. Those channels are then zero everywhere, whatever
+    the input."""
+    with torch.device("meta"):
+        light = dict(WanVAE(replace(vae.config, pruning_rate=rate, prune_encoder=False))
+                     .decoder.named_modules())  # fmt: skip
     with torch.no_grad():
         for name, m in vae.decoder.named_modules():
             if isinstance(m, nn.Conv2d | nn.Conv3d) and name != "head.2":
                 parts = 3 if name.endswith("to_qkv") else 2 if name.endswith("time_conv") else 1
                 w, b = m.weight.view(parts, -1, *m.weight.shape[1:]), m.bias.view(parts, -1)
-                w[:, w.shape[1] // full * light :] = 0
-                b[:, b.shape[1] // full * light :] = 0
+                kept = light[name].weight.shape[0] // parts
+                w[:, kept:] = 0
+                b[:, kept:] = 0
 
 
-@pytest.mark.parametrize("preset, rate", CASES)
+@pytest.mark.parametrize("preset, rate", CASES + PER_STAGE)
 @torch.no_grad()
 def test_pruning_exactly_the_silent_channels_is_lossless(preset, rate):
     torch.manual_seed(0)
@@ -148,18 +156,21 @@ def test_the_job_writes_a_light_vae_run(tmp_path, capsys):
             "--width", "32"]  # fmt: skip
     assert main(base) == 0
     light = ["train", "light-vae", "--data", str(data), "--vae", str(tmp_path / "vae"), "--out",
-             str(tmp_path / "light"), "--rate", "0.75", "--steps", "2", "--batch-size", "2",
+             str(tmp_path / "light"), "--rate", "0.875,0.875,0.875,0.5", "--steps", "2",
+             "--batch-size", "2",
              "--frames", "5", "--features", "1", "--final-lr", "0.1"]  # fmt: skip
     assert main(light) == 0
     assert "against the teacher" in capsys.readouterr().out
     weights, config = latest_weights(tmp_path / "light", prefix="")
     assert all(k.startswith(("model.vae.", "ema.vae.")) for k in weights)  # no teacher inside
-    assert config["stage"] == "light" and config["pruning_rate"] == 0.75
+    rate = (0.875, 0.875, 0.875, 0.5)  # per stage: the full-resolution one wider
+    assert config["stage"] == "light" and config["pruning_rate"] == list(rate)
     assert config["train"]["final_lr"] == 0.1  # the schedule a resumed run follows
     vae, size = trained_vae(tmp_path / "light")
     full, _ = trained_vae(tmp_path / "vae")
-    assert size == (32, 32) and vae.config.pruning_rate == 0.75
-    light_config = replace(VAE_PRESETS["doom"], pruning_rate=0.75)
+    assert size == (32, 32) and vae.config.pruning_rate == rate
+    assert vae.config.decoder_dims() == [8, 8, 8, 16]
+    light_config = replace(VAE_PRESETS["doom"], pruning_rate=rate, prune_encoder=False)
     assert sum(p.numel() for p in vae.decoder.parameters()) == sum(
         p.numel() for p in WanVAE(light_config).decoder.parameters()
     )
@@ -180,3 +191,39 @@ def test_cli_help_and_a_bad_rate(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         prune_decoder(WanVAE(VAE_PRESETS["doom"]), 1.0)
+    args[-1] = "0.75,x"
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "not a number or comma-separated numbers: '0.75,x'" in capsys.readouterr().err
+
+
+def test_per_stage_rates_that_would_change_the_decoder_are_refused():
+    teacher = WanVAE(VAE_PRESETS["doom"])  # stage widths 64, 64, 64, 32
+    # the first three stages share a residual stream: it cannot take two widths
+    with pytest.raises(ValueError, match="change the decoder's structure"):
+        prune_decoder(teacher, (0.75, 0.5, 0.75, 0.75))
+    # 16 -> 16 channels would lose the last block's 1x1 shortcut (64 -> 32 in the teacher)
+    with pytest.raises(ValueError, match="change the decoder's structure"):
+        prune_decoder(teacher, (0.75, 0.75, 0.75, 0.5))
+    with pytest.raises(ValueError, match="one rate for each of its 4 stages"):
+        prune_decoder(teacher, (0.75, 0.75, 0.5))
+
+
+def test_a_world_ships_a_per_stage_light_decoder_and_refuses_bad_rates(tmp_path):
+    import json
+
+    from helpers import add_light_decoder, make_world_folder
+    from matrixgame.worlds import shipped
+
+    rate = PER_STAGE[1][1]  # the tiny world's VAE
+    folder = add_light_decoder(make_world_folder(tmp_path / "world"), rate)
+    vae = shipped.load_vae(folder, light=True)[0]
+    assert vae.config.pruning_rate == rate  # a JSON list in config.json, a tuple again
+    assert vae.config.decoder_dims() == [24, 24, 24, 12, 9]
+    z = torch.randn(1, vae.config.z_dim, 2, 2, 2)
+    assert vae.decode(z).shape[:3] == (1, 3, 5)
+    config = json.loads((folder / "config.json").read_text())
+    for bad in ([0.75, 1.5], "0.75", []):
+        (folder / "config.json").write_text(json.dumps({**config, "light": {"pruning_rate": bad}}))
+        with pytest.raises(ValueError, match="light.pruning_rate must be 0.5 or 0.75"):
+            shipped.read_config(folder)

@@ -38,9 +38,15 @@ LIGHT_RATES = (0.5, 0.75)  # MG-LightVAE.pth and MG-LightVAE_v2.pth
 # -- pruning -----------------------------------------------------------------------------------
 
 
-def prune_decoder(vae: WanVAE, rate: float, latents: Tensor | None = None) -> WanVAE:
+Rate = float | tuple[float, ...]  # one for the whole decoder, or one per decoder stage
+
+
+def prune_decoder(vae: WanVAE, rate: Rate, latents: Tensor | None = None) -> WanVAE:
     """A new VAE with ``vae``'s encoder (unpruned, copied) and its decoder's widths scaled by
     1 - ``rate``, each layer keeping the teacher's most important channels (module doc).
+    ``rate`` may give each decoder stage its own (``VAEConfig.decoder_dims``), as long as a
+    stream that crosses stages (a residual stream through identity shortcuts, the two sides
+    of a DupUp3D shortcut) keeps one width and every block keeps its kind of shortcut.
 
     An RMS norm over fewer channels divides by another rms: its gamma is rescaled by
     rms(kept) / rms(all) of the teacher's input, measured on ``latents`` ``[B, z, L, h, w]``
@@ -48,9 +54,9 @@ def prune_decoder(vae: WanVAE, rate: float, latents: Tensor | None = None) -> Wa
     is scaled by sqrt(kept / all) for its 1/sqrt(d). Both are exact for silent channels."""
     if vae.config.pruning_rate:
         raise ValueError("prune a full decoder (this one is pruned already)")
-    config = replace(vae.config, pruning_rate=rate, prune_encoder=False)
+    config = _light_config(vae.config, rate)
     energy = None if latents is None else _norm_inputs(vae, latents)
-    plan = _plan(vae.decoder, _keeper(vae.config, rate), energy)
+    plan = _plan(vae.decoder, _widths(config), energy)
     state = {k: v.detach().clone() for k, v in vae.state_dict().items()
              if not k.startswith("decoder.")}  # fmt: skip
     decoder = vae.decoder.state_dict()
@@ -76,12 +82,27 @@ def prune_decoder(vae: WanVAE, rate: float, latents: Tensor | None = None) -> Wa
     return student.train(vae.training)
 
 
-def feature_channels(vae: WanVAE, rate: float) -> dict[str, Tensor]:
+def feature_channels(vae: WanVAE, rate: Rate) -> dict[str, Tensor]:
     """The teacher's channels that :func:`prune_decoder` keeps at the output of each decoder
     stage (``middle.2``, ``upsamples.0``, ...): student feature ``[:, j]`` is teacher feature
     ``[:, kept[j]]``."""
-    plan = _plan(vae.decoder, _keeper(vae.config, rate))
+    plan = _plan(vae.decoder, _widths(_light_config(vae.config, rate)))
     return {name: plan.kept[stream] for name, stream in plan.points.items()}
+
+
+def _light_config(config, rate: Rate):
+    rates = rate if isinstance(rate, tuple | list) else (rate,)
+    if not rates or not all(isinstance(r, int | float) and 0.0 < r < 1.0 for r in rates):
+        raise ValueError(f"the pruning rate must be in (0, 1), got {rate}")
+    return replace(config, pruning_rate=rate, prune_encoder=False)
+
+
+def _widths(config) -> _Plan:
+    """The streams of the light decoder ``config`` builds (sizes and structure, no weights):
+    the widths each of the teacher's streams is cut to."""
+    with torch.device("meta"):
+        decoder = WanVAE(config).decoder
+    return _plan(decoder)
 
 
 @torch.no_grad()
@@ -107,21 +128,6 @@ def _norm_inputs(vae: WanVAE, latents: Tensor) -> dict[str, Tensor]:
     return {n: torch.stack(v).mean(0).cpu() for n, v in sums.items()}
 
 
-def _keeper(config, rate: float) -> Callable[[int], int]:
-    """Channels kept of a stream of ``size``: the student's width of the same stage."""
-    if not 0.0 < rate < 1.0:
-        raise ValueError(f"the pruning rate must be in (0, 1), got {rate}")
-    full = config.dec_dim
-    light = max(1, round(full * (1.0 - rate)))  # as WanVAE sizes the student
-
-    def keep(size: int) -> int:
-        if size % full:
-            raise ValueError(f"a stream of {size} channels is no multiple of dec_dim {full}")
-        return size // full * light
-
-    return keep
-
-
 def _at(kept: list[Tensor], stream: int | None) -> Tensor | None:
     return None if stream is None else kept[stream]
 
@@ -136,6 +142,8 @@ def _importance(layer: nn.Module) -> Tensor:
     """||W_c||_1 + |b_c| per output channel c: a filter's L1 norm bounds what the channel
     can carry to the next layer. (Reader-side scores, RMS_norm gamma times the next filters,
     would miss that a silent channel is pruned losslessly whatever reads it.)"""
+    if layer.weight.is_meta:  # a structure read only for its widths (_widths)
+        return torch.ones(layer.weight.shape[0])
     score = layer.weight.detach().abs().flatten(1).sum(1).float().cpu()
     if layer.bias is not None:
         score = score + layer.bias.detach().abs().float().cpu()
@@ -157,8 +165,8 @@ class _Plan:
     blocks (scored over both sides) rather than each side's best channels. Streams so tied
     form a group whose smallest member chooses; every member keeps those blocks."""
 
-    def __init__(self, keep: Callable[[int], int], energy: dict[str, Tensor] | None) -> None:
-        self.keep, self.energy = keep, energy or {}
+    def __init__(self, energy: dict[str, Tensor] | None) -> None:
+        self.energy = energy or {}
         self.size: list[int] = []
         self.votes: list[Tensor] = []
         self.parent: list[int] = []
@@ -187,17 +195,29 @@ class _Plan:
             s = self.parent[s]
         return s
 
-    def select(self) -> None:
+    def select(self, light: _Plan) -> None:
+        """Choose each stream's channels, as many as the same stream of ``light`` (the pruned
+        decoder's plan) has."""
+        if light.cuts.keys() != self.cuts.keys() or len(light.size) != len(self.size):
+            raise ValueError("these pruning rates change the decoder's structure: a stream "
+                             "that crosses stages (a residual stream through identity "
+                             "shortcuts) must keep one width, and a block keeps its kind "
+                             "of shortcut (pruned to equal widths, a 1x1 shortcut would "
+                             "vanish)")  # fmt: skip
         groups: dict[int, list[int]] = {}
         for s in range(len(self.size)):
             groups.setdefault(self._root(s), []).append(s)
         self.kept = [torch.empty(0, dtype=torch.long)] * len(self.size)
         for members in groups.values():
-            base = min(self.size[s] for s in members)
-            score = sum(self.votes[s].view(base, -1).sum(1) for s in members)
-            chosen = score.topk(self.keep(base)).indices.sort().values
+            base = min(members, key=lambda s: self.size[s])
+            score = sum(self.votes[s].view(self.size[base], -1).sum(1) for s in members)
+            chosen = score.topk(light.size[base]).indices.sort().values
             for s in members:
-                k = self.size[s] // base
+                k = self.size[s] // self.size[base]
+                if light.size[s] != k * light.size[base]:
+                    raise ValueError("these pruning rates cut the two sides of a DupUp3D "
+                                     "shortcut to other shares: give both stages one "
+                                     "rate")  # fmt: skip
                 self.kept[s] = (chosen[:, None] * k + torch.arange(k)).flatten()
 
     # -- layers -----------------------------------------------------------------------------
@@ -274,9 +294,11 @@ class _Plan:
         return y
 
 
-def _plan(decoder: Decoder3d, keep: Callable[[int], int],
+def _plan(decoder: Decoder3d, light: _Plan | None = None,
           energy: dict[str, Tensor] | None = None) -> _Plan:  # fmt: skip
-    plan = _Plan(keep, energy)
+    """The streams and cuts of ``decoder``; with ``light`` (the plan of the pruned decoder
+    to cut it to), each stream's kept channels too."""
+    plan = _Plan(energy)
     x = plan.new(decoder.conv1.out_channels)
     plan.conv("conv1", decoder.conv1, None, x)
     for i, layer in enumerate(decoder.middle):
@@ -291,7 +313,8 @@ def _plan(decoder: Decoder3d, keep: Callable[[int], int],
         plan.points[f"upsamples.{i}"] = x
     plan.norm("head.0", x)
     plan.conv("head.2", decoder.head[2], x, None)
-    plan.select()
+    if light is not None:
+        plan.select(light)
     return plan
 
 
@@ -398,7 +421,7 @@ class LightVAEJob:
     data: str
     vae: str  # the teacher: a `train vae` / `train decoder` run, or a Wan2.2 VAE .pth
     out: str
-    rate: float = 0.5
+    rate: Rate = 0.5  # or one per decoder stage, from the latents to the pixels
     steps: int = 2000
     batch_size: int = 4
     frames: int = 9
@@ -423,9 +446,10 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
     from matrixgame.train.run_log import RunLog
     from matrixgame.train.vae_task import reconstruction_strip
 
-    if job.rate not in LIGHT_RATES:
+    if not isinstance(job.rate, tuple) and job.rate not in LIGHT_RATES:
         raise ValueError(f"--rate must be one of {', '.join(map(str, LIGHT_RATES))} "
-                         f"(MG-LightVAE's), got {job.rate}")  # fmt: skip
+                         f"(MG-LightVAE's) or one rate per decoder stage, "
+                         f"got {job.rate}")  # fmt: skip
     init_distributed()
     torch.manual_seed(job.seed)
     teacher, meta = _teacher(job)

@@ -20,6 +20,17 @@ def add_lr_schedule(parser: argparse.ArgumentParser) -> None:
                         "whole run)")  # fmt: skip
 
 
+def _rates(text: str) -> float | tuple[float, ...]:
+    """``--rate``: one number, or a comma-separated number per decoder stage."""
+    try:
+        rates = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a number or comma-separated numbers: {text!r}"
+        ) from None
+    return rates[0] if len(rates) == 1 else rates
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -124,8 +135,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     light.add_argument("--data", required=True, help="dataset folder")
     light.add_argument("--vae", required=True, help="the teacher: a VAE run, or a Wan2.2 .pth")
     light.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
-    light.add_argument("--rate", type=float, required=True,
-                       help="share of decoder channels pruned: 0.5 or 0.75")  # fmt: skip
+    light.add_argument("--rate", type=_rates, required=True, metavar="RATE[,RATE...]",
+                       help="share of decoder channels pruned: 0.5 or 0.75; or one share per "
+                       "decoder stage, from the latents to the pixels (its middle, then each "
+                       "up block), e.g. 0.75,0.75,0.75,0.5 for a wider full-resolution "
+                       "stage")  # fmt: skip
     light.add_argument("--steps", type=int, default=2000)
     light.add_argument("--batch-size", type=int, default=4)
     light.add_argument("--frames", type=int, default=9, help=FRAMES_HELP)

@@ -56,7 +56,10 @@ class VAEConfig:
     # per encoder stage; None: every stage but the last halves space (Wan2.2)
     spatial_downsample: tuple[bool, ...] | None = None
     patch_size: int = 2  # pixels folded into channels at both ends (3 p^2 channels)
-    pruning_rate: float = 0.0  # MG-LightVAE: decoder (and encoder) widths scaled by 1 - rate
+    # MG-LightVAE: decoder (and encoder) widths scaled by 1 - rate; a tuple gives each decoder
+    # stage its own rate (the decoder alone), from the latents to the pixels: its middle, then
+    # each up block (decoder_dims)
+    pruning_rate: float | tuple[float, ...] = 0.0
     prune_encoder: bool = True  # False: only the decoder is pruned (accel/light_vae.py)
     latent_mean: tuple[float, ...] | None = field(default=WAN22_LATENT_MEAN, repr=False)
     latent_std: tuple[float, ...] | None = field(default=WAN22_LATENT_STD, repr=False)
@@ -74,7 +77,29 @@ class VAEConfig:
     def spatial_factor(self) -> int:
         return self.patch_size * 2 ** sum(self.down_spatial)  # the patchify, then halvings
 
+    def decoder_dims(self) -> list[int]:
+        """The decoder's stage widths, from the latents to the pixels (its middle, then each
+        up block): ``dec_dim`` scaled by 1 - the stage's pruning rate, times its multiplier."""
+        mults = (self.dim_mult[-1], *self.dim_mult[::-1])
+        rates = self.pruning_rate
+        if not isinstance(rates, tuple):
+            rates = (rates,) * len(mults)
+        return [
+            max(1, round(self.dec_dim * (1.0 - r))) * m for r, m in zip(rates, mults, strict=True)
+        ]
+
     def __post_init__(self) -> None:
+        if isinstance(self.pruning_rate, list):  # as JSON gives it
+            object.__setattr__(self, "pruning_rate", tuple(self.pruning_rate))
+        rates = self.pruning_rate
+        if isinstance(rates, tuple) and (len(rates) != len(self.dim_mult) + 1
+                                         or self.prune_encoder):  # fmt: skip
+            raise ValueError(f"per-stage pruning rates prune the decoder alone "
+                             f"(prune_encoder=False), one rate for each of its "
+                             f"{len(self.dim_mult) + 1} stages; got {rates}")  # fmt: skip
+        if not all(isinstance(r, int | float) and 0.0 <= r < 1.0
+                   for r in (rates if isinstance(rates, tuple) else (rates,))):  # fmt: skip
+            raise ValueError(f"pruning rates lie in [0, 1), got {rates}")
         stages = len(self.dim_mult)
         if len(self.temporal_downsample) > stages or len(self.down_spatial) != stages:
             raise ValueError(f"a VAE of {stages} stages takes at most {stages} temporal and "
@@ -490,10 +515,10 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    def __init__(self, dim: int, z_dim: int, dim_mult, num_res_blocks: int, up_t, up_s,
+    def __init__(self, dims: list[int], z_dim: int, num_res_blocks: int, up_t, up_s,
                  out_channels: int = 12) -> None:  # fmt: skip
+        """``dims``: the stage widths, the middle's, then each up block's (decoder_dims)."""
         super().__init__()
-        dims = [dim * m for m in (dim_mult[-1], *dim_mult[::-1])]
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
         d0 = dims[0]
         self.middle = nn.Sequential(
@@ -535,9 +560,10 @@ class WanVAE(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        keep = 1.0 - config.pruning_rate
-        dim = max(1, round(config.dim * keep)) if config.prune_encoder else config.dim
-        dec_dim = max(1, round(config.dec_dim * keep))
+        if config.prune_encoder:  # a single rate (per-stage rates prune the decoder alone)
+            dim = max(1, round(config.dim * (1.0 - config.pruning_rate)))
+        else:
+            dim = config.dim
         z = config.z_dim
         down_t, down_s = config.temporal_downsample, config.down_spatial
         pixels = 3 * config.patch_size**2
@@ -547,7 +573,7 @@ class WanVAE(nn.Module):
         self.conv2 = CausalConv3d(z, z, 1)
         # the decoder's stages mirror the encoder's: its first undoes the encoder's last
         up_t = tuple(down_t) + (False,) * (len(down_s) - len(down_t))
-        self.decoder = Decoder3d(dec_dim, z, config.dim_mult, blocks, up_t[::-1][1:],
+        self.decoder = Decoder3d(config.decoder_dims(), z, blocks, up_t[::-1][1:],
                                  down_s[::-1][1:] + (False,), pixels)  # fmt: skip
         mean = config.latent_mean or (0.0,) * z
         std = config.latent_std or (1.0,) * z

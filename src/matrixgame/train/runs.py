@@ -86,9 +86,12 @@ def trained_vae(run: str | Path):
         preset = replace(preset, latent_mean=tuple(stats[0]), latent_std=tuple(stats[1]))
     rate = config.get("pruning_rate")
     if rate:  # a light decoder (accel/light_vae.py): the full encoder
-        if not _number(rate) or not 0 < rate < 1:
-            raise ValueError(f"{run}: pruning_rate must lie in (0, 1), got {rate!r:.40}")
-        preset = replace(preset, pruning_rate=rate, prune_encoder=False)
+        rates = rate if isinstance(rate, list) else [rate]
+        if not all(_number(r) and 0 < r < 1 for r in rates):
+            raise ValueError(f"{run}: pruning_rate must lie in (0, 1), one number or one per "
+                             f"decoder stage, got {rate!r:.80}")  # fmt: skip
+        preset = replace(preset, pruning_rate=tuple(rate) if isinstance(rate, list) else rate,
+                         prune_encoder=False)  # fmt: skip
     vae = WanVAE(preset).eval()
     load_checked(vae, state, f"{run}'s weights")
     return vae, size

@@ -456,6 +456,13 @@ def _revisit_words(sampler: dict) -> str:
             f"is generated from memory alone")  # fmt: skip
 
 
+def _rate_text(rate) -> str:
+    """A pruning rate, or one per decoder stage: "75%", "75/75/75/50% by stage"."""
+    if isinstance(rate, list | tuple):
+        return "/".join(f"{100 * r:.0f}" for r in rate) + "% by stage (latents to pixels)"
+    return f"{100 * rate:.0f}%"
+
+
 def _light_line(config: dict) -> list[str]:
     """The light decoder, where the world ships one: how it was made, its held-out PSNR."""
     light = config.get("light")
@@ -469,7 +476,7 @@ def _light_line(config: dict) -> list[str]:
                  f"{f['sharpness']:.3f} against {f['full_sharpness']:.3f}")  # fmt: skip
     psnr += "." if psnr else ""
     return [f"- **Light decoder** (`light`): the decoder's channels pruned by "
-            f"{100 * light['pruning_rate']:.0f}% (MG-LightVAE), distilled {light.get('step')} "
+            f"{_rate_text(light['pruning_rate'])} (MG-LightVAE), distilled {light.get('step')} "
             f"steps against the decoder at step {light.get('decoder_step')}.{psnr} "
             f"`matrixgame play` decodes with it in its realtime mode (the default on a CPU) "
             f"where the full decoder measures too slow at start-up (`--decoder light` "

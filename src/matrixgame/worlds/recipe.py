@@ -109,7 +109,7 @@ class WorldSpec:
     decoder_r1: float = 1.0
     # the light decoder (MG-LightVAE): the decoder's channels pruned by this share, then
     # distilled against it, for real-time play on CPUs without fast low-precision paths
-    light_rate: float = 0.75
+    light_rate: float | tuple[float, ...] = 0.75  # or one per decoder stage (train light-vae)
     light_steps: int = 2000
     light_lr: float = 1e-4
     # cosine-decayed to this fraction of light_lr by light_steps (a larger target stretches
@@ -849,7 +849,8 @@ class Recipe:
             return False  # another autoencoder: neither its decoder nor its world model fit
         if component == "light":
             light = config.get("light")
-            return isinstance(light, dict) and light.get("pruning_rate") == s.light_rate
+            rate = light.get("pruning_rate") if isinstance(light, dict) else None
+            return (tuple(rate) if isinstance(rate, list) else rate) == s.light_rate
         if component in ("dit", "student"):
             if component == "student":
                 student = config.get("student")

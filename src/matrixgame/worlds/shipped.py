@@ -149,8 +149,14 @@ def _check_config(config: dict, path: Path) -> None:
     _check_curves(config.get("curves", {}), fail)
     if "light" in config:
         light = config["light"]
-        if not isinstance(light, dict) or light.get("pruning_rate") not in (0.5, 0.75):
-            raise fail("light.pruning_rate must be 0.5 or 0.75 (MG-LightVAE's)")
+        rate = light.get("pruning_rate") if isinstance(light, dict) else None
+        if rate not in (0.5, 0.75) and not (
+            isinstance(rate, list)
+            and rate
+            and all(type(r) in (int, float) and 0 < r < 1 for r in rate)
+        ):
+            raise fail("light.pruning_rate must be 0.5 or 0.75 (MG-LightVAE's), or a list of "
+                       "rates in (0, 1), one per decoder stage")  # fmt: skip
 
 
 # a training-log row's fields, their types and how an error names them (the recipe's rows;
