@@ -648,6 +648,42 @@ def test_the_student_is_distilled_anew_when_its_run_is_gone_or_of_another_window
     assert not (work / "student.other-window.2").exists()  # nothing of this window set aside
 
 
+@pytest.mark.slow
+def test_the_student_follows_its_world_model_once_that_trained_on(built, tmp_path):
+    """A finished student is continued against its world model once that has trained the
+    follow gap past the step the student last trained against; not before, and only once."""
+    from matrixgame.worlds.recipe import Recipe, spec_with
+
+    work = tmp_path / "work"
+    shutil.copytree(built["work"], work)
+    said = []
+
+    def recipe(dit_steps: int) -> Recipe:
+        spec = spec_with("tiny", dit_steps=dit_steps, student_follow_gap=2,
+                         student_follow_steps=3)  # fmt: skip
+        return Recipe(spec, work, ship_to=tmp_path / "ship", progress=said.append)
+
+    first = recipe(9)
+    teacher = first.state["stages"]["student"]["teacher_step"]
+    assert teacher == 8 and first.done("student") and not first._stale("student")
+    first.run(only="dit")  # one step on: under the gap
+    assert not first._stale("student")
+    first.run(only="student")  # asked for: nothing to do, the student keeps its teacher
+    assert _logged_steps(work / "student") == [1, 2]
+    assert first.state["stages"]["student"]["teacher_step"] == 8
+    again = recipe(10)
+    again.run(only="dit")
+    assert again._stale("student")
+    again.run(only="student")
+    assert _logged_steps(work / "student") == [1, 2, 3, 4, 5]  # 3 more, from the multi run's 2
+    assert any("trained on from step 8 to 10: 3 more" in line for line in said)
+    info = again.state["stages"]["student"]
+    assert info["teacher_step"] == 10 and info["done"] and info["multi_target"] == 5
+    assert again.done("student") and not again._stale("student")
+    again.run(only="student")  # followed: not again
+    assert _logged_steps(work / "student") == [1, 2, 3, 4, 5]
+
+
 def test_a_student_distilled_for_another_noise_on_the_past_is_distilled_anew(built, tmp_path):
     """The world now plays with another noise level on its past: the student, distilled
     seeing the past at the old level, is set aside and distilled at the new one, which its

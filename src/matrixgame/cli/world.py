@@ -28,7 +28,9 @@ Train a default world end to end, resuming wherever the last call stopped:
   dit      the world model (error-aware, memory-augmented flow matching)
   student  its few-step student (DMD: cold start, then multi-segment rollouts),
            from the world model as trained when this stage runs (--only student
-           starts it from a world model still training)
+           starts it from a world model still training); once the world model has
+           trained on by 1,000 steps, the finished student continues 300 steps
+           against it
   idm      the inverse-dynamics model the evaluation reads actions with
   eval     `matrixgame eval` on the held-out trajectories -> WORK/report/
   ship     when it beats the shipped world (or none is shipped): the weights,

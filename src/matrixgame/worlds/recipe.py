@@ -178,6 +178,14 @@ class WorldSpec:
     student_guidance: float = 4.0
     student_sampler_steps: int = 3
     student_segments: int = 6
+    # the student follows its world model: once the world model has trained student_follow_gap
+    # steps past the one the finished student last trained against, the student stage reopens
+    # and continues the multi-segment run student_follow_steps more against the world model
+    # as it is then (0: a finished student stays; --student-multi-steps continues it by hand).
+    # 600 such steps followed 3,146 world-model steps (30,990 -> 34,136; BENCHMARKS.md,
+    # thirteenth session): 6 min per 100 on one AVX2 thread
+    student_follow_gap: int = 1000
+    student_follow_steps: int = 300
     idm_steps: int = 2000
     sampler_steps: int = 4
     shift: float = 3.0
@@ -668,18 +676,39 @@ class Recipe:
             return None
         seeded = seed is not None and seed_step >= s.student_cold_steps  # past its cold start
         init = None if _has_checkpoint(multi) else seed if seeded else str(cold)
+        info = self.state["stages"].get("student", {})
+        target = max(s.student_multi_steps, info.get("multi_target", 0))
+        if _has_checkpoint(multi) and _latest_step(multi) >= target and self._student_behind():
+            target = _latest_step(multi) + s.student_follow_steps
+            self._mark("student", multi_target=target)
+            self.progress(f"[student] the world model trained on from step "
+                          f"{info['teacher_step']} to {teacher_step}: "
+                          f"{s.student_follow_steps} more multi-segment steps against "
+                          f"it")  # fmt: skip
         trainer = train_distill(DistillJob(out=str(multi), stage="multi", init=init,
                                            start_step=seed_step - s.student_cold_steps if seeded
                                            else 0,
-                                           steps=s.student_multi_steps, student_every=3,
+                                           steps=target, student_every=3,
                                            segments=s.student_segments, **common),
                                 self.train_deadline)  # fmt: skip
         step = self._student_step()
-        done = trainer.step >= s.student_multi_steps
+        done = trainer.step >= target
+        if trainer.step == trainer.first_step and "teacher_step" in info:
+            teacher_step = info["teacher_step"]  # nothing trained: still the teacher it had
         self._mark("student", done=done, step=step, teacher_step=teacher_step,
                    stopped=trainer.stopped, logs=_scalars(trainer.last_logs))  # fmt: skip
         self.trained["student"] = step
         return self._ended(trainer)
+
+    def _student_behind(self) -> bool:
+        """A finished multi-segment student whose world model has trained on by at least
+        ``student_follow_gap`` steps since it last trained against it."""
+        s, info = self.spec, self.state["stages"].get("student", {})
+        if not (s.student_follow_steps and s.student_multi_steps and info.get("done")):
+            return False
+        if "teacher_step" not in info or not _has_checkpoint(self.path("student")):
+            return False
+        return self._step("dit") - info["teacher_step"] >= s.student_follow_gap
 
     def _student_seed(self, teacher_step: int) -> tuple[str | None, int]:
         """(folder, steps) of the student a fresh work folder continues: the kept version's
@@ -880,10 +909,11 @@ class Recipe:
     def _stale(self, stage: str) -> bool:
         """The evaluation (and shipping) are redone when a model trained since; the student
         is distilled anew when its run is gone or is of the world model under another window
-        (:meth:`stage_student` sets such a run aside)."""
+        (:meth:`stage_student` sets such a run aside), and continued when its world model
+        has trained on (``student_follow_gap``)."""
         if stage == "student":
             run = self.student_run()
-            return run is None or self._unfit_student(run) is not None
+            return run is None or self._unfit_student(run) is not None or self._student_behind()
         if stage not in ("eval", "ship"):
             return False
         info = self.state["stages"].get("eval", {})
