@@ -227,3 +227,12 @@ def test_a_world_ships_a_per_stage_light_decoder_and_refuses_bad_rates(tmp_path)
         (folder / "config.json").write_text(json.dumps({**config, "light": {"pruning_rate": bad}}))
         with pytest.raises(ValueError, match="light.pruning_rate must be 0.5 or 0.75"):
             shipped.read_config(folder)
+
+
+def test_the_model_card_names_a_per_stage_rate():
+    from matrixgame.worlds.card import _light_line
+
+    per_stage = "pruned by 87.5/87.5/87.5/50% by stage"
+    for rate, says in ((0.75, "pruned by 75% (MG-LightVAE)"), ([0.875] * 3 + [0.5], per_stage)):
+        line = _light_line({"light": {"pruning_rate": rate, "step": 5, "decoder_step": 2}})
+        assert says in line[0] and "distilled 5 steps" in line[0]

@@ -457,10 +457,10 @@ def _revisit_words(sampler: dict) -> str:
 
 
 def _rate_text(rate) -> str:
-    """A pruning rate, or one per decoder stage: "75%", "75/75/75/50% by stage"."""
+    """A pruning rate, or one per decoder stage: "75%", "87.5/87.5/87.5/50% by stage"."""
     if isinstance(rate, list | tuple):
-        return "/".join(f"{100 * r:.0f}" for r in rate) + "% by stage (latents to pixels)"
-    return f"{100 * rate:.0f}%"
+        return "/".join(f"{100 * r:g}" for r in rate) + "% by stage (latents to pixels)"
+    return f"{100 * rate:g}%"
 
 
 def _light_line(config: dict) -> list[str]:
