@@ -25,7 +25,7 @@ import torch
 
 from common import interleaved_median_ms, print_table, write_json
 from matrixgame.accel.capability import cpu_capability
-from matrixgame.accel.light_vae import prune_decoder
+from matrixgame.accel.light_vae import parse_rate, prune_decoder
 from matrixgame.models.vae import FeatureCache, WanVAE
 from matrixgame.worlds import load
 from matrixgame.worlds.shipped import has_light
@@ -97,8 +97,7 @@ def untrained(config, spec: str) -> WanVAE:
 def pruned(vae: WanVAE, spec: str) -> WanVAE:
     """``vae`` with its decoder pruned by the per-stage rates ``R,R,...`` (not distilled)."""
     try:
-        rates = tuple(float(r) for r in spec.split(","))
-        return prune_decoder(vae, rates if len(rates) > 1 else rates[0]).eval()
+        return prune_decoder(vae, parse_rate(spec)).eval()
     except ValueError as e:
         raise SystemExit(f"--rates {spec}: {e}") from None
 

@@ -27,8 +27,8 @@ from matrixgame.models.vae import (
     Up_ResidualBlock,
     WanVAE,
 )
-from matrixgame.train.jobs import Stop
-from matrixgame.train.trainer import TrainConfig, Trainer, init_distributed
+from matrixgame.train.jobs import Stop, train_config
+from matrixgame.train.trainer import Trainer, init_distributed
 from matrixgame.train.vae_task import frames_to_model, psnr, reconstruction_loss
 
 Tensor = torch.Tensor
@@ -88,6 +88,16 @@ def feature_channels(vae: WanVAE, rate: Rate) -> dict[str, Tensor]:
     ``[:, kept[j]]``."""
     plan = _plan(vae.decoder, _widths(_light_config(vae.config, rate)))
     return {name: plan.kept[stream] for name, stream in plan.points.items()}
+
+
+def parse_rate(text: str) -> Rate:
+    """A pruning rate as a command line gives it: one number, or comma-separated numbers
+    (one per decoder stage, latents to pixels)."""
+    try:
+        rates = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"not a number or comma-separated numbers: {text!r}") from None
+    return rates[0] if len(rates) == 1 else rates
 
 
 def _light_config(config, rate: Rate):
@@ -468,11 +478,7 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
     task = LightDecoderTask(meta["height"], meta["width"], features=job.features)
     meta = {"model": "vae", "stage": "light", "teacher": str(job.vae), "weights_prefix": "vae.",
             **meta, "pruning_rate": job.rate, "task": asdict(task)}  # fmt: skip
-    config = TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
-                         final_lr=job.final_lr, decay_steps=job.decay_steps,
-                         checkpoint_every=job.checkpoint_every,
-                         seed=job.seed, cpu_bf16=job.cpu_bf16)  # fmt: skip
-    trainer = Trainer(model, task, data, config, meta)
+    trainer = Trainer(model, task, data, train_config(job), meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)
     probe = data[0]["frames"][None]

@@ -22,13 +22,12 @@ def add_lr_schedule(parser: argparse.ArgumentParser) -> None:
 
 def _rates(text: str) -> float | tuple[float, ...]:
     """``--rate``: one number, or a comma-separated number per decoder stage."""
+    from matrixgame.accel.light_vae import parse_rate
+
     try:
-        rates = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a number or comma-separated numbers: {text!r}"
-        ) from None
-    return rates[0] if len(rates) == 1 else rates
+        return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:

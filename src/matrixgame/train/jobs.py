@@ -76,7 +76,7 @@ def train_vae(job: VAEJob, deadline: float | None = None, stop: Stop = None) -> 
     data = ClipDataset(job.data, frames=job.frames, split="train", stride=2,
                        frames_per_latent=config.temporal_factor)  # fmt: skip
     meta = {"model": "vae", "preset": job.preset, "height": job.height, "width": job.width}
-    trainer = Trainer(model, VAETask(job.height, job.width), data, _train_config(job), meta)
+    trainer = Trainer(model, VAETask(job.height, job.width), data, train_config(job), meta)
     run = RunLog(job.out)
     probe = data[0]["frames"][None]  # a fixed clip to reconstruct in the sample strips
 
@@ -90,7 +90,9 @@ def train_vae(job: VAEJob, deadline: float | None = None, stop: Stop = None) -> 
     return trainer
 
 
-def _train_config(job, **extra) -> TrainConfig:
+def train_config(job, **extra) -> TrainConfig:
+    """The trainer's config from a job's fields (out, steps, batch size, the learning-rate
+    schedule, checkpoints, seed) and ``extra``."""
     return TrainConfig(out=job.out, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        checkpoint_every=job.checkpoint_every, seed=job.seed,
                        cpu_bf16=getattr(job, "cpu_bf16", False),
@@ -154,7 +156,7 @@ def train_decoder(job: DecoderJob, deadline: float | None = None, stop: Stop = N
         meta["preset"] = job.preset
     # no joint gradient clipping: the discriminator's gradients (norm ~100) would scale the
     # decoder's down with them; Adam normalises each parameter's step anyway
-    trainer = Trainer(model, task, data, _train_config(job, grad_clip=float("inf")), meta)
+    trainer = Trainer(model, task, data, train_config(job, grad_clip=float("inf")), meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)
     probe = data[0]["frames"][None]
@@ -299,7 +301,7 @@ def train_dit(job: DiTJob, deadline: float | None = None, stop: Stop = None) -> 
     buffer = ErrorBuffer(gamma_past=job.error_buffer, gamma_memory=job.error_buffer)
     task = DiTTask(buffer=buffer, frames_per_latent=window.frames_per_latent,
                    past_noise=job.past_noise)  # fmt: skip
-    trainer = Trainer(model, task, data, _train_config(job, fsdp=job.fsdp), meta)
+    trainer = Trainer(model, task, data, train_config(job, fsdp=job.fsdp), meta)
     trainer.step = job.start_step  # a checkpoint in the run folder overrides it
     run = RunLog(job.out)
     vae = vae_of(job.latents)
@@ -345,7 +347,7 @@ def train_idm(job: IDMJob, deadline: float | None = None, stop: Stop = None) -> 
     torch.manual_seed(job.seed)
     config = IDMConfig(height=job.height, width=job.width)
     data = IDMDataset(job.data, config, "train", job.max_frames)
-    trainer = Trainer(InverseDynamics(config), IDMTask(), data, _train_config(job),
+    trainer = Trainer(InverseDynamics(config), IDMTask(), data, train_config(job),
                       idm_meta(config))  # fmt: skip
     trainer.fit(RunLog(job.out), deadline=deadline, stop=stop)
     return trainer
