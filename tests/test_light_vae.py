@@ -147,6 +147,25 @@ def test_distillation_steps_bring_the_student_to_the_teacher(teacher, rate, feat
     assert all(torch.equal(v, encoder[k]) for k, v in student.encoder.state_dict().items())
 
 
+def test_a_share_of_the_frame_loss_fits_the_real_frames(teacher):
+    from matrixgame.train.vae_task import frames_to_model, reconstruction_loss
+
+    vae, z, g = teacher
+    model = LightDistill(prune_decoder(vae, 0.75, z), vae, feature_channels(vae, 0.75))
+    frames = ((_clips(2, g) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1)
+    x = frames_to_model(frames, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        to_teacher, to_real = (reconstruction_loss(out["student"] - t, 1.0, 1.0)
+                               for t in (out["teacher"], x))  # fmt: skip
+        losses = {w: LightDecoderTask(32, 32, real=w).loss(model, {"frames": frames}, 0)[0]
+                  for w in (0.0, 0.25, 1.0)}  # fmt: skip
+    assert float((to_teacher - to_real).abs()) > 1e-3  # the two targets differ here
+    torch.testing.assert_close(losses[0.0], to_teacher)
+    torch.testing.assert_close(losses[1.0], to_real)
+    torch.testing.assert_close(losses[0.25], 0.75 * to_teacher + 0.25 * to_real)
+
+
 def test_the_job_writes_a_light_vae_run(tmp_path, capsys):
     from matrixgame.train.runs import latest_weights, trained_vae
 
@@ -195,6 +214,10 @@ def test_cli_help_and_a_bad_rate(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args)
     assert "not a number or comma-separated numbers: '0.75,x'" in capsys.readouterr().err
+    args[-1] = "0.75"
+    assert main([*args, "--real", "1.5"]) == 2
+    assert "--real is a share of the frame loss, from 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_per_stage_rates_that_would_change_the_decoder_are_refused():

@@ -6,6 +6,10 @@ L1 norm of each output filter (weights and bias), ||W_c||_1 + |b_c|, as Li et al
 ("Pruning Filters for Efficient ConvNets"). Distillation then fits the student's frames to
 the teacher's on the same latents: L1 + L2, plus optionally the stage features on the kept
 channels, L = |D_s(z) - D_t(z)| + (D_s(z) - D_t(z))^2 + w_f sum_k mse(f_s^k, f_t^k[S_k]).
+Optionally a share w_r of the frame term fits the real frames x = the clip the latents
+encode instead of the teacher's: (1 - w_r) rec(D_s(z) - D_t(z)) + w_r rec(D_s(z) - x), for a
+student too small to paint the detail an adversarially tuned teacher invents (its mean of
+the real frames scores higher PSNR than its copy of the teacher's guess).
 """
 
 from __future__ import annotations
@@ -402,12 +406,16 @@ class LightDecoderTask:
     l1: float = 1.0
     l2: float = 1.0
     features: float = 0.0
+    real: float = 0.0  # share of the frame term on the real frames (module doc)
 
     def loss(self, model, batch: dict, step: int) -> tuple[Tensor, dict]:
         x = frames_to_model(batch["frames"], self.height, self.width)
         out = model(x, features=self.features > 0)
         err = out["student"].float() - out["teacher"].float()
         distill = reconstruction_loss(err, self.l1, self.l2)
+        if self.real > 0:
+            real = reconstruction_loss(out["student"].float() - x.float(), self.l1, self.l2)
+            distill = (1 - self.real) * distill + self.real * real
         feature = torch.zeros((), device=x.device)
         for s, t in out["features"]:  # each stage relative to its power, then averaged
             power = t.float().pow(2).mean().clamp(min=1e-8)
@@ -441,6 +449,7 @@ class LightVAEJob:
     final_lr: float = 1.0  # cosine decay to this fraction of lr by the last step (1: constant)
     decay_steps: int = 0  # ... over the last this many steps only (0: all after warmup)
     features: float = 0.0  # weight of the feature loss
+    real: float = 0.0  # share of the frame loss on the real frames, not the teacher's
     checkpoint_every: int = 200
     cpu_bf16: bool = False  # bf16 autocast on the CPU (fast where it has AVX-512 BF16)
     seed: int = 0
@@ -460,6 +469,9 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
         raise ValueError(f"--rate must be one of {', '.join(map(str, LIGHT_RATES))} "
                          f"(MG-LightVAE's) or one rate per decoder stage, "
                          f"got {job.rate}")  # fmt: skip
+    if not 0.0 <= job.real <= 1.0:
+        raise ValueError(f"--real is a share of the frame loss, from 0 (the teacher's frames "
+                         f"alone) to 1 (the real ones alone), got {job.real}")  # fmt: skip
     init_distributed()
     torch.manual_seed(job.seed)
     teacher, meta = _teacher(job)
@@ -475,7 +487,8 @@ def train_light_vae(job: LightVAEJob, deadline: float | None = None, stop: Stop 
     _init_from(student, job.init)
     model = LightDistill(student, teacher, feature_channels(teacher, job.rate))
     del teacher, latents  # the student holds a copy of the encoder, the model the decoder
-    task = LightDecoderTask(meta["height"], meta["width"], features=job.features)
+    task = LightDecoderTask(meta["height"], meta["width"], features=job.features,
+                            real=job.real)  # fmt: skip
     meta = {"model": "vae", "stage": "light", "teacher": str(job.vae), "weights_prefix": "vae.",
             **meta, "pruning_rate": job.rate, "task": asdict(task)}  # fmt: skip
     trainer = Trainer(model, task, data, train_config(job), meta)

@@ -148,6 +148,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     add_lr_schedule(light)
     light.add_argument("--features", type=float, default=0.0,
                        help="weight of the stage-feature loss on the kept channels")  # fmt: skip
+    light.add_argument("--real", type=float, default=0.0,
+                       help="share of the frame loss fitted to the real frames instead of the "
+                       "teacher's decoding of them (0: distillation alone; 1: the real "
+                       "frames alone)")  # fmt: skip
     light.add_argument("--checkpoint-every", type=int, default=200)
     light.add_argument("--cpu-bf16", action="store_true",
                        help="bf16 autocast on the CPU (fast with AVX-512 BF16 or AMX)")  # fmt: skip
