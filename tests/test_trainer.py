@@ -209,10 +209,11 @@ def test_fsdp_trains_like_ddp_and_resumes(tmp_path):
         torch.testing.assert_close(fsdp[k], ddp[k], atol=1e-5, rtol=1e-4)
 
 
-def _tiny_trainer(tmp_path, out: str, steps: int = 4) -> Trainer:
+def _tiny_trainer(tmp_path, out: str, steps: int = 4, **config) -> Trainer:
     torch.manual_seed(0)
     data = ClipDataset(make_dataset(tmp_path / "data"), frames=5, stride=4)
-    cfg = TrainConfig(out=str(tmp_path / out), steps=steps, batch_size=2, checkpoint_every=2)
+    cfg = TrainConfig(out=str(tmp_path / out), steps=steps, batch_size=2, checkpoint_every=2,
+                      **config)  # fmt: skip
     return Trainer(WanVAE(VAE_PRESETS["tiny"]), VAETask(48, 64), data, cfg)
 
 
@@ -244,6 +245,17 @@ def test_stop_ends_training_after_a_checkpoint(tmp_path):
     more = _tiny_trainer(tmp_path, "more", steps=4)
     more.fit(progress=False, stop=lambda step: asked.append(step) or step > 2)
     assert asked == [2, 2, 4] and more.step == 4 and more.stopped is None
+
+
+def test_a_continued_run_trains_at_its_own_learning_rate(tmp_path):
+    """The checkpoint brings back the optimizer's moments, not the rate it ran at: a run
+    continued with a new --lr trains at that one."""
+    first = _tiny_trainer(tmp_path, "run", steps=2)
+    first.fit(progress=False)
+    more = _tiny_trainer(tmp_path, "run", steps=4, warmup=1, lr=3e-5)
+    rates = []
+    more.fit(lambda step, logs: rates.append(logs["lr"]), progress=False)
+    assert more.step == 4 and rates[-1] == pytest.approx(3e-5) != first.cfg.lr
 
 
 def test_the_learning_rate_warms_up_then_decays_on_a_cosine_to_its_final_fraction(tmp_path):

@@ -341,6 +341,9 @@ class Trainer:
         if not latest.exists():
             return False
         folder = latest.parent / latest.read_text().strip()
+        # the learning rates are this call's (a continued run may change --lr), the moments
+        # the checkpoint's
+        base_lrs = [group["base_lr"] for group in self.optimizer.param_groups]
         weights = load_file(folder / "weights.safetensors")
         model_state = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
         state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
@@ -369,6 +372,8 @@ class Trainer:
             self.ema = {
                 k[4:]: v.to(self.device) for k, v in weights.items() if k.startswith("ema.")
             }
+        for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
+            group["base_lr"] = lr
         if (folder / "task.safetensors").exists() and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(load_file(folder / "task.safetensors"))
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
