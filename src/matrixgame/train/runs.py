@@ -90,9 +90,8 @@ def trained_vae(run: str | Path):
         if not all(_number(r) and 0 < r < 1 for r in rates):
             raise ValueError(f"{run}: pruning_rate must lie in (0, 1), one number or one per "
                              f"decoder stage, got {rate!r:.80}")  # fmt: skip
-        preset = replace(
-            preset, pruning_rate=rate, prune_encoder=False
-        )  # a list: VAEConfig's tuple
+        # a list (JSON's) becomes VAEConfig's tuple there
+        preset = replace(preset, pruning_rate=rate, prune_encoder=False)
     vae = WanVAE(preset).eval()
     load_checked(vae, state, f"{run}'s weights")
     return vae, size

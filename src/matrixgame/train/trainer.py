@@ -126,8 +126,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
         )
-        for group in self.optimizer.param_groups:
-            group.setdefault("base_lr", group["lr"])
+        # each group's rate before the schedule: this call's, not kept in checkpoints (a
+        # continued run may change --lr; the optimizer's moments are the checkpoint's)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         # a model that runs several forwards per step (distillation) averages its gradients
         # itself after backward instead of DDP's hooks
         self.manual_sync = bool(getattr(self.model, "manual_gradient_sync", False))
@@ -204,8 +205,8 @@ class Trainer:
         while self.step < cfg.steps:
             batch = _to(next(data), self.device)
             self._seed_step()
-            for group in self.optimizer.param_groups:
-                group["lr"] = group.get("base_lr", cfg.lr) * cfg.lr_scale(self.step)
+            for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = base_lr * cfg.lr_scale(self.step)
             cuda = self.device.type == "cuda"
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=cfg.bf16 if cuda else cfg.cpu_bf16
@@ -341,9 +342,6 @@ class Trainer:
         if not latest.exists():
             return False
         folder = latest.parent / latest.read_text().strip()
-        # the learning rates are this call's (a continued run may change --lr), the moments
-        # the checkpoint's
-        base_lrs = [group["base_lr"] for group in self.optimizer.param_groups]
         weights = load_file(folder / "weights.safetensors")
         model_state = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
         state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
@@ -372,8 +370,6 @@ class Trainer:
             self.ema = {
                 k[4:]: v.to(self.device) for k, v in weights.items() if k.startswith("ema.")
             }
-        for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
-            group["base_lr"] = lr
         if (folder / "task.safetensors").exists() and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(load_file(folder / "task.safetensors"))
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
