@@ -10,7 +10,8 @@ figures compare with ``<work>/report`` without rolling the world model out again
 world folder's student (e.g. the shipped one, as it ships), in its own steps and in one, on the
 same clips, played as the recipe's student plays (its sampler with the recipe's revisit
 margin): the baseline of a probe on this machine's clips (held-out recordings can differ
-between CPUs).
+between CPUs). ``--exits 1 2``: the student exiting after these many of its steps besides its
+own (default 1; each step's output is trained, so a prefix of its schedule is a sampler too).
 
 Writes the report (report.json, report.md, strips) into ``--out``; prints the figures the
 model card reads, and the goals each meets.
@@ -39,6 +40,14 @@ def main() -> None:
         help="a `matrixgame distill` run, or a world folder with a student, to evaluate "
         "instead of the recipe's",
     )
+    parser.add_argument(
+        "--exits",
+        type=int,
+        nargs="*",
+        default=[1],
+        metavar="K",
+        help="also evaluate the student exiting after its first K steps (default: 1)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,19 +56,24 @@ def main() -> None:
     from matrixgame.eval.protocols import evaluate
     from matrixgame.eval.report import write_report
     from matrixgame.worlds.card import figures_of, goals, goals_met
-    from matrixgame.worlds.recipe import Recipe, in_one_step, spec_with
+    from matrixgame.worlds.recipe import Recipe, in_steps, spec_with
 
     recipe = Recipe(spec_with(args.world), args.work, progress=lambda _: None)
     idm = recipe.path("idm")
     if not (idm / "checkpoints").exists():
         raise SystemExit(f"{args.work}: no IDM run (`matrixgame world build --only idm`)")
     if args.student is not None:
-        student = probe_student(recipe, args.student)
-        students = [student, in_one_step(student, f"{student.name}, 1 step")]
+        students, exits = [probe_student(recipe, args.student)], args.exits
     elif recipe.student_run() is None:
         raise SystemExit(f"{args.work}: no student run (`matrixgame world build --only student`)")
-    else:
-        students = recipe.student_worlds(recipe.world().vae)
+    else:  # the recipe's own: in its steps, in one, and its cold start alone where kept
+        students, exits = recipe.student_worlds(recipe.world().vae), set(args.exits) - {1}
+    student = students[0]
+    try:
+        students += [in_steps(student, k, f"{student.name}, {k} step{'s' * (k > 1)}")
+                     for k in sorted(exits)]  # fmt: skip
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     results = evaluate(students, recipe.heldout, recipe.eval_config(), trained_idm(idm))
     write_report(results, args.out)
     report = json.loads((args.out / "report.json").read_text())

@@ -235,6 +235,24 @@ def test_the_shipped_student_loads_with_its_sampler_and_steps_a_session(built):
                        student.dit.blocks[0].self_attn.q.weight)  # fmt: skip
 
 
+def test_a_student_exits_after_a_prefix_of_its_steps_and_no_more_than_it_has(built):
+    from matrixgame.inference.session import WorldSession
+    from matrixgame.worlds import load
+    from matrixgame.worlds.recipe import in_one_step, in_steps
+
+    student = load(built["ship"], student=True)
+    levels = student.meta["sampler"]["sigmas"]
+    two = in_steps(student, 2, "two")
+    assert two.meta["sampler"]["sigmas"] == [*levels[:2], 0.0] and two.meta["sampler"]["steps"] == 2
+    assert two.dit is student.dit and student.meta["sampler"]["sigmas"] == levels  # untouched
+    assert WorldSession(two).sigmas.tolist() == [*levels[:2], 0.0]  # the session samples so
+    assert in_one_step(student, "one").meta["sampler"]["sigmas"] == [levels[0], 0.0]
+    assert in_steps(student, 3, "all").meta["sampler"]["sigmas"] == levels
+    for steps in (0, 4):
+        with pytest.raises(ValueError, match="can exit after 1 to 3 of them, not"):
+            in_steps(student, steps, "bad")
+
+
 def test_a_student_is_refused_where_none_ships_and_a_bad_schedule_named(built, tmp_path):
     import shutil
 

@@ -1333,9 +1333,20 @@ def dit_heldout_scores(run: Path, latents: Path, windows: int = 32,
 def in_one_step(student, name: str):
     """A distilled student (a :class:`matrixgame.train.runs.World`) sampling in one step
     from pure noise, its first exit (trained too), as ``name``."""
+    return in_steps(student, 1, name)
+
+
+def in_steps(student, steps: int, name: str):
+    """A distilled student sampling in its first ``steps`` levels, then exiting: each of its
+    steps' outputs is trained (the rollout's gradient goes through a random one), so a
+    prefix of its schedule is a sampler it learned, at fewer evaluations per frame."""
     from dataclasses import replace
 
-    sampler = {**student.meta["sampler"], "steps": 1, "sigmas": [1.0, 0.0]}
+    levels = student.meta["sampler"]["sigmas"][:-1]
+    if not 1 <= steps <= len(levels):
+        raise ValueError(f"{student.name} samples in {len(levels)} steps: it can exit after "
+                         f"1 to {len(levels)} of them, not {steps}")  # fmt: skip
+    sampler = {**student.meta["sampler"], "steps": steps, "sigmas": [*levels[:steps], 0.0]}
     return replace(student, name=name, meta={**student.meta, "sampler": sampler})
 
 
