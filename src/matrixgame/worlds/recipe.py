@@ -171,8 +171,13 @@ class WorldSpec:
     student_lr: float = 1e-5
     critic_lr: float = 1e-5
     # DMD's regression term (its weight): the student's sample against the teacher's ODE sample
-    # from the same point; without it the student invented texture and drifted (model card)
-    student_regression: float = 1.0
+    # from the same point; without it the student invented texture and drifted (model card).
+    # At 4 against 1, 300 multi-segment steps each from the 3,600-step student of the
+    # 40,000-step world model on the same batches: 3 steps +0.49 dB at 1 s, +0.14 over 60 s,
+    # sharpness 0.083 -> 0.065 (its world model's 0.062); 600 steps at 4 are within 0.5 dB of
+    # the world model at 4 and 16 s (BENCHMARKS.md, sixteenth session). A dial between the
+    # teacher's accuracy and sharpness: past 4 the student would be blurrier than its teacher
+    student_regression: float = 4.0
     # the teacher's classifier-free guidance on the actions in DMD and the regression target:
     # at 4 a cold-start student gained 0.44 dB and read 71% of the turns (55% without) on
     # 17-s rollouts, a 1-step student plays it at no extra cost (model card, 2026-12-04)
