@@ -176,7 +176,8 @@ class WorldSpec:
     # 40,000-step world model on the same batches: 3 steps +0.49 dB at 1 s, +0.14 over 60 s,
     # sharpness 0.083 -> 0.065 (its world model's 0.062); 600 steps at 4 are within 0.5 dB of
     # the world model at 4 and 16 s (BENCHMARKS.md, sixteenth session). A dial between the
-    # teacher's accuracy and sharpness: past 4 the student would be blurrier than its teacher
+    # teacher's accuracy and sharpness: at 4 the student is already only as sharp as its
+    # teacher (0.063 against 0.062), so more weight would spend the sharpness goal (untried)
     student_regression: float = 4.0
     # the teacher's classifier-free guidance on the actions in DMD and the regression target:
     # at 4 a cold-start student gained 0.44 dB and read 71% of the turns (55% without) on
